@@ -1,0 +1,86 @@
+//! Condition types and reasons of `TenantConfig.status.conditions`, and the
+//! metav1.Condition bookkeeping (transition times change only on a status flip).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+pub const READY: &str = "Ready";
+pub const STORE_SYNCED: &str = "StoreSynced";
+pub const PROJECTED: &str = "Projected";
+
+/// Reasons, one per distinct cause a user must act on.
+pub mod reason {
+    pub const RECONCILED: &str = "Reconciled";
+    pub const TENANT_UNKNOWN: &str = "TenantUnknown";
+    pub const NO_STORE_FOR_TAGS: &str = "NoStoreForTags";
+    pub const INCLUDE_NOT_ALLOWED: &str = "IncludeNotAllowed";
+    pub const CONFLICT: &str = "Conflict";
+    pub const VALIDATION_FAILED: &str = "ValidationFailed";
+    pub const STORE_UNAVAILABLE: &str = "StoreUnavailable";
+    pub const THROTTLED: &str = "Throttled";
+    pub const CONFIG_MAP_CONFLICT: &str = "ConfigMapConflict";
+}
+
+/// Sets `type_` in `conditions` to the given state. `lastTransitionTime` moves only
+/// when the status value changes, so an unchanged reconcile yields an identical
+/// list (and no status write). Returns true when anything changed.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    observed_generation: Option<i64>,
+    now: Time,
+) -> bool {
+    let status = if status { "True" } else { "False" };
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) => {
+            let changed = c.status != status
+                || c.reason != reason
+                || c.message != message
+                || c.observed_generation != observed_generation;
+            if c.status != status {
+                c.last_transition_time = now;
+            }
+            c.status = status.into();
+            c.reason = reason.into();
+            c.message = message.into();
+            c.observed_generation = observed_generation;
+            changed
+        }
+        None => {
+            conditions.push(Condition {
+                type_: type_.into(),
+                status: status.into(),
+                reason: reason.into(),
+                message: message.into(),
+                observed_generation,
+                last_transition_time: now,
+            });
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn at(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn transition_time_moves_only_on_status_flip() {
+        let mut cs = Vec::new();
+        assert!(set_condition(&mut cs, READY, false, reason::TENANT_UNKNOWN, "no label", Some(1), at(10)));
+        assert!(!set_condition(&mut cs, READY, false, reason::TENANT_UNKNOWN, "no label", Some(1), at(20)));
+        assert_eq!(cs[0].last_transition_time, at(10));
+        assert!(set_condition(&mut cs, READY, false, reason::CONFLICT, "taken", Some(2), at(30)));
+        assert_eq!(cs[0].last_transition_time, at(10), "same status keeps its transition time");
+        assert!(set_condition(&mut cs, READY, true, reason::RECONCILED, "", Some(2), at(40)));
+        assert_eq!(cs[0].last_transition_time, at(40));
+        assert_eq!(cs.len(), 1);
+    }
+}

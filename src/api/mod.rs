@@ -1,0 +1,57 @@
+//! CRD types of the `tenantconfig.io/v1alpha1` API (DESIGN.md §2) and the rules
+//! shared between the CRD schema and the controller's own checks.
+
+pub mod conditions;
+pub mod config_store;
+pub mod tenant_config;
+
+pub use config_store::{ConfigStore, ConfigStoreSpec, DynamoDbStore, ParameterStoreStore, ParameterTier, StoreBackend};
+pub use tenant_config::{
+    DeletionPolicy, Entry, Include, ManagementPolicy, Projection, StoreSummary, TenantConfig, TenantConfigSpec,
+    TenantConfigStatus,
+};
+
+/// API group of every resource this controller defines.
+pub const GROUP: &str = "tenantconfig.io";
+
+/// An entry key (and a `configType`): valid as a ConfigMap key, a DynamoDB map key
+/// and one SSM path segment.
+pub const KEY_PATTERN: &str = "^[-._a-zA-Z0-9]+$";
+pub const KEY_MAX_LEN: usize = 128;
+
+/// Tags are short labels used only for routing.
+pub const TAG_PATTERN: &str = "^[-._a-zA-Z0-9]+$";
+pub const TAG_MAX_LEN: usize = 63;
+
+/// An absolute SSM path: `/seg/seg/...`, each segment a key-like name.
+pub const PARAMETER_PATH_PATTERN: &str = "^(/[-._a-zA-Z0-9]+)+$";
+/// SSM parameter names (with their full path) are at most 1011 characters.
+pub const PARAMETER_PATH_MAX_LEN: usize = 1011;
+
+/// CEL that refuses `.` and `..` as path segments (traversal), applied to a path string.
+pub(crate) const NO_DOT_SEGMENTS_RULE: &str = "!self.split('/').exists(s, s == '.' || s == '..')";
+
+/// True when `key` satisfies the entry-key rule the CRD enforces. The controller
+/// re-checks keys that reach it from the stores (written by other systems).
+pub fn is_valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= KEY_MAX_LEN
+        && key != "."
+        && key != ".."
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_rule_matches_the_design() {
+        for ok in ["provider", "retry-limit", "a.b_c-D9", "..x", "x..", &"k".repeat(128)] {
+            assert!(is_valid_key(ok), "{ok:?} should be valid");
+        }
+        for bad in ["", ".", "..", "a/b", "a b", "ü", "a:b", &"k".repeat(129)] {
+            assert!(!is_valid_key(bad), "{bad:?} should be invalid");
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! `TenantConfig`: a tenant team's configuration, pushed to the stores by tag and
+//! projected back into a ConfigMap in the same namespace.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    KEY_MAX_LEN, KEY_PATTERN, NO_DOT_SEGMENTS_RULE, PARAMETER_PATH_MAX_LEN, PARAMETER_PATH_PATTERN, TAG_MAX_LEN,
+    TAG_PATTERN,
+};
+
+/// At most this many entries per object: keeps one DynamoDB item well under its
+/// 400 KB limit for typical values and bounds CEL cost.
+pub const MAX_ENTRIES: u32 = 256;
+/// Largest value a store accepts (SSM Advanced tier: 8 KiB).
+pub const MAX_VALUE_BYTES: u32 = 8192;
+
+/// Desired configuration of one `(tenant, configType)`. The tenant comes from the
+/// namespace label `tenantconfig.io/tenant`, never from the spec.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "tenantconfig.io",
+    version = "v1alpha1",
+    kind = "TenantConfig",
+    plural = "tenantconfigs",
+    shortname = "tcfg",
+    namespaced,
+    status = "TenantConfigStatus",
+    printcolumn = r#"{"name":"Tenant","type":"string","jsonPath":".status.tenant"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Keys","type":"integer","jsonPath":".status.projectedKeys"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantConfigSpec {
+    /// Configuration type: the DynamoDB sort key / SSM path segment. Defaults to
+    /// `metadata.name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = KEY_MAX_LEN), regex(pattern = KEY_PATTERN))]
+    #[x_kube(validation = Rule::new("self != '.' && self != '..'").message("configType must not be '.' or '..'"))]
+    pub config_type: Option<String>,
+
+    /// Tags for entries that carry none of their own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = TAG_MAX_LEN), regex(pattern = TAG_PATTERN)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub default_tags: Vec<String>,
+
+    /// Key/value entries, routed to stores by tag. Keys are unique.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_ENTRIES))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["key".into()]))]
+    pub entries: Vec<Entry>,
+
+    /// Read-only shared parameter paths to project; each must lie under a
+    /// store's `sharedPaths`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub include: Vec<Include>,
+
+    /// Where the projection goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projection: Option<Projection>,
+
+    /// Enforce: store drift of managed keys is reverted. CreateOnly: a key is
+    /// written once, then the store owns it.
+    #[serde(default)]
+    pub management_policy: ManagementPolicy,
+
+    /// Delete: managed keys leave the stores with the object. Retain: they stay.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// One configuration key.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Entry {
+    /// Valid as a ConfigMap key, a DynamoDB map key and one SSM path segment.
+    #[schemars(length(min = 1, max = KEY_MAX_LEN), regex(pattern = KEY_PATTERN))]
+    #[x_kube(validation = Rule::new("self != '.' && self != '..'").message("key must not be '.' or '..'"))]
+    pub key: String,
+
+    /// The value (at most 8 KiB; Parameter Store Standard tier takes 4 KiB).
+    #[schemars(length(max = MAX_VALUE_BYTES))]
+    pub value: String,
+
+    /// Routing tags; when empty, `spec.defaultTags` apply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = TAG_MAX_LEN), regex(pattern = TAG_PATTERN)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub tags: Vec<String>,
+
+    /// Stored encrypted (SecureString) and projected only into the Secret named
+    /// by `projection.secretName`, never into the ConfigMap.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secure: bool,
+}
+
+/// A shared parameter path to project read-only.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Include {
+    /// Absolute parameter path, e.g. `/tenant-config-shared/prod/payments`.
+    #[schemars(length(min = 2, max = PARAMETER_PATH_MAX_LEN), regex(pattern = PARAMETER_PATH_PATTERN))]
+    #[x_kube(validation = Rule::new(NO_DOT_SEGMENTS_RULE).message("parameterPath must not contain '.' or '..' segments"))]
+    pub parameter_path: String,
+}
+
+/// Names of the projected objects.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Projection {
+    /// ConfigMap name; defaults to `metadata.name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
+    pub config_map_name: Option<String>,
+
+    /// Secret for secure entries; without it secure entries are not projected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
+    pub secret_name: Option<String>,
+}
+
+/// RFC 1123 subdomain, the rule for ConfigMap and Secret names.
+const DNS_SUBDOMAIN_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ManagementPolicy {
+    #[default]
+    Enforce,
+    CreateOnly,
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeletionPolicy {
+    #[default]
+    Delete,
+    Retain,
+}
+
+/// Observed state, written only by the controller.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantConfigStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Tenant resolved from the namespace label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// `Ready`, `StoreSynced`, `Projected` (metav1.Condition).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Per-store summary of what this object manages.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stores: Vec<StoreSummary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projected_keys: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_projected_time: Option<Time>,
+}
+
+/// What one store holds for this object.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreSummary {
+    /// ConfigStore name.
+    pub name: String,
+    /// Backend kind: `DynamoDB` or `ParameterStore`.
+    pub kind: String,
+    /// Item key or parameter path, e.g. `TENANT#acme/CONFIG#payments`.
+    pub location: String,
+    /// Number of keys this object manages there.
+    pub keys: u32,
+}
+
+impl TenantConfig {
+    /// `spec.configType`, defaulting to the object's name.
+    pub fn config_type(&self) -> &str {
+        self.spec.config_type.as_deref().or(self.metadata.name.as_deref()).unwrap_or_default()
+    }
+
+    /// ConfigMap the projection writes, defaulting to the object's name.
+    pub fn config_map_name(&self) -> &str {
+        self.spec
+            .projection
+            .as_ref()
+            .and_then(|p| p.config_map_name.as_deref())
+            .or(self.metadata.name.as_deref())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> TenantConfig {
+        serde_yaml::from_str(
+            r#"
+apiVersion: tenantconfig.io/v1alpha1
+kind: TenantConfig
+metadata: { name: payments, namespace: acme-prod }
+spec:
+  defaultTags: [tenant]
+  entries:
+    - { key: provider, value: stripe }
+    - { key: db-password, value: "s3cret", tags: [static], secure: true }
+  include:
+    - parameterPath: /tenant-config-shared/prod/payments
+  projection: { secretName: payments-secrets }
+"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn design_example_parses_with_defaults() {
+        let tc = sample();
+        assert_eq!(tc.config_type(), "payments");
+        assert_eq!(tc.config_map_name(), "payments");
+        assert_eq!(tc.spec.management_policy, ManagementPolicy::Enforce);
+        assert_eq!(tc.spec.deletion_policy, DeletionPolicy::Delete);
+        assert!(tc.spec.entries[1].secure);
+        assert!(!tc.spec.entries[0].secure);
+    }
+
+    #[test]
+    fn explicit_names_win_over_metadata_name() {
+        let mut tc = sample();
+        tc.spec.config_type = Some("billing".into());
+        tc.spec.projection = Some(Projection { config_map_name: Some("billing-config".into()), secret_name: None });
+        assert_eq!(tc.config_type(), "billing");
+        assert_eq!(tc.config_map_name(), "billing-config");
+    }
+}

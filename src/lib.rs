@@ -1,0 +1,5 @@
+//! tenant-config-controller: pushes `TenantConfig` entries into DynamoDB / SSM
+//! Parameter Store by tag and projects the stores back into ConfigMaps.
+
+pub mod api;
+pub mod crd;
