@@ -1,0 +1,190 @@
+//! The CRDs against a real kube-apiserver: they install with kubectl, a valid
+//! TenantConfig is accepted with the documented defaults, and invalid manifests
+//! are refused by the API server itself with the schema's message.
+
+mod support;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Client,
+    api::{ApiResource, DynamicObject, PostParams},
+    core::GroupVersionKind,
+};
+use serde_json::{Value, json};
+use support::{install_crds, kube_client, kubectl, unique};
+use tenant_config_controller::api::{ConfigStore, DeletionPolicy, ManagementPolicy, TenantConfig};
+
+async fn setup() -> (Client, String) {
+    install_crds();
+    let client = kube_client().await;
+    let ns = unique("smoke");
+    let namespace: Namespace = serde_json::from_value(json!({
+        "metadata": { "name": ns, "labels": { "tenantconfig.io/tenant": "acme" } }
+    }))
+    .unwrap();
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await.unwrap();
+    (client, ns)
+}
+
+fn tenant_config(name: &str, spec: Value) -> Value {
+    json!({ "apiVersion": "tenantconfig.io/v1alpha1", "kind": "TenantConfig", "metadata": { "name": name }, "spec": spec })
+}
+
+/// Creates an arbitrary (possibly invalid) object; returns the API server's
+/// refusal message, if any.
+async fn create_raw(client: &Client, ns: Option<&str>, kind: &str, obj: Value) -> Result<(), String> {
+    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("tenantconfig.io", "v1alpha1", kind));
+    let api: Api<DynamicObject> = match ns {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    };
+    let obj: DynamicObject = serde_json::from_value(obj).unwrap();
+    match api.create(&PostParams::default(), &obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) => Err(status.message),
+        Err(other) => panic!("unexpected client error: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn valid_tenant_config_is_accepted_with_defaults() {
+    let (client, ns) = setup().await;
+    let spec = json!({
+        "defaultTags": ["tenant"],
+        "entries": [
+            { "key": "provider", "value": "stripe" },
+            { "key": "retry-limit", "value": "5" },
+            { "key": "api-endpoint", "value": "https://pay.example.com", "tags": ["static"] },
+            { "key": "db-password", "value": "s3cret", "tags": ["static"], "secure": true }
+        ],
+        "include": [{ "parameterPath": "/tenant-config-shared/prod/payments" }],
+        "projection": { "configMapName": "payments-config", "secretName": "payments-secrets" }
+    });
+    create_raw(&client, Some(&ns), "TenantConfig", tenant_config("payments", spec)).await.unwrap();
+
+    let stored = Api::<TenantConfig>::namespaced(client, &ns).get("payments").await.unwrap();
+    assert_eq!(stored.spec.management_policy, ManagementPolicy::Enforce, "default applied by the API server");
+    assert_eq!(stored.spec.deletion_policy, DeletionPolicy::Delete);
+    assert_eq!(stored.spec.entries.len(), 4);
+    assert_eq!(stored.config_map_name(), "payments-config");
+}
+
+#[tokio::test]
+async fn invalid_tenant_configs_are_refused_with_the_schema_message() {
+    let (client, ns) = setup().await;
+    let many: Vec<Value> = (0..257).map(|i| json!({ "key": format!("k{i}"), "value": "v" })).collect();
+    let cases = [
+        ("bad key charset", json!({ "entries": [{ "key": "a/b", "value": "x" }] }), "should match '^[-._a-zA-Z0-9]+$'"),
+        ("dot-dot key", json!({ "entries": [{ "key": "..", "value": "x" }] }), "key must not be '.' or '..'"),
+        (
+            "duplicate keys",
+            json!({ "entries": [{ "key": "a", "value": "1" }, { "key": "a", "value": "2" }] }),
+            "Duplicate value",
+        ),
+        ("key too long", json!({ "entries": [{ "key": "k".repeat(129), "value": "x" }] }), "Too long"),
+        ("value over 8 KiB", json!({ "entries": [{ "key": "k", "value": "v".repeat(8193) }] }), "Too long"),
+        ("too many entries", json!({ "entries": many }), "must have at most 256 items"),
+        ("unknown managementPolicy", json!({ "managementPolicy": "Sometimes" }), "Unsupported value: \"Sometimes\""),
+        ("unknown deletionPolicy", json!({ "deletionPolicy": "Forever" }), "Unsupported value: \"Forever\""),
+        (
+            "include with traversal",
+            json!({ "include": [{ "parameterPath": "/tenant-config-shared/../tenant-config/other" }] }),
+            "parameterPath must not contain '.' or '..' segments",
+        ),
+        ("relative include", json!({ "include": [{ "parameterPath": "shared/x" }] }), "spec.include[0].parameterPath"),
+        ("bad configType", json!({ "configType": "pay ments" }), "spec.configType"),
+        ("bad tag", json!({ "defaultTags": ["has space"] }), "spec.defaultTags[0]"),
+        (
+            "bad ConfigMap name",
+            json!({ "projection": { "configMapName": "Not_A_Name" } }),
+            "spec.projection.configMapName",
+        ),
+    ];
+    for (i, (what, spec, expected)) in cases.into_iter().enumerate() {
+        let err = create_raw(&client, Some(&ns), "TenantConfig", tenant_config(&format!("bad-{i}"), spec))
+            .await
+            .expect_err(what);
+        assert!(err.contains(expected), "{what}: expected {expected:?} in {err:?}");
+    }
+    let left = Api::<TenantConfig>::namespaced(client, &ns).list(&Default::default()).await.unwrap();
+    assert!(left.items.is_empty(), "nothing invalid was stored");
+}
+
+#[tokio::test]
+async fn invalid_config_stores_are_refused() {
+    let (client, _) = setup().await;
+    let store = |name: &str, spec: Value| json!({ "apiVersion": "tenantconfig.io/v1alpha1", "kind": "ConfigStore", "metadata": { "name": name }, "spec": spec });
+    let name = unique("store");
+    let cases = [
+        (
+            "two backends",
+            json!({ "dynamodb": { "tableName": "t-1" }, "parameterStore": { "pathPrefix": "/p" } }),
+            "exactly one backend (dynamodb or parameterStore) must be set",
+        ),
+        ("no backend", json!({ "tags": ["x"] }), "exactly one backend"),
+        (
+            "reserved prefix",
+            json!({ "parameterStore": { "pathPrefix": "/AWS/config" } }),
+            "must not start with 'aws' or 'ssm'",
+        ),
+        (
+            "unknown tier",
+            json!({ "parameterStore": { "pathPrefix": "/p", "tier": "Premium" } }),
+            "Unsupported value: \"Premium\"",
+        ),
+        (
+            "shared path traversal",
+            json!({ "parameterStore": { "pathPrefix": "/p", "sharedPaths": ["/shared/.."] } }),
+            "sharedPaths must not contain '.' or '..' segments",
+        ),
+    ];
+    for (i, (what, spec, expected)) in cases.into_iter().enumerate() {
+        let err = create_raw(&client, None, "ConfigStore", store(&format!("{name}-{i}"), spec)).await.expect_err(what);
+        assert!(err.contains(expected), "{what}: expected {expected:?} in {err:?}");
+    }
+
+    create_raw(
+        &client,
+        None,
+        "ConfigStore",
+        store(&name, json!({ "tags": ["tenant"], "dynamodb": { "tableName": "tenant-config" } })),
+    )
+    .await
+    .unwrap();
+    let stored = Api::<ConfigStore>::all(client).get(&name).await.unwrap();
+    let dynamo = stored.spec.dynamodb.expect("dynamodb backend");
+    assert_eq!((dynamo.partition_key.as_str(), dynamo.sort_key.as_str()), ("pk", "sk"));
+}
+
+#[tokio::test]
+async fn kubectl_apply_shows_the_refusal_to_the_user() {
+    let (_, ns) = setup().await;
+    let manifest = format!(
+        "apiVersion: tenantconfig.io/v1alpha1\nkind: TenantConfig\nmetadata: {{ name: bad, namespace: {ns} }}\n\
+         spec:\n  entries:\n    - {{ key: 'db/password', value: x }}\n"
+    );
+    let out = kubectl(&["apply", "-f", "-"], Some(&manifest));
+    assert!(!out.status.success(), "kubectl apply must fail");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("spec.entries[0].key") && stderr.contains("should match"),
+        "kubectl should print the schema message, got: {stderr}"
+    );
+
+    let out = kubectl(&["get", "tcfg", "-n", &ns, "-o", "name"], None);
+    assert!(out.status.success(), "short name tcfg works: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty(), "nothing stored");
+}
+
+#[tokio::test]
+async fn examples_are_accepted_by_the_api_server() {
+    install_crds();
+    for file in ["namespaces.yaml", "config-stores.yaml", "tenant-configs.yaml"] {
+        let path = support::repo_root().join("examples").join(file);
+        let out = kubectl(&["apply", "--server-side", "-f", path.to_str().unwrap()], None);
+        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let client = kube_client().await;
+    let payments = Api::<TenantConfig>::namespaced(client, "acme-prod").get("payments").await.unwrap();
+    assert!(payments.spec.entries.iter().any(|e| e.secure), "the example carries a secure entry");
+}

@@ -1,0 +1,103 @@
+//! Shared helpers for the integration tests: the local stack's clients.
+//!
+//! Integration tests need `scripts/testenv.sh up` (run by `scripts/test.sh`).
+//! Without it they fail with a message saying so; they never skip.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use aws_sdk_dynamodb::config::{
+    ConfigBag, Intercept, RuntimeComponents, interceptors::BeforeTransmitInterceptorContextMut,
+};
+use kube::Client;
+
+/// Reads a variable the env file of `scripts/testenv.sh up` exports.
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: integration tests run against the local stack. \
+             Run ./scripts/test.sh, or `scripts/testenv.sh up && source .testenv/run/env`."
+        )
+    })
+}
+
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A name unique to this test process and call, for namespaces, tables, paths.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+pub async fn kube_client() -> Client {
+    env("KUBECONFIG");
+    Client::try_default().await.expect("kube client from KUBECONFIG")
+}
+
+/// Runs the testenv's kubectl (same version as the API server).
+pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut cmd = Command::new(env("KUBECTL"));
+    cmd.args(args)
+        .stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("kubectl runs");
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    child.wait_with_output().expect("kubectl finishes")
+}
+
+/// Installs the committed CRDs with kubectl and waits until they are served.
+pub fn install_crds() {
+    let crds: PathBuf = repo_root().join("crds");
+    let crds = crds.to_str().unwrap();
+    let out = kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crds], None);
+    assert!(out.status.success(), "kubectl apply CRDs: {}", String::from_utf8_lossy(&out.stderr));
+    let out = kubectl(&["wait", "--for", "condition=Established", "--timeout", "60s", "-f", crds], None);
+    assert!(out.status.success(), "CRDs not established: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Gives an SDK client its own moto account (moto keys state by the
+/// `x-moto-account-id` header), so tests running in parallel never see each
+/// other's tables, parameters or queues.
+#[derive(Debug, Clone)]
+pub struct MotoAccount(pub String);
+
+impl MotoAccount {
+    /// A fresh 12-digit account id.
+    pub fn fresh() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = (u64::from(std::process::id()) * 1000 + NEXT.fetch_add(1, Ordering::Relaxed)) % 1_000_000_000;
+        MotoAccount(format!("100{n:09}"))
+    }
+}
+
+impl Intercept for MotoAccount {
+    fn name(&self) -> &'static str {
+        "MotoAccount"
+    }
+
+    fn modify_before_signing(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        context.request_mut().headers_mut().insert("x-moto-account-id", self.0.clone());
+        Ok(())
+    }
+}
+
+/// SDK config for moto: endpoint, region and dummy credentials from the env file.
+pub async fn aws_config() -> aws_config::SdkConfig {
+    env("AWS_ENDPOINT_URL");
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}
