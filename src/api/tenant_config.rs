@@ -158,7 +158,7 @@ pub struct TenantConfigStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub projected_keys: Option<u32>,
+    pub projected_keys: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_digest: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -176,7 +176,7 @@ pub struct StoreSummary {
     /// Item key or parameter path, e.g. `TENANT#acme/CONFIG#payments`.
     pub location: String,
     /// Number of keys this object manages there.
-    pub keys: u32,
+    pub keys: i32,
 }
 
 impl TenantConfig {

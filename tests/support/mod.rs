@@ -60,7 +60,10 @@ pub fn install_crds() {
     let crds: PathBuf = repo_root().join("crds");
     let crds = crds.to_str().unwrap();
     let out = kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crds], None);
-    assert!(out.status.success(), "kubectl apply CRDs: {}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kubectl apply CRDs: {stderr}");
+    // The API server warns about schema details it ignores (e.g. unknown formats).
+    assert!(!stderr.contains("Warning"), "the API server warned about the CRDs: {stderr}");
     let out = kubectl(&["wait", "--for", "condition=Established", "--timeout", "60s", "-f", crds], None);
     assert!(out.status.success(), "CRDs not established: {}", String::from_utf8_lossy(&out.stderr));
 }
@@ -100,4 +103,23 @@ impl Intercept for MotoAccount {
 pub async fn aws_config() -> aws_config::SdkConfig {
     env("AWS_ENDPOINT_URL");
     aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}
+
+/// Creates a `pk`/`sk` table like the production one (DESIGN.md §4).
+pub async fn create_table(ddb: &aws_sdk_dynamodb::Client, name: &str) {
+    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+    let key = |n: &str, kt| KeySchemaElement::builder().attribute_name(n).key_type(kt).build().unwrap();
+    let attr = |n: &str| {
+        AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build().unwrap()
+    };
+    ddb.create_table()
+        .table_name(name)
+        .key_schema(key("pk", KeyType::Hash))
+        .key_schema(key("sk", KeyType::Range))
+        .attribute_definitions(attr("pk"))
+        .attribute_definitions(attr("sk"))
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .expect("create table");
 }
