@@ -1,0 +1,438 @@
+//! DynamoDB strategy (DESIGN.md §4): one item per `(tenant, configType)` with
+//! `pk=TENANT#{tenant}`, `sk=CONFIG#{configType}[#ENV#{env}]`, `data` (key →
+//! string), `managedKeys`, `managedBy`, `version`, `updatedAt`.
+//!
+//! Writes are `UpdateItem`s on managed keys only (`data.#k` paths), so keys other
+//! writers put into `data` survive, guarded by a condition on `version`: a lost
+//! race re-reads and re-plans instead of overwriting.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    future::Future,
+};
+
+use aws_sdk_dynamodb::{Client, error::SdkError, types::AttributeValue};
+
+use super::{
+    ApplyReport, Backend, BackendContext, CallStats, Desired, LimitError, Location, StoreError, StoreState, Value,
+    limits::DYNAMODB_ITEM_MAX_BYTES, plan::plan, stats::Outcome,
+};
+use crate::api::DynamoDbStore;
+use std::sync::Arc;
+
+const KIND: &str = "DynamoDB";
+/// Optimistic-concurrency attempts before giving up (the reconcile retries later).
+const MAX_ATTEMPTS: u32 = 5;
+
+const DATA: &str = "data";
+const MANAGED_KEYS: &str = "managedKeys";
+const MANAGED_BY: &str = "managedBy";
+const VERSION: &str = "version";
+const UPDATED_AT: &str = "updatedAt";
+
+pub struct DynamoDbBackend {
+    client: Client,
+    table: String,
+    partition_key: String,
+    sort_key: String,
+    stats: Arc<CallStats>,
+}
+
+/// The item as read, with what a conditional update needs to know about it.
+struct ItemRead {
+    state: StoreState,
+    raw: Option<HashMap<String, AttributeValue>>,
+}
+
+impl DynamoDbBackend {
+    pub fn new(spec: &DynamoDbStore, ctx: &BackendContext) -> Self {
+        let mut config = aws_sdk_dynamodb::config::Builder::from(&ctx.sdk);
+        if let Some(region) = &spec.region {
+            config = config.region(aws_sdk_dynamodb::config::Region::new(region.clone()));
+        }
+        if let Some(endpoint) = &spec.endpoint {
+            config = config.endpoint_url(endpoint);
+        }
+        DynamoDbBackend {
+            client: Client::from_conf(config.build()),
+            table: spec.table_name.clone(),
+            partition_key: spec.partition_key.clone(),
+            sort_key: spec.sort_key.clone(),
+            stats: ctx.stats.clone(),
+        }
+    }
+
+    /// `(pk, sk)` of a location.
+    pub fn item_key(location: &Location) -> (String, String) {
+        let sk = match &location.environment {
+            Some(env) => format!("CONFIG#{}#ENV#{env}", location.config_type),
+            None => format!("CONFIG#{}", location.config_type),
+        };
+        (format!("TENANT#{}", location.tenant), sk)
+    }
+
+    fn key_attributes(&self, location: &Location) -> HashMap<String, AttributeValue> {
+        let (pk, sk) = Self::item_key(location);
+        HashMap::from([
+            (self.partition_key.clone(), AttributeValue::S(pk)),
+            (self.sort_key.clone(), AttributeValue::S(sk)),
+        ])
+    }
+
+    async fn call<T, E, R>(
+        &self,
+        operation: &'static str,
+        fut: impl Future<Output = Result<T, SdkError<E, R>>>,
+    ) -> Result<T, SdkError<E, R>>
+    where
+        E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+    {
+        let result = fut.await;
+        let outcome = match &result {
+            Ok(_) => Outcome::Ok,
+            Err(SdkError::ServiceError(e)) if super::is_throttling_code(e.err().code().unwrap_or_default()) => {
+                Outcome::Throttled
+            }
+            Err(_) => Outcome::Error,
+        };
+        self.stats.record(KIND, operation, outcome);
+        result
+    }
+
+    async fn read_item(&self, location: &Location) -> Result<ItemRead, StoreError> {
+        let out = self
+            .call(
+                "GetItem",
+                self.client
+                    .get_item()
+                    .table_name(&self.table)
+                    .set_key(Some(self.key_attributes(location)))
+                    .consistent_read(true)
+                    .send(),
+            )
+            .await
+            .map_err(|e| StoreError::from_sdk(KIND, "GetItem", e))?;
+        let Some(item) = out.item else { return Ok(ItemRead { state: StoreState::default(), raw: None }) };
+        let entries = match item.get(DATA) {
+            Some(AttributeValue::M(data)) => {
+                data.iter().filter_map(|(k, v)| Some((k.clone(), Value { value: scalar(v)?, secure: false }))).collect()
+            }
+            _ => BTreeMap::new(),
+        };
+        let managed = match item.get(MANAGED_KEYS) {
+            Some(AttributeValue::Ss(keys)) => keys.iter().cloned().collect(),
+            _ => BTreeSet::new(),
+        };
+        let state = StoreState {
+            entries,
+            managed,
+            managed_by: item.get(MANAGED_BY).and_then(|v| v.as_s().ok()).cloned(),
+            version: item.get(VERSION).and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok()).unwrap_or(0),
+        };
+        Ok(ItemRead { state, raw: Some(item) })
+    }
+}
+
+/// `None` when the error is a lost optimistic-concurrency race (re-read and retry).
+fn lost_race_or<E, R>(err: SdkError<E, R>) -> Option<SdkError<E, R>>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+{
+    match &err {
+        SdkError::ServiceError(e) if e.err().code() == Some("ConditionalCheckFailedException") => None,
+        _ => Some(err),
+    }
+}
+
+/// Other writers may store numbers or booleans; they project as strings.
+fn scalar(v: &AttributeValue) -> Option<String> {
+    match v {
+        AttributeValue::S(s) => Some(s.clone()),
+        AttributeValue::N(n) => Some(n.clone()),
+        AttributeValue::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// A conditional UpdateItem under construction.
+#[derive(Default)]
+struct Update {
+    set: Vec<String>,
+    remove: Vec<String>,
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+}
+
+impl Update {
+    fn name(&mut self, name: &str) -> String {
+        let placeholder = format!("#n{}", self.names.len());
+        self.names.insert(placeholder.clone(), name.to_string());
+        placeholder
+    }
+    fn value(&mut self, value: AttributeValue) -> String {
+        let placeholder = format!(":v{}", self.values.len());
+        self.values.insert(placeholder.clone(), value);
+        placeholder
+    }
+    fn set_attr(&mut self, attr: &str, value: AttributeValue) {
+        let (n, v) = (self.name(attr), self.value(value));
+        self.set.push(format!("{n} = {v}"));
+    }
+    /// The optimistic-concurrency guard: the item is as we read it.
+    fn version_condition(&mut self, exists: bool, version: u64, partition_key: &str) -> String {
+        if !exists {
+            let pk = self.name(partition_key);
+            return format!("attribute_not_exists({pk})");
+        }
+        let v = self.name(VERSION);
+        if version == 0 {
+            format!("attribute_not_exists({v})")
+        } else {
+            let expected = self.value(AttributeValue::N(version.to_string()));
+            format!("{v} = {expected}")
+        }
+    }
+    fn expression(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.set.is_empty() {
+            parts.push(format!("SET {}", self.set.join(", ")));
+        }
+        if !self.remove.is_empty() {
+            parts.push(format!("REMOVE {}", self.remove.join(", ")));
+        }
+        parts.join(" ")
+    }
+}
+
+/// Size DynamoDB charges an attribute value, per its documented rules (numbers
+/// rounded up to their worst case).
+fn value_size(v: &AttributeValue) -> usize {
+    match v {
+        AttributeValue::S(s) => s.len(),
+        AttributeValue::N(n) => n.len().div_ceil(2) + 1,
+        AttributeValue::B(b) => b.as_ref().len(),
+        AttributeValue::Bool(_) | AttributeValue::Null(_) => 1,
+        AttributeValue::Ss(set) | AttributeValue::Ns(set) => set.iter().map(String::len).sum(),
+        AttributeValue::Bs(set) => set.iter().map(|b| b.as_ref().len()).sum(),
+        AttributeValue::M(map) => 3 + map.iter().map(|(k, v)| k.len() + value_size(v) + 1).sum::<usize>(),
+        AttributeValue::L(list) => 3 + list.iter().map(|v| value_size(v) + 1).sum::<usize>(),
+        _ => 0,
+    }
+}
+
+/// Size of a whole item.
+pub fn item_size(item: &HashMap<String, AttributeValue>) -> usize {
+    item.iter().map(|(k, v)| k.len() + value_size(v)).sum()
+}
+
+fn now_rfc3339() -> String {
+    k8s_openapi::jiff::Timestamp::now().to_string()
+}
+
+#[async_trait::async_trait]
+impl Backend for DynamoDbBackend {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn describe(&self, location: &Location) -> String {
+        let (pk, sk) = Self::item_key(location);
+        format!("{pk}/{sk}")
+    }
+
+    async fn read(&self, location: &Location) -> Result<StoreState, StoreError> {
+        Ok(self.read_item(location).await?.state)
+    }
+
+    async fn apply(&self, location: &Location, desired: &Desired) -> Result<ApplyReport, StoreError> {
+        if let Some((key, _)) = desired.entries.iter().find(|(_, v)| v.secure) {
+            return Err(LimitError::SecureNotSupported {
+                key: key.clone(),
+                store: self.table.clone(),
+                why: "is DynamoDB (secure entries need a Parameter Store with a KMS key)",
+            }
+            .into());
+        }
+        for attempt in 1..=MAX_ATTEMPTS {
+            let ItemRead { state, raw } = self.read_item(location).await?;
+            let plan = plan(&state, desired)
+                .map_err(|e| StoreError::Conflict { location: self.describe(location), owner: e.owner })?;
+            if plan.is_noop() {
+                return Ok(ApplyReport { state, ..Default::default() });
+            }
+
+            // The item as it will be, to check the size limit before writing.
+            let mut data: BTreeMap<String, Value> = state.entries.clone();
+            for k in &plan.deletes {
+                data.remove(k);
+            }
+            data.extend(plan.puts.iter().map(|(k, v)| (k.clone(), v.clone())));
+            let mut projected = raw.clone().unwrap_or_else(|| self.key_attributes(location));
+            let data_map = |d: &BTreeMap<String, Value>| {
+                d.iter().map(|(k, v)| (k.clone(), AttributeValue::S(v.value.clone()))).collect::<HashMap<_, _>>()
+            };
+            projected.insert(DATA.into(), AttributeValue::M(data_map(&data)));
+            projected.insert(MANAGED_KEYS.into(), AttributeValue::Ss(plan.managed.iter().cloned().collect()));
+            projected.insert(MANAGED_BY.into(), AttributeValue::S(desired.owner.clone()));
+            projected.insert(VERSION.into(), AttributeValue::N(u64::MAX.to_string()));
+            projected.insert(UPDATED_AT.into(), AttributeValue::S(now_rfc3339()));
+            let size = item_size(&projected);
+            if size > DYNAMODB_ITEM_MAX_BYTES {
+                return Err(LimitError::ItemTooLarge { location: self.describe(location), size }.into());
+            }
+
+            let mut u = Update::default();
+            let data_name = u.name(DATA);
+            let data_exists = matches!(raw.as_ref().and_then(|r| r.get(DATA)), Some(AttributeValue::M(_)));
+            if data_exists {
+                for (k, v) in &plan.puts {
+                    let (n, val) = (u.name(k), u.value(AttributeValue::S(v.value.clone())));
+                    u.set.push(format!("{data_name}.{n} = {val}"));
+                }
+                for k in &plan.deletes {
+                    let n = u.name(k);
+                    u.remove.push(format!("{data_name}.{n}"));
+                }
+            } else {
+                let val = u.value(AttributeValue::M(data_map(&data)));
+                u.set.push(format!("{data_name} = {val}"));
+            }
+            let managed_name = u.name(MANAGED_KEYS);
+            if plan.managed.is_empty() {
+                u.remove.push(managed_name); // string sets cannot be empty
+            } else {
+                let val = u.value(AttributeValue::Ss(plan.managed.iter().cloned().collect()));
+                u.set.push(format!("{managed_name} = {val}"));
+            }
+            u.set_attr(MANAGED_BY, AttributeValue::S(desired.owner.clone()));
+            u.set_attr(VERSION, AttributeValue::N((state.version + 1).to_string()));
+            u.set_attr(UPDATED_AT, AttributeValue::S(now_rfc3339()));
+            let condition = u.version_condition(raw.is_some(), state.version, &self.partition_key);
+
+            let result = self
+                .call(
+                    "UpdateItem",
+                    self.client
+                        .update_item()
+                        .table_name(&self.table)
+                        .set_key(Some(self.key_attributes(location)))
+                        .update_expression(u.expression())
+                        .condition_expression(condition)
+                        .set_expression_attribute_names(Some(u.names))
+                        .set_expression_attribute_values(Some(u.values))
+                        .send(),
+                )
+                .await;
+            match result.map_err(lost_race_or) {
+                Ok(_) => {
+                    let new_state = StoreState {
+                        entries: data,
+                        managed: plan.managed,
+                        managed_by: Some(desired.owner.clone()),
+                        version: state.version + 1,
+                    };
+                    return Ok(ApplyReport {
+                        written: plan.puts.into_keys().collect(),
+                        deleted: plan.deletes,
+                        drift_corrected: plan.drift_corrected,
+                        state: new_state,
+                    });
+                }
+                Err(None) => {
+                    tracing::debug!(attempt, location = %self.describe(location), "lost a concurrent update; re-reading");
+                    continue;
+                }
+                Err(Some(e)) => return Err(StoreError::from_sdk(KIND, "UpdateItem", e)),
+            }
+        }
+        Err(StoreError::Contended { location: self.describe(location), attempts: MAX_ATTEMPTS })
+    }
+
+    async fn delete_managed(&self, location: &Location, owner: &str) -> Result<BTreeSet<String>, StoreError> {
+        for _ in 1..=MAX_ATTEMPTS {
+            let ItemRead { state, raw } = self.read_item(location).await?;
+            if raw.is_none() || state.managed_by.as_deref() != Some(owner) {
+                return Ok(BTreeSet::new()); // nothing of ours here
+            }
+            let deleted: BTreeSet<String> =
+                state.managed.iter().filter(|k| state.entries.contains_key(*k)).cloned().collect();
+            let others_remain = state.entries.keys().any(|k| !state.managed.contains(k));
+            let mut u = Update::default();
+            let condition = u.version_condition(true, state.version, &self.partition_key);
+            let result = if others_remain {
+                // Keep the item for the other writers; drop our keys and our claim.
+                let data_name = u.name(DATA);
+                for k in &deleted {
+                    let n = u.name(k);
+                    u.remove.push(format!("{data_name}.{n}"));
+                }
+                for attr in [MANAGED_KEYS, MANAGED_BY] {
+                    let n = u.name(attr);
+                    u.remove.push(n);
+                }
+                u.set_attr(VERSION, AttributeValue::N((state.version + 1).to_string()));
+                u.set_attr(UPDATED_AT, AttributeValue::S(now_rfc3339()));
+                let request = self
+                    .client
+                    .update_item()
+                    .table_name(&self.table)
+                    .set_key(Some(self.key_attributes(location)))
+                    .update_expression(u.expression())
+                    .condition_expression(condition)
+                    .set_expression_attribute_names(Some(u.names))
+                    .set_expression_attribute_values(Some(u.values));
+                self.call("UpdateItem", request.send())
+                    .await
+                    .map(drop)
+                    .map_err(|e| lost_race_or(e).map(|e| StoreError::from_sdk(KIND, "UpdateItem", e)))
+            } else {
+                // Only our keys were there: delete the item, leaving no orphan.
+                let request = self
+                    .client
+                    .delete_item()
+                    .table_name(&self.table)
+                    .set_key(Some(self.key_attributes(location)))
+                    .condition_expression(condition)
+                    .set_expression_attribute_names(Some(u.names))
+                    .set_expression_attribute_values((!u.values.is_empty()).then_some(u.values));
+                self.call("DeleteItem", request.send())
+                    .await
+                    .map(drop)
+                    .map_err(|e| lost_race_or(e).map(|e| StoreError::from_sdk(KIND, "DeleteItem", e)))
+            };
+            match result {
+                Ok(()) => return Ok(deleted),
+                Err(None) => continue,
+                Err(Some(e)) => return Err(e),
+            }
+        }
+        Err(StoreError::Contended { location: self.describe(location), attempts: MAX_ATTEMPTS })
+    }
+
+    async fn read_shared(&self, _path: &str) -> Result<BTreeMap<String, Value>, StoreError> {
+        Err(StoreError::Unsupported { backend: KIND, what: "shared paths" })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_keys_follow_the_design() {
+        let mut loc = Location { tenant: "acme".into(), environment: None, config_type: "payments".into() };
+        assert_eq!(DynamoDbBackend::item_key(&loc), ("TENANT#acme".into(), "CONFIG#payments".into()));
+        loc.environment = Some("prod".into());
+        assert_eq!(DynamoDbBackend::item_key(&loc).1, "CONFIG#payments#ENV#prod");
+    }
+
+    #[test]
+    fn item_size_counts_names_and_values() {
+        let item = HashMap::from([
+            ("pk".to_string(), AttributeValue::S("TENANT#a".into())), // 2 + 8
+            ("data".to_string(), AttributeValue::M(HashMap::from([("k".to_string(), AttributeValue::S("vv".into()))]))), // 4 + 3 + (1+2+1)
+            ("version".to_string(), AttributeValue::N("12".into())), // 7 + 2
+        ]);
+        assert_eq!(item_size(&item), 10 + 11 + 9);
+    }
+}

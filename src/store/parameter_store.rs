@@ -1,0 +1,380 @@
+//! Parameter Store strategy (DESIGN.md §4): one parameter per key at
+//! `{pathPrefix}/{tenant}[/{env}]/{configType}/{key}`.
+//!
+//! Ownership is recorded per parameter in its Description ("managed by
+//! tenant-config-controller for {namespace}/{name}"), because DescribeParameters
+//! returns descriptions for a whole path in one paged walk, whereas tags need one
+//! ListTagsForResource call per parameter. The design's tags are still set when a
+//! parameter is created (AWS refuses Tags together with Overwrite).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    future::Future,
+    sync::Arc,
+};
+
+use aws_sdk_ssm::{
+    Client,
+    error::{ProvideErrorMetadata, SdkError},
+    types::{ParameterStringFilter, ParameterType, ResourceTypeForTagging, Tag},
+};
+
+use super::{
+    ApplyReport, Backend, BackendContext, CallStats, Desired, LimitError, Location, StoreError, StoreState, Value,
+    limits::{check_parameter_name, parameter_tier},
+    plan::plan,
+    stats::Outcome,
+};
+use crate::api::{ManagementPolicy, ParameterStoreStore, ParameterTier};
+
+const KIND: &str = "ParameterStore";
+const OWNER_PREFIX: &str = "managed by tenant-config-controller for ";
+/// AWS API batch limits.
+const BY_PATH_PAGE: i32 = 10;
+const DESCRIBE_PAGE: i32 = 50;
+const DELETE_BATCH: usize = 10;
+
+pub const TAG_TENANT: &str = "tenantconfig.io/tenant";
+pub const TAG_CONFIG_TYPE: &str = "tenantconfig.io/config-type";
+pub const TAG_MANAGED_BY: &str = "tenantconfig.io/managed-by";
+
+pub struct ParameterStoreBackend {
+    client: Client,
+    path_prefix: String,
+    tier: ParameterTier,
+    kms_key_id: Option<String>,
+    stats: Arc<CallStats>,
+}
+
+impl ParameterStoreBackend {
+    pub fn new(spec: &ParameterStoreStore, ctx: &BackendContext) -> Self {
+        let mut config = aws_sdk_ssm::config::Builder::from(&ctx.sdk);
+        if let Some(region) = &spec.region {
+            config = config.region(aws_sdk_ssm::config::Region::new(region.clone()));
+        }
+        if let Some(endpoint) = &spec.endpoint {
+            config = config.endpoint_url(endpoint);
+        }
+        ParameterStoreBackend {
+            client: Client::from_conf(config.build()),
+            path_prefix: spec.path_prefix.trim_end_matches('/').to_string(),
+            tier: spec.tier,
+            kms_key_id: spec.kms_key_id.clone(),
+            stats: ctx.stats.clone(),
+        }
+    }
+
+    /// The path that holds a location's parameters.
+    pub fn base_path(&self, location: &Location) -> String {
+        match &location.environment {
+            Some(env) => format!("{}/{}/{env}/{}", self.path_prefix, location.tenant, location.config_type),
+            None => format!("{}/{}/{}", self.path_prefix, location.tenant, location.config_type),
+        }
+    }
+
+    async fn call<T, E, R>(
+        &self,
+        operation: &'static str,
+        fut: impl Future<Output = Result<T, SdkError<E, R>>>,
+    ) -> Result<T, SdkError<E, R>>
+    where
+        E: ProvideErrorMetadata,
+    {
+        let result = fut.await;
+        let outcome = match &result {
+            Ok(_) => Outcome::Ok,
+            Err(SdkError::ServiceError(e)) if super::is_throttling_code(e.err().code().unwrap_or_default()) => {
+                Outcome::Throttled
+            }
+            Err(_) => Outcome::Error,
+        };
+        self.stats.record(KIND, operation, outcome);
+        result
+    }
+
+    /// Every parameter under `path`, keyed by its name relative to `path` with
+    /// `/` flattened to `.` (DESIGN.md §5).
+    async fn values_under(&self, path: &str) -> Result<BTreeMap<String, Value>, StoreError> {
+        let mut values = BTreeMap::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .call(
+                    "GetParametersByPath",
+                    self.client
+                        .get_parameters_by_path()
+                        .path(path)
+                        .recursive(true)
+                        .with_decryption(true)
+                        .max_results(BY_PATH_PAGE)
+                        .set_next_token(token)
+                        .send(),
+                )
+                .await
+                .map_err(|e| StoreError::from_sdk(KIND, "GetParametersByPath", e))?;
+            for p in page.parameters() {
+                if let (Some(name), Some(value)) = (p.name(), p.value())
+                    && let Some(key) = relative_key(path, name)
+                {
+                    let secure = p.r#type() == Some(&ParameterType::SecureString);
+                    values.insert(key, Value { value: value.to_string(), secure });
+                }
+            }
+            token = page.next_token().map(String::from);
+            if token.is_none() {
+                return Ok(values);
+            }
+        }
+    }
+
+    /// Owner recorded on each parameter under `path` (relative, flattened keys).
+    async fn owners_under(&self, path: &str) -> Result<BTreeMap<String, String>, StoreError> {
+        let filter = ParameterStringFilter::builder()
+            .key("Path")
+            .option("Recursive")
+            .values(path)
+            .build()
+            .expect("filter has a key");
+        let mut owners = BTreeMap::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .call(
+                    "DescribeParameters",
+                    self.client
+                        .describe_parameters()
+                        .parameter_filters(filter.clone())
+                        .max_results(DESCRIBE_PAGE)
+                        .set_next_token(token)
+                        .send(),
+                )
+                .await
+                .map_err(|e| StoreError::from_sdk(KIND, "DescribeParameters", e))?;
+            for p in page.parameters() {
+                if let (Some(name), Some(owner)) =
+                    (p.name(), p.description().and_then(|d| d.strip_prefix(OWNER_PREFIX)))
+                    && let Some(key) = relative_key(path, name)
+                {
+                    owners.insert(key, owner.to_string());
+                }
+            }
+            token = page.next_token().map(String::from);
+            if token.is_none() {
+                return Ok(owners);
+            }
+        }
+    }
+
+    async fn put(
+        &self,
+        name: &str,
+        value: &Value,
+        tier: ParameterTier,
+        owner: &str,
+        create_tags: Option<Vec<Tag>>,
+    ) -> Result<
+        (),
+        SdkError<aws_sdk_ssm::operation::put_parameter::PutParameterError, aws_sdk_ssm::config::http::HttpResponse>,
+    > {
+        let (kind, key_id) = if value.secure {
+            (ParameterType::SecureString, self.kms_key_id.clone())
+        } else {
+            (ParameterType::String, None)
+        };
+        let tier = match tier {
+            ParameterTier::Standard => aws_sdk_ssm::types::ParameterTier::Standard,
+            ParameterTier::Advanced => aws_sdk_ssm::types::ParameterTier::Advanced,
+            ParameterTier::IntelligentTiering => aws_sdk_ssm::types::ParameterTier::IntelligentTiering,
+        };
+        let overwrite = create_tags.is_none();
+        self.call(
+            "PutParameter",
+            self.client
+                .put_parameter()
+                .name(name)
+                .value(&value.value)
+                .r#type(kind)
+                .set_key_id(key_id)
+                .tier(tier)
+                .description(format!("{OWNER_PREFIX}{owner}"))
+                .overwrite(overwrite)
+                .set_tags(create_tags)
+                .send(),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn delete(&self, base: &str, keys: &BTreeSet<String>) -> Result<(), StoreError> {
+        let names: Vec<String> = keys.iter().map(|k| format!("{base}/{k}")).collect();
+        for batch in names.chunks(DELETE_BATCH) {
+            self.call("DeleteParameters", self.client.delete_parameters().set_names(Some(batch.to_vec())).send())
+                .await
+                .map_err(|e| StoreError::from_sdk(KIND, "DeleteParameters", e))?;
+        }
+        Ok(())
+    }
+
+    fn tags(location: &Location, owner: &str) -> Vec<Tag> {
+        [
+            (TAG_TENANT, location.tenant.as_str()),
+            (TAG_CONFIG_TYPE, location.config_type.as_str()),
+            (TAG_MANAGED_BY, owner),
+        ]
+        .into_iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build().expect("tag has key and value"))
+        .collect()
+    }
+}
+
+/// `name` relative to `path`, flattened with `.`; `None` when outside it.
+fn relative_key(path: &str, name: &str) -> Option<String> {
+    let rest = name.strip_prefix(path)?.strip_prefix('/')?;
+    (!rest.is_empty()).then(|| rest.replace('/', "."))
+}
+
+/// Managed keys and their owner, from per-parameter owners. Several owners can
+/// only come from a race or a hand edit; the lexically first one is reported.
+fn ownership(owners: &BTreeMap<String, String>) -> (Option<String>, BTreeSet<String>) {
+    let Some(owner) = owners.values().min().cloned() else { return (None, BTreeSet::new()) };
+    let managed = owners.iter().filter(|(_, o)| **o == owner).map(|(k, _)| k.clone()).collect();
+    (Some(owner), managed)
+}
+
+#[async_trait::async_trait]
+impl Backend for ParameterStoreBackend {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn describe(&self, location: &Location) -> String {
+        self.base_path(location)
+    }
+
+    async fn read(&self, location: &Location) -> Result<StoreState, StoreError> {
+        let base = self.base_path(location);
+        let entries = self.values_under(&base).await?;
+        let (managed_by, managed) = ownership(&self.owners_under(&base).await?);
+        Ok(StoreState { entries, managed, managed_by, version: 0 })
+    }
+
+    async fn apply(&self, location: &Location, desired: &Desired) -> Result<ApplyReport, StoreError> {
+        let base = self.base_path(location);
+        // Every limit is checked before the first call: nothing half-written.
+        let mut tiers = BTreeMap::new();
+        for (key, value) in &desired.entries {
+            check_parameter_name(&format!("{base}/{key}"))?;
+            tiers.insert(key.clone(), parameter_tier(key, &value.value, self.tier)?);
+            if value.secure && self.kms_key_id.is_none() {
+                return Err(LimitError::SecureNotSupported {
+                    key: key.clone(),
+                    store: self.path_prefix.clone(),
+                    why: "has no kmsKeyId for SecureString",
+                }
+                .into());
+            }
+        }
+        let current = self.read(location).await?;
+        let plan =
+            plan(&current, desired).map_err(|e| StoreError::Conflict { location: base.clone(), owner: e.owner })?;
+        // Keys we adopt without a value change still need our owner recorded.
+        let claims: BTreeSet<String> = plan
+            .managed
+            .iter()
+            .filter(|k| {
+                !current.managed.contains(*k) && !plan.puts.contains_key(*k) && current.entries.contains_key(*k)
+            })
+            .cloned()
+            .collect();
+        if plan.puts.is_empty() && plan.deletes.is_empty() && claims.is_empty() {
+            return Ok(ApplyReport { state: current, ..Default::default() });
+        }
+
+        let mut state = current.clone();
+        let mut written = BTreeSet::new();
+        for (key, value) in plan.puts.iter().chain(claims.iter().map(|k| (k, &current.entries[k]))) {
+            let name = format!("{base}/{key}");
+            let tier = tiers.get(key).copied().unwrap_or(ParameterTier::Standard);
+            let exists = current.entries.contains_key(key);
+            let mut result = self
+                .put(&name, value, tier, &desired.owner, (!exists).then(|| Self::tags(location, &desired.owner)))
+                .await;
+            if let Err(e) = &result
+                && e.as_service_error().is_some_and(|s| s.is_parameter_already_exists())
+            {
+                // Created concurrently by someone else since our read.
+                if desired.policy == ManagementPolicy::CreateOnly {
+                    continue;
+                }
+                result = self.put(&name, value, tier, &desired.owner, None).await;
+            }
+            result.map_err(|e| StoreError::from_sdk(KIND, "PutParameter", e))?;
+            if exists && !current.managed.contains(key) {
+                // Taking over a parameter someone else created: make its tags say so.
+                self.call(
+                    "AddTagsToResource",
+                    self.client
+                        .add_tags_to_resource()
+                        .resource_type(ResourceTypeForTagging::Parameter)
+                        .resource_id(&name)
+                        .set_tags(Some(Self::tags(location, &desired.owner)))
+                        .send(),
+                )
+                .await
+                .map_err(|e| StoreError::from_sdk(KIND, "AddTagsToResource", e))?;
+            }
+            state.entries.insert(key.clone(), value.clone());
+            written.insert(key.clone());
+        }
+        self.delete(&base, &plan.deletes).await?;
+        for key in &plan.deletes {
+            state.entries.remove(key);
+        }
+        state.managed = plan.managed;
+        state.managed_by = Some(desired.owner.clone());
+        Ok(ApplyReport {
+            written: written.into_iter().filter(|k| plan.puts.contains_key(k)).collect(),
+            deleted: plan.deletes,
+            drift_corrected: plan.drift_corrected,
+            state,
+        })
+    }
+
+    async fn delete_managed(&self, location: &Location, owner: &str) -> Result<BTreeSet<String>, StoreError> {
+        let base = self.base_path(location);
+        let owners = self.owners_under(&base).await?;
+        let ours: BTreeSet<String> = owners.into_iter().filter(|(_, o)| o == owner).map(|(k, _)| k).collect();
+        self.delete(&base, &ours).await?;
+        Ok(ours)
+    }
+
+    async fn read_shared(&self, path: &str) -> Result<BTreeMap<String, Value>, StoreError> {
+        self.values_under(path.trim_end_matches('/')).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_keys_flatten_nested_paths() {
+        assert_eq!(relative_key("/p/acme/pay", "/p/acme/pay/retry"), Some("retry".into()));
+        assert_eq!(relative_key("/p/acme/pay", "/p/acme/pay/db/host"), Some("db.host".into()));
+        assert_eq!(relative_key("/p/acme/pay", "/p/acme/payments/x"), None, "a sibling path is not ours");
+        assert_eq!(relative_key("/p/acme/pay", "/p/acme/pay"), None);
+    }
+
+    #[test]
+    fn ownership_picks_one_owner_and_its_keys() {
+        let owners = BTreeMap::from([
+            ("a".to_string(), "ns/x".to_string()),
+            ("b".to_string(), "ns/x".to_string()),
+            ("c".to_string(), "other/y".to_string()),
+        ]);
+        let (owner, managed) = ownership(&owners);
+        assert_eq!(owner.as_deref(), Some("ns/x"));
+        assert_eq!(managed.into_iter().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(ownership(&BTreeMap::new()), (None, BTreeSet::new()));
+    }
+}

@@ -1,0 +1,383 @@
+//! Both storage strategies against moto's real HTTP server.
+
+mod support;
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_ssm::types::ParameterType;
+use support::{aws_config, create_table, unique};
+use tenant_config_controller::{
+    api::{ConfigStoreSpec, DynamoDbStore, ManagementPolicy, ParameterStoreStore, ParameterTier},
+    store::{self, Backend, BackendContext, CallStats, Desired, LimitError, Location, StoreError, Value},
+};
+
+struct Env {
+    ctx: BackendContext,
+    ddb: aws_sdk_dynamodb::Client,
+    ssm: aws_sdk_ssm::Client,
+}
+
+async fn env() -> Env {
+    let sdk = aws_config().await;
+    Env {
+        ddb: aws_sdk_dynamodb::Client::new(&sdk),
+        ssm: aws_sdk_ssm::Client::new(&sdk),
+        ctx: BackendContext { sdk, stats: Arc::new(CallStats::default()) },
+    }
+}
+
+fn location(tenant: &str) -> Location {
+    Location { tenant: tenant.into(), environment: None, config_type: "payments".into() }
+}
+
+fn desired(owner: &str, entries: &[(&str, &str)]) -> Desired {
+    Desired {
+        owner: owner.into(),
+        entries: entries.iter().map(|(k, v)| (k.to_string(), Value { value: v.to_string(), secure: false })).collect(),
+        policy: ManagementPolicy::Enforce,
+    }
+}
+
+fn values(state: &store::StoreState) -> BTreeMap<&str, &str> {
+    state.entries.iter().map(|(k, v)| (k.as_str(), v.value.as_str())).collect()
+}
+
+async fn dynamodb_backend(env: &Env) -> (Arc<dyn Backend>, String) {
+    let table = unique("tenant-config");
+    create_table(&env.ddb, &table).await;
+    let spec = ConfigStoreSpec {
+        dynamodb: Some(DynamoDbStore {
+            table_name: table.clone(),
+            partition_key: "pk".into(),
+            sort_key: "sk".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    (store::build("tenant-dynamodb", &spec, &env.ctx).unwrap(), table)
+}
+
+fn ssm_spec(prefix: &str, tier: ParameterTier, kms: Option<&str>) -> ConfigStoreSpec {
+    ConfigStoreSpec {
+        parameter_store: Some(ParameterStoreStore {
+            path_prefix: prefix.into(),
+            tier,
+            kms_key_id: kms.map(String::from),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn dynamodb_round_trip_keeps_other_writers_keys() {
+    let env = env().await;
+    let (backend, table) = dynamodb_backend(&env).await;
+    let loc = location("acme");
+    let owner = "acme-prod/payments";
+
+    let report = backend.apply(&loc, &desired(owner, &[("provider", "stripe"), ("retry-limit", "5")])).await.unwrap();
+    assert_eq!(report.written.len(), 2);
+
+    // Another writer adds a key to the same item, outside the controller.
+    env.ddb
+        .update_item()
+        .table_name(&table)
+        .key("pk", AttributeValue::S("TENANT#acme".into()))
+        .key("sk", AttributeValue::S("CONFIG#payments".into()))
+        .update_expression("SET #d.#k = :v")
+        .expression_attribute_names("#d", "data")
+        .expression_attribute_names("#k", "feature-x")
+        .expression_attribute_values(":v", AttributeValue::S("on".into()))
+        .send()
+        .await
+        .unwrap();
+
+    // Change one key, drop one, add one.
+    let report = backend.apply(&loc, &desired(owner, &[("provider", "adyen"), ("timeout", "30")])).await.unwrap();
+    assert_eq!(report.written.iter().map(String::as_str).collect::<Vec<_>>(), ["provider", "timeout"]);
+    assert_eq!(report.deleted.iter().map(String::as_str).collect::<Vec<_>>(), ["retry-limit"]);
+    let state = backend.read(&loc).await.unwrap();
+    assert_eq!(values(&state), BTreeMap::from([("feature-x", "on"), ("provider", "adyen"), ("timeout", "30")]));
+    assert_eq!(state.managed.iter().map(String::as_str).collect::<Vec<_>>(), ["provider", "timeout"]);
+    assert_eq!(state.managed_by.as_deref(), Some(owner));
+    assert_eq!(backend.describe(&loc), "TENANT#acme/CONFIG#payments");
+
+    // The raw item has the documented layout.
+    let item = env
+        .ddb
+        .get_item()
+        .table_name(&table)
+        .key("pk", AttributeValue::S("TENANT#acme".into()))
+        .key("sk", AttributeValue::S("CONFIG#payments".into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    assert_eq!(item["managedBy"].as_s().unwrap(), owner);
+    assert_eq!(item["version"].as_n().unwrap(), "2");
+    assert!(item.contains_key("updatedAt"));
+
+    // Delete: our keys go, the other writer's key and the item stay.
+    let deleted = backend.delete_managed(&loc, owner).await.unwrap();
+    assert_eq!(deleted.len(), 2);
+    let state = backend.read(&loc).await.unwrap();
+    assert_eq!(values(&state), BTreeMap::from([("feature-x", "on")]));
+    assert!(state.managed.is_empty() && state.managed_by.is_none());
+}
+
+#[tokio::test]
+async fn dynamodb_delete_of_sole_owner_removes_the_item() {
+    let env = env().await;
+    let (backend, table) = dynamodb_backend(&env).await;
+    let loc = location("globex");
+    backend.apply(&loc, &desired("globex-prod/payments", &[("a", "1")])).await.unwrap();
+    backend.delete_managed(&loc, "globex-prod/payments").await.unwrap();
+    let scan = env.ddb.scan().table_name(&table).send().await.unwrap();
+    assert_eq!(scan.count(), 0, "no orphaned item");
+}
+
+#[tokio::test]
+async fn unchanged_apply_makes_zero_write_calls() {
+    let env = env().await;
+    let (ddb, _) = dynamodb_backend(&env).await;
+    let ssm =
+        store::build("shared-ssm", &ssm_spec(&format!("/{}", unique("zero")), ParameterTier::Standard, None), &env.ctx)
+            .unwrap();
+    let want = desired("acme-prod/payments", &[("a", "1"), ("b", "2"), ("c", "3")]);
+    for backend in [&ddb, &ssm] {
+        backend.apply(&location("acme"), &want).await.unwrap();
+        let writes = env.ctx.stats.writes(backend.kind());
+        let reads = env.ctx.stats.total(backend.kind()) - writes;
+        let report = backend.apply(&location("acme"), &want).await.unwrap();
+        assert!(!report.wrote_anything());
+        assert_eq!(env.ctx.stats.writes(backend.kind()), writes, "{}: no write calls", backend.kind());
+        assert!(env.ctx.stats.total(backend.kind()) - writes > reads, "{}: it did read", backend.kind());
+    }
+}
+
+#[tokio::test]
+async fn dynamodb_concurrent_writers_lose_nothing() {
+    let env = env().await;
+    let (backend, table) = dynamodb_backend(&env).await;
+    let loc = location("acme");
+    let want = desired("acme-prod/payments", &[("a", "1"), ("b", "2")]);
+    backend.apply(&loc, &desired("acme-prod/payments", &[("a", "0")])).await.unwrap();
+
+    // Replicas applying the same spec race with a versioned writer touching other keys.
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let backend = backend.clone();
+        let want = want.clone();
+        let loc = loc.clone();
+        tasks.push(tokio::spawn(async move { backend.apply(&loc, &want).await.map(drop) }));
+        let ddb = env.ddb.clone();
+        let table = table.clone();
+        tasks.push(tokio::spawn(async move {
+            // Another protocol-following writer: read version, conditional update.
+            loop {
+                let item = ddb
+                    .get_item()
+                    .table_name(&table)
+                    .key("pk", AttributeValue::S("TENANT#acme".into()))
+                    .key("sk", AttributeValue::S("CONFIG#payments".into()))
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .unwrap()
+                    .item
+                    .unwrap();
+                let version = item["version"].as_n().unwrap().clone();
+                let next = (version.parse::<u64>().unwrap() + 1).to_string();
+                let result = ddb
+                    .update_item()
+                    .table_name(&table)
+                    .key("pk", AttributeValue::S("TENANT#acme".into()))
+                    .key("sk", AttributeValue::S("CONFIG#payments".into()))
+                    .update_expression("SET #d.#k = :v, #ver = :next")
+                    .condition_expression("#ver = :cur")
+                    .expression_attribute_names("#d", "data")
+                    .expression_attribute_names("#k", format!("other-{i}"))
+                    .expression_attribute_names("#ver", "version")
+                    .expression_attribute_values(":v", AttributeValue::S(i.to_string()))
+                    .expression_attribute_values(":next", AttributeValue::N(next))
+                    .expression_attribute_values(":cur", AttributeValue::N(version))
+                    .send()
+                    .await;
+                if result.is_ok() {
+                    return Ok(());
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let state = backend.read(&loc).await.unwrap();
+    let v = values(&state);
+    assert_eq!((v["a"], v["b"]), ("1", "2"), "{v:?}");
+    for i in 0..6 {
+        assert_eq!(v[format!("other-{i}").as_str()], i.to_string(), "other writer {i} survived: {v:?}");
+    }
+}
+
+#[tokio::test]
+async fn second_owner_gets_a_conflict_and_writes_nothing() {
+    let env = env().await;
+    let (backend, _) = dynamodb_backend(&env).await;
+    let loc = location("acme");
+    backend.apply(&loc, &desired("acme-prod/payments", &[("a", "1")])).await.unwrap();
+    let writes = env.ctx.stats.writes("DynamoDB");
+    let err = backend.apply(&loc, &desired("acme-dev/payments", &[("a", "2")])).await.unwrap_err();
+    assert!(matches!(&err, StoreError::Conflict { owner, .. } if owner == "acme-prod/payments"), "{err}");
+    assert_eq!(env.ctx.stats.writes("DynamoDB"), writes);
+}
+
+#[tokio::test]
+async fn dynamodb_item_over_400_kb_is_refused_before_writing() {
+    let env = env().await;
+    let (backend, table) = dynamodb_backend(&env).await;
+    let big = "v".repeat(8192);
+    let entries: Vec<(String, &str)> = (0..51).map(|i| (format!("k{i}"), big.as_str())).collect();
+    let refs: Vec<(&str, &str)> = entries.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let err = backend.apply(&location("acme"), &desired("acme-prod/payments", &refs)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Limit(LimitError::ItemTooLarge { .. })), "{err}");
+    assert!(err.to_string().contains("409600 bytes (400 KB)"), "{err}");
+    assert_eq!(env.ddb.scan().table_name(&table).send().await.unwrap().count(), 0, "nothing written");
+}
+
+#[tokio::test]
+async fn parameter_store_round_trip_with_foreign_and_secure_parameters() {
+    let env = env().await;
+    let prefix = format!("/{}", unique("tenant-config"));
+    let backend =
+        store::build("shared-ssm", &ssm_spec(&prefix, ParameterTier::Advanced, Some("alias/tenant-config")), &env.ctx)
+            .unwrap();
+    let loc = Location { tenant: "acme".into(), environment: Some("prod".into()), config_type: "payments".into() };
+    let base = format!("{prefix}/acme/prod/payments");
+    assert_eq!(backend.describe(&loc), base);
+    let owner = "acme-prod/payments";
+
+    let mut want = desired(owner, &[("api-endpoint", "https://pay.example.com"), ("big", &"x".repeat(5000))]);
+    want.entries.insert("db-password".into(), Value { value: "s3cret".into(), secure: true });
+    let report = backend.apply(&loc, &want).await.unwrap();
+    assert_eq!(report.written.len(), 3);
+
+    // What AWS holds: types, tier, tags on create.
+    let pw = env.ssm.get_parameter().name(format!("{base}/db-password")).with_decryption(true).send().await.unwrap();
+    assert_eq!(pw.parameter().unwrap().r#type(), Some(&ParameterType::SecureString));
+    let tags = env
+        .ssm
+        .list_tags_for_resource()
+        .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::Parameter)
+        .resource_id(format!("{base}/api-endpoint"))
+        .send()
+        .await
+        .unwrap();
+    let tags: BTreeMap<_, _> = tags.tag_list().iter().map(|t| (t.key(), t.value())).collect();
+    assert_eq!(tags.get("tenantconfig.io/tenant"), Some(&"acme"));
+    assert_eq!(tags.get("tenantconfig.io/config-type"), Some(&"payments"));
+    assert_eq!(tags.get("tenantconfig.io/managed-by"), Some(&owner));
+    let described = env
+        .ssm
+        .describe_parameters()
+        .parameter_filters(
+            aws_sdk_ssm::types::ParameterStringFilter::builder()
+                .key("Name")
+                .values(format!("{base}/big"))
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(described.parameters()[0].tier(), Some(&aws_sdk_ssm::types::ParameterTier::Advanced));
+
+    // Another writer's parameters in the tenant's path, one nested.
+    for (name, value) in [("feature-x", "on"), ("db/host", "db.internal")] {
+        env.ssm
+            .put_parameter()
+            .name(format!("{base}/{name}"))
+            .value(value)
+            .r#type(ParameterType::String)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    // Update one value (overwrite without tags), drop one key.
+    let mut want = desired(owner, &[("api-endpoint", "https://pay2.example.com")]);
+    want.entries.insert("db-password".into(), Value { value: "s3cret".into(), secure: true });
+    let report = backend.apply(&loc, &want).await.unwrap();
+    assert_eq!(report.written.iter().map(String::as_str).collect::<Vec<_>>(), ["api-endpoint"]);
+    assert_eq!(report.deleted.iter().map(String::as_str).collect::<Vec<_>>(), ["big"]);
+
+    let state = backend.read(&loc).await.unwrap();
+    assert_eq!(
+        values(&state),
+        BTreeMap::from([
+            ("api-endpoint", "https://pay2.example.com"),
+            ("db-password", "s3cret"),
+            ("db.host", "db.internal"),
+            ("feature-x", "on"),
+        ])
+    );
+    assert!(state.entries["db-password"].secure);
+    assert_eq!(state.managed.iter().map(String::as_str).collect::<Vec<_>>(), ["api-endpoint", "db-password"]);
+
+    // Shared read of the same path flattens the same way.
+    let shared = backend.read_shared(&format!("{prefix}/acme")).await.unwrap();
+    assert!(shared.contains_key("prod.payments.db.host"), "{:?}", shared.keys());
+
+    let deleted = backend.delete_managed(&loc, owner).await.unwrap();
+    assert_eq!(deleted.len(), 2);
+    let left = backend.read(&loc).await.unwrap();
+    assert_eq!(values(&left), BTreeMap::from([("db.host", "db.internal"), ("feature-x", "on")]));
+}
+
+#[tokio::test]
+async fn parameter_store_refuses_what_aws_would_before_writing() {
+    let env = env().await;
+    let prefix = format!("/{}", unique("limits"));
+    let standard = store::build("s", &ssm_spec(&prefix, ParameterTier::Standard, None), &env.ctx).unwrap();
+    let loc = location("acme");
+    let owner = "acme-prod/payments";
+
+    let cases: Vec<(Arc<dyn Backend>, Desired, &str)> = vec![
+        (standard.clone(), desired(owner, &[("ok", "1"), ("big", &"v".repeat(4097))]), "the Standard tier allows 4096"),
+        (standard.clone(), desired(owner, &[("ok", "1"), ("bad key", "1")]), "character outside a-zA-Z0-9_.-/"),
+        (
+            standard.clone(),
+            Desired {
+                entries: [("pw".to_string(), Value { value: "x".into(), secure: true })].into(),
+                ..desired(owner, &[])
+            },
+            "has no kmsKeyId",
+        ),
+        (
+            store::build(
+                "deep",
+                &ssm_spec(&format!("{prefix}/1/2/3/4/5/6/7/8/9/10/11/12"), ParameterTier::Standard, None),
+                &env.ctx,
+            )
+            .unwrap(),
+            desired(owner, &[("k", "1")]),
+            "16 levels; Parameter Store allows at most 15",
+        ),
+        (
+            store::build("aws", &ssm_spec("/aws-config", ParameterTier::Standard, None), &env.ctx).unwrap(),
+            desired(owner, &[("k", "1")]),
+            "starts with 'aws' or 'ssm'",
+        ),
+    ];
+    for (backend, want, msg) in cases {
+        let err = backend.apply(&loc, &want).await.unwrap_err();
+        assert!(matches!(err, StoreError::Limit(_)), "{err}");
+        assert!(err.to_string().contains(msg), "expected {msg:?} in {err}");
+    }
+    assert_eq!(env.ctx.stats.writes("ParameterStore"), 0, "nothing was written");
+    assert_eq!(env.ctx.stats.total("ParameterStore"), 0, "refused before any call");
+}
