@@ -2,14 +2,26 @@
 
 mod support;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    num::NonZeroU32,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_ssm::types::ParameterType;
-use support::{aws_config, create_table, unique};
+use support::{
+    aws_config, create_table,
+    fault_proxy::{Fault, FaultProxy, Times},
+    unique,
+};
 use tenant_config_controller::{
     api::{ConfigStoreSpec, DynamoDbStore, ManagementPolicy, ParameterStoreStore, ParameterTier},
-    store::{self, Backend, BackendContext, CallStats, Desired, LimitError, Location, StoreError, Value},
+    store::{
+        self, Backend, BackendContext, DEFAULT_MAX_ATTEMPTS, Desired, LimitError, Location, RateLimits, StoreError,
+        Value, stats::Outcome,
+    },
 };
 
 struct Env {
@@ -23,7 +35,7 @@ async fn env() -> Env {
     Env {
         ddb: aws_sdk_dynamodb::Client::new(&sdk),
         ssm: aws_sdk_ssm::Client::new(&sdk),
-        ctx: BackendContext { sdk, stats: Arc::new(CallStats::default()) },
+        ctx: BackendContext::new(sdk, RateLimits::default(), DEFAULT_MAX_ATTEMPTS),
     }
 }
 
@@ -380,4 +392,79 @@ async fn parameter_store_refuses_what_aws_would_before_writing() {
     }
     assert_eq!(env.ctx.stats.writes("ParameterStore"), 0, "nothing was written");
     assert_eq!(env.ctx.stats.total("ParameterStore"), 0, "refused before any call");
+}
+
+#[tokio::test]
+async fn throttling_is_retried_then_reported_within_bounded_time() {
+    let env = env().await;
+    let proxy = FaultProxy::start(&support::env("AWS_ENDPOINT_URL")).await;
+    let mut spec = ssm_spec(&format!("/{}", unique("throttle")), ParameterTier::Standard, None);
+    spec.parameter_store.as_mut().unwrap().endpoint = Some(proxy.url.clone());
+    let backend = store::build("ssm", &spec, &env.ctx).unwrap();
+    let loc = location("acme");
+
+    proxy.inject("PutParameter", Fault::Throttle, Times::Next(2));
+    backend.apply(&loc, &desired("acme-prod/payments", &[("a", "1")])).await.expect("two throttles are absorbed");
+    assert_eq!(proxy.injected(), 2);
+    assert_eq!(backend.read(&loc).await.unwrap().entries["a"].value, "1");
+
+    proxy.clear();
+    proxy.inject("PutParameter", Fault::Throttle, Times::Always);
+    let started = Instant::now();
+    let err = backend.apply(&loc, &desired("acme-prod/payments", &[("a", "2")])).await.unwrap_err();
+    assert!(matches!(err, StoreError::Throttled { operation: "PutParameter", .. }), "{err}");
+    assert!(err.is_transient() && err.metric_label() == "throttled");
+    assert!(started.elapsed() < Duration::from_secs(60), "retries are bounded: {:?}", started.elapsed());
+    assert_eq!(proxy.injected(), 2 + u64::from(DEFAULT_MAX_ATTEMPTS), "one call, {DEFAULT_MAX_ATTEMPTS} attempts");
+    assert_eq!(env.ctx.stats.count("ParameterStore", "PutParameter", Outcome::Throttled), 1);
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_then_reported_as_unavailable() {
+    let env = env().await;
+    let proxy = FaultProxy::start(&support::env("AWS_ENDPOINT_URL")).await;
+    let table = unique("tenant-config");
+    create_table(&env.ddb, &table).await;
+    let spec = ConfigStoreSpec {
+        dynamodb: Some(DynamoDbStore {
+            table_name: table,
+            partition_key: "pk".into(),
+            sort_key: "sk".into(),
+            endpoint: Some(proxy.url.clone()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let backend = store::build("ddb", &spec, &env.ctx).unwrap();
+    let loc = location("acme");
+
+    proxy.inject("UpdateItem", Fault::ServerError, Times::Next(2));
+    backend.apply(&loc, &desired("acme-prod/payments", &[("a", "1")])).await.expect("two 500s are absorbed");
+
+    proxy.clear();
+    proxy.inject("*", Fault::ServerError, Times::Always);
+    let err = backend.read(&loc).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable { operation: "GetItem", .. }), "{err}");
+    proxy.clear();
+    assert_eq!(backend.read(&loc).await.unwrap().entries["a"].value, "1", "recovers once the store answers");
+}
+
+#[tokio::test]
+async fn put_parameter_rate_stays_within_the_configured_limit() {
+    let sdk = aws_config().await;
+    let per_second = 10;
+    let limits = RateLimits { ssm_write_per_second: NonZeroU32::new(per_second), ..Default::default() };
+    let ctx = BackendContext::new(sdk, limits, DEFAULT_MAX_ATTEMPTS);
+    let backend =
+        store::build("ssm", &ssm_spec(&format!("/{}", unique("rate")), ParameterTier::Standard, None), &ctx).unwrap();
+    let keys: Vec<String> = (0..30).map(|i| format!("k{i:02}")).collect();
+    let entries: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "v")).collect();
+
+    let started = Instant::now();
+    backend.apply(&location("acme"), &desired("acme-prod/payments", &entries)).await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(ctx.stats.count("ParameterStore", "PutParameter", Outcome::Ok), 30);
+    // A one-second burst is free; the other 20 writes wait their turn at 10/s.
+    let floor = Duration::from_secs_f64((30 - per_second) as f64 / per_second as f64) - Duration::from_millis(100);
+    assert!(elapsed >= floor, "30 writes at {per_second}/s took only {elapsed:?}");
 }

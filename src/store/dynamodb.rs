@@ -36,6 +36,7 @@ pub struct DynamoDbBackend {
     partition_key: String,
     sort_key: String,
     stats: Arc<CallStats>,
+    limiters: Arc<super::Limiters>,
 }
 
 /// The item as read, with what a conditional update needs to know about it.
@@ -46,7 +47,7 @@ struct ItemRead {
 
 impl DynamoDbBackend {
     pub fn new(spec: &DynamoDbStore, ctx: &BackendContext) -> Self {
-        let mut config = aws_sdk_dynamodb::config::Builder::from(&ctx.sdk);
+        let mut config = aws_sdk_dynamodb::config::Builder::from(&ctx.sdk).retry_config(ctx.retry.clone());
         if let Some(region) = &spec.region {
             config = config.region(aws_sdk_dynamodb::config::Region::new(region.clone()));
         }
@@ -59,6 +60,7 @@ impl DynamoDbBackend {
             partition_key: spec.partition_key.clone(),
             sort_key: spec.sort_key.clone(),
             stats: ctx.stats.clone(),
+            limiters: ctx.limiters.clone(),
         }
     }
 
@@ -87,6 +89,7 @@ impl DynamoDbBackend {
     where
         E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
     {
+        self.limiters.acquire(family(operation)).await;
         let result = fut.await;
         let outcome = match &result {
             Ok(_) => Outcome::Ok,
@@ -131,6 +134,10 @@ impl DynamoDbBackend {
         };
         Ok(ItemRead { state, raw: Some(item) })
     }
+}
+
+fn family(_operation: &str) -> super::Family {
+    super::Family::DynamoDb
 }
 
 /// `None` when the error is a lost optimistic-concurrency race (re-read and retry).

@@ -9,6 +9,7 @@ pub mod dynamodb;
 pub mod limits;
 pub mod parameter_store;
 pub mod plan;
+pub mod rate_limit;
 pub mod routing;
 pub mod stats;
 
@@ -17,10 +18,12 @@ use std::{
     sync::Arc,
 };
 
+use aws_config::retry::RetryConfig;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 
 use crate::api::{ConfigStoreSpec, ManagementPolicy, StoreBackend};
 pub use limits::LimitError;
+pub use rate_limit::{Family, Limiters, RateLimits};
 pub use stats::CallStats;
 
 /// The store-independent address of one TenantConfig's data.
@@ -184,11 +187,31 @@ fn is_server_fault_code(code: &str) -> bool {
     matches!(code, "InternalServerError" | "InternalFailure" | "ServiceUnavailable" | "InternalServerException")
 }
 
-/// What every backend shares: the base AWS config and the call counters.
+/// What every backend shares: the base AWS config, the retry policy, the
+/// process-wide rate limiters and the call counters.
 #[derive(Clone)]
 pub struct BackendContext {
     pub sdk: aws_config::SdkConfig,
+    pub retry: RetryConfig,
+    pub limiters: Arc<Limiters>,
     pub stats: Arc<CallStats>,
+}
+
+/// SDK attempts per call (the first try included) before a throttle or 5xx is
+/// returned as an error; the reconcile then backs off on its own.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 4;
+
+impl BackendContext {
+    /// Adaptive retry (client-side rate adaptation on throttling) with the given
+    /// attempt budget, and the given per-API rate limits.
+    pub fn new(sdk: aws_config::SdkConfig, limits: RateLimits, max_attempts: u32) -> Self {
+        BackendContext {
+            sdk,
+            retry: RetryConfig::adaptive().with_max_attempts(max_attempts),
+            limiters: Arc::new(Limiters::new(limits)),
+            stats: Arc::new(CallStats::default()),
+        }
+    }
 }
 
 /// Builds the backend a ConfigStore describes.

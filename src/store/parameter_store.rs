@@ -44,11 +44,12 @@ pub struct ParameterStoreBackend {
     tier: ParameterTier,
     kms_key_id: Option<String>,
     stats: Arc<CallStats>,
+    limiters: Arc<super::Limiters>,
 }
 
 impl ParameterStoreBackend {
     pub fn new(spec: &ParameterStoreStore, ctx: &BackendContext) -> Self {
-        let mut config = aws_sdk_ssm::config::Builder::from(&ctx.sdk);
+        let mut config = aws_sdk_ssm::config::Builder::from(&ctx.sdk).retry_config(ctx.retry.clone());
         if let Some(region) = &spec.region {
             config = config.region(aws_sdk_ssm::config::Region::new(region.clone()));
         }
@@ -61,6 +62,7 @@ impl ParameterStoreBackend {
             tier: spec.tier,
             kms_key_id: spec.kms_key_id.clone(),
             stats: ctx.stats.clone(),
+            limiters: ctx.limiters.clone(),
         }
     }
 
@@ -80,6 +82,7 @@ impl ParameterStoreBackend {
     where
         E: ProvideErrorMetadata,
     {
+        self.limiters.acquire(family(operation)).await;
         let result = fut.await;
         let outcome = match &result {
             Ok(_) => Outcome::Ok,
@@ -224,6 +227,14 @@ impl ParameterStoreBackend {
         .into_iter()
         .map(|(k, v)| Tag::builder().key(k).value(v).build().expect("tag has key and value"))
         .collect()
+    }
+}
+
+/// The rate-limit family of an SSM operation.
+fn family(operation: &str) -> super::Family {
+    match operation {
+        "PutParameter" | "DeleteParameters" | "AddTagsToResource" => super::Family::SsmWrite,
+        _ => super::Family::SsmRead,
     }
 }
 

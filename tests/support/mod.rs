@@ -4,6 +4,8 @@
 //! Without it they fail with a message saying so; they never skip.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod fault_proxy;
+
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output},

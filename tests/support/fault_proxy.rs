@@ -1,0 +1,181 @@
+//! A fault-injecting HTTP proxy in front of moto (DESIGN.md §9): moto never
+//! throttles or fails, AWS does. Requests are matched by operation (the
+//! `X-Amz-Target` header of the JSON protocols, e.g. `AmazonSSM.PutParameter`)
+//! and answered with a ThrottlingException (HTTP 400) or an HTTP 500 a chosen
+//! number of times or with a probability; everything else is forwarded.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, body::Incoming, service::service_fn};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fault {
+    /// HTTP 400 `ThrottlingException`, as AWS answers when rate limits are hit.
+    Throttle,
+    /// HTTP 500 `InternalServerError`.
+    ServerError,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Times {
+    /// The next N matching requests.
+    Next(u32),
+    /// Every matching request, until the rule is cleared.
+    Always,
+    /// Each matching request with this probability (0.0–1.0).
+    Probability(f64),
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    /// Operation name (`PutParameter`) or `*` for every operation.
+    operation: String,
+    fault: Fault,
+    times: Times,
+}
+
+#[derive(Default)]
+struct State {
+    rules: Vec<Rule>,
+    injected: u64,
+    forwarded: u64,
+    rng: u64,
+}
+
+/// A running proxy; dropped, it stops serving.
+pub struct FaultProxy {
+    pub url: String,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy on a free 127.0.0.1 port in front of `upstream` (e.g. moto's URL).
+    pub async fn start(upstream: &str) -> FaultProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State { rng: 0x9E37_79B9_7F4A_7C15, ..Default::default() }));
+        let upstream: hyper::Uri = upstream.parse().expect("upstream URL");
+        let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (state, client, upstream) = (shared.clone(), client.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| handle(req, state.clone(), client.clone(), upstream.clone()));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FaultProxy { url: format!("http://{addr}"), state, task }
+    }
+
+    /// Injects `fault` into requests of `operation` (`*` for all).
+    pub fn inject(&self, operation: &str, fault: Fault, times: Times) {
+        self.state.lock().unwrap().rules.push(Rule { operation: operation.into(), fault, times });
+    }
+
+    /// Removes every rule: from now on everything is forwarded.
+    pub fn clear(&self) {
+        self.state.lock().unwrap().rules.clear();
+    }
+
+    /// Faults injected so far.
+    pub fn injected(&self) -> u64 {
+        self.state.lock().unwrap().injected
+    }
+
+    /// Requests forwarded to the upstream so far.
+    pub fn forwarded(&self) -> u64 {
+        self.state.lock().unwrap().forwarded
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `X-Amz-Target: AmazonSSM.PutParameter` → `PutParameter`.
+fn operation_of(req: &Request<Incoming>) -> String {
+    req.headers()
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.rsplit('.').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Decides, under the lock, whether this request gets a fault.
+fn pick_fault(state: &Mutex<State>, operation: &str) -> Option<Fault> {
+    let mut s = state.lock().unwrap();
+    // xorshift: deterministic per proxy, no extra dependency.
+    s.rng ^= s.rng << 13;
+    s.rng ^= s.rng >> 7;
+    s.rng ^= s.rng << 17;
+    let roll = (s.rng % 10_000) as f64 / 10_000.0;
+    let rule =
+        s.rules.iter_mut().find(|r| (r.operation == "*" || r.operation == operation) && r.times != Times::Next(0))?;
+    let fault = match &mut rule.times {
+        Times::Next(0) => return None,
+        Times::Next(n) => {
+            *n -= 1;
+            Some(rule.fault)
+        }
+        Times::Always => Some(rule.fault),
+        Times::Probability(p) => (roll < *p).then_some(rule.fault),
+    };
+    if fault.is_some() {
+        s.injected += 1;
+    }
+    fault
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<Mutex<State>>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    upstream: hyper::Uri,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let operation = operation_of(&req);
+    if let Some(fault) = pick_fault(&state, &operation) {
+        let (status, code, message) = match fault {
+            Fault::Throttle => (400, "ThrottlingException", "Rate exceeded"),
+            Fault::ServerError => (500, "InternalServerError", "injected server error"),
+        };
+        let body = format!(r#"{{"__type":"{code}","message":"{message}"}}"#);
+        return Ok(Response::builder()
+            .status(status)
+            .header("content-type", "application/x-amz-json-1.1")
+            .header("x-amzn-errortype", code)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap());
+    }
+    state.lock().unwrap().forwarded += 1;
+    let (mut parts, body) = req.into_parts();
+    let body = body.collect().await?.to_bytes();
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    parts.uri = format!("{}{}", upstream.to_string().trim_end_matches('/'), path).parse().unwrap();
+    let response = match client.request(Request::from_parts(parts, Full::new(body))).await {
+        Ok(r) => r,
+        Err(e) => {
+            return Ok(Response::builder().status(502).body(Full::new(Bytes::from(format!("proxy: {e}")))).unwrap());
+        }
+    };
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Response::from_parts(parts, Full::new(body)))
+}
