@@ -468,3 +468,68 @@ async fn put_parameter_rate_stays_within_the_configured_limit() {
     let floor = Duration::from_secs_f64((30 - per_second) as f64 / per_second as f64) - Duration::from_millis(100);
     assert!(elapsed >= floor, "30 writes at {per_second}/s took only {elapsed:?}");
 }
+
+/// The AWS calls one apply of a 10-key TenantConfig costs, per backend:
+/// first apply, unchanged re-apply, one key changed.
+#[tokio::test]
+async fn call_counts_for_a_ten_key_apply() {
+    let env = env().await;
+    let (ddb, _) = dynamodb_backend(&env).await;
+    let ssm = store::build("ssm", &ssm_spec(&format!("/{}", unique("calls")), ParameterTier::Standard, None), &env.ctx)
+        .unwrap();
+    let keys: Vec<String> = (0..10).map(|i| format!("key-{i}")).collect();
+    let first: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "v1")).collect();
+    let mut changed = first.clone();
+    changed[0].1 = "v2";
+
+    let calls = |kind: &str| -> BTreeMap<&'static str, u64> {
+        let mut m = BTreeMap::new();
+        for (backend, op, _, n) in env.ctx.stats.snapshot() {
+            if backend == kind {
+                *m.entry(op).or_default() += n;
+            }
+        }
+        m
+    };
+    let diff = |before: &BTreeMap<&'static str, u64>, after: &BTreeMap<&'static str, u64>| {
+        after.iter().map(|(op, n)| (*op, n - before.get(op).copied().unwrap_or(0))).filter(|(_, n)| *n > 0).collect()
+    };
+    let mut measured: Vec<(&str, &str, BTreeMap<&str, u64>)> = Vec::new();
+    for backend in [&ddb, &ssm] {
+        for (phase, entries) in [("first apply", &first), ("unchanged", &first), ("one key changed", &changed)] {
+            let before = calls(backend.kind());
+            backend.apply(&location("acme"), &desired("acme-prod/payments", entries)).await.unwrap();
+            measured.push((backend.kind(), phase, diff(&before, &calls(backend.kind()))));
+        }
+    }
+    for (kind, phase, ops) in &measured {
+        println!("{kind:<15} {phase:<16} {ops:?}");
+    }
+    let expect = |kind: &str, phase: &str, want: &[(&str, u64)]| {
+        let got = &measured.iter().find(|(k, p, _)| *k == kind && *p == phase).unwrap().2;
+        assert_eq!(got, &want.iter().copied().collect::<BTreeMap<_, _>>(), "{kind} {phase}");
+    };
+    expect("DynamoDB", "first apply", &[("GetItem", 1), ("UpdateItem", 1)]);
+    expect("DynamoDB", "unchanged", &[("GetItem", 1)]);
+    expect("DynamoDB", "one key changed", &[("GetItem", 1), ("UpdateItem", 1)]);
+    let by_path = |ops: &BTreeMap<&str, u64>| ops.get("GetParametersByPath").copied().unwrap_or(0);
+    for (kind, phase, ops) in &measured {
+        if *kind == "ParameterStore" {
+            // 10 parameters fit one page (10 for GetParametersByPath, 50 for
+            // DescribeParameters). moto 5.2.5 pages DescribeParameters at 10
+            // whatever MaxResults says and returns a NextToken after a full last
+            // page, so it may take one extra, empty page of each.
+            assert!((1..=2).contains(&by_path(ops)), "{phase}: {ops:?}");
+            assert!((1..=2).contains(ops.get("DescribeParameters").unwrap_or(&0)), "{phase}: {ops:?}");
+            let puts = ops.get("PutParameter").copied().unwrap_or(0);
+            assert_eq!(
+                puts,
+                [("first apply", 10), ("unchanged", 0), ("one key changed", 1)]
+                    .iter()
+                    .find(|(p, _)| p == phase)
+                    .unwrap()
+                    .1
+            );
+        }
+    }
+}
