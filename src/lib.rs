@@ -3,4 +3,5 @@
 
 pub mod api;
 pub mod crd;
+pub mod reconcile;
 pub mod store;

@@ -24,6 +24,38 @@ pub enum RoutingError {
     SeveralDefaults { key: String, stores: Vec<String> },
 }
 
+/// Why an include was refused (DESIGN.md §3).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("include {path:?} is not under any store's sharedPaths; tenants may include only shared paths")]
+pub struct IncludeNotAllowed {
+    pub path: String,
+}
+
+/// The store that serves shared path `path`: the first (by name) whose
+/// `sharedPaths` contains it on a segment boundary. Paths with empty, `.` or
+/// `..` segments are never allowed, whatever the CRD let through.
+pub fn shared_store_for<'a>(path: &str, stores: &[Candidate<'a>]) -> Result<&'a str, IncludeNotAllowed> {
+    let refused = || IncludeNotAllowed { path: path.into() };
+    let relative = path.strip_prefix('/').ok_or_else(refused)?;
+    if relative.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+        return Err(refused());
+    }
+    let mut serving: Vec<&str> = stores
+        .iter()
+        .filter(|s| {
+            s.spec.parameter_store.as_ref().is_some_and(|p| {
+                p.shared_paths.iter().any(|shared| {
+                    let shared = shared.trim_end_matches('/');
+                    path == shared || path.strip_prefix(shared).is_some_and(|rest| rest.starts_with('/'))
+                })
+            }) && s.spec.backend().is_some()
+        })
+        .map(|s| s.name)
+        .collect();
+    serving.sort_unstable();
+    serving.first().copied().ok_or_else(refused)
+}
+
 /// The tags an entry routes by.
 pub fn effective_tags<'a>(entry: &'a Entry, spec: &'a TenantConfigSpec) -> &'a [String] {
     if entry.tags.is_empty() { &spec.default_tags } else { &entry.tags }
@@ -125,6 +157,33 @@ mod tests {
         ];
         for (key, tags, stores, want) in table {
             assert_eq!(&route(key, &strings(tags), stores), want, "key {key} tags {tags:?}");
+        }
+    }
+
+    #[test]
+    fn includes_must_lie_under_a_shared_path() {
+        let ssm = ConfigStoreSpec {
+            parameter_store: Some(ParameterStoreStore {
+                path_prefix: "/tenant-config".into(),
+                shared_paths: strings(&["/tenant-config-shared"]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let ddb = store(&["tenant"], &[], true, 0);
+        let stores = [Candidate { name: "ddb", spec: &ddb }, Candidate { name: "shared-ssm", spec: &ssm }];
+        for ok in ["/tenant-config-shared", "/tenant-config-shared/prod/payments"] {
+            assert_eq!(shared_store_for(ok, &stores), Ok("shared-ssm"), "{ok}");
+        }
+        for bad in [
+            "/tenant-config/globex/payments", // another tenant's data
+            "/tenant-config-shared-evil/x",   // prefix but not on a segment boundary
+            "/tenant-config-shared/../tenant-config/globex",
+            "/tenant-config-shared//x",
+            "tenant-config-shared/x",
+            "/",
+        ] {
+            assert_eq!(shared_store_for(bad, &stores), Err(IncludeNotAllowed { path: bad.into() }), "{bad}");
         }
     }
 

@@ -1,0 +1,5 @@
+//! The TenantConfig reconciler: pure steps (identity, projection) between thin
+//! IO steps.
+
+pub mod identity;
+pub mod projection;
