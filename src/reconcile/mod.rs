@@ -1,5 +1,6 @@
 //! The TenantConfig reconciler: pure steps (identity, projection) between thin
 //! IO steps.
 
+pub mod controller;
 pub mod identity;
 pub mod projection;

@@ -117,7 +117,7 @@ pub enum StoreError {
     #[error("{backend} unavailable during {operation}: {message}")]
     Unavailable { backend: &'static str, operation: &'static str, message: String },
     /// Any other refusal (access denied, missing table, ...).
-    #[error("{backend} {operation} failed ({code}): {message}")]
+    #[error("{backend} {operation} failed: {message}")]
     Api { backend: &'static str, operation: &'static str, code: String, message: String },
     /// Lost the optimistic-concurrency race too many times in a row.
     #[error("{location} changed concurrently {attempts} times in a row; giving up for now")]
@@ -152,10 +152,11 @@ impl StoreError {
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
         R: std::fmt::Debug,
     {
-        let message = aws_sdk_dynamodb::error::DisplayErrorContext(&err).to_string();
         match &err {
             SdkError::ServiceError(service) => {
+                // The service's own words; the raw response stays out of status messages.
                 let code = service.err().code().unwrap_or("Unknown").to_string();
+                let message = format!("{code}: {}", service.err().message().unwrap_or("no message"));
                 if is_throttling_code(&code) {
                     StoreError::Throttled { backend, operation, message }
                 } else if is_server_fault_code(&code) {
@@ -164,7 +165,11 @@ impl StoreError {
                     StoreError::Api { backend, operation, code, message }
                 }
             }
-            _ => StoreError::Unavailable { backend, operation, message },
+            _ => StoreError::Unavailable {
+                backend,
+                operation,
+                message: aws_sdk_dynamodb::error::DisplayErrorContext(&err).to_string(),
+            },
         }
     }
 }

@@ -73,9 +73,11 @@ pub fn plan(current: &StoreState, desired: &Desired) -> Result<Plan, OwnedElsewh
         .cloned()
         .collect();
     plan.managed = desired.entries.keys().cloned().collect();
-    plan.bookkeeping_only = plan.puts.is_empty()
-        && plan.deletes.is_empty()
-        && (plan.managed != current.managed || current.managed_by.as_deref() != Some(desired.owner.as_str()));
+    // Ownership is recorded only while there is something to own: an object that
+    // manages nothing at a location must not create an empty item there.
+    let owner_changes = current.managed_by.as_deref() != Some(desired.owner.as_str()) && !plan.managed.is_empty();
+    plan.bookkeeping_only =
+        plan.puts.is_empty() && plan.deletes.is_empty() && (plan.managed != current.managed || owner_changes);
     Ok(plan)
 }
 
@@ -160,6 +162,12 @@ mod tests {
         let released = state(&[("a", "1")], &[], Some("acme-dev/payments"));
         let p = plan(&released, &desired(&[("a", "1")], ManagementPolicy::Enforce)).unwrap();
         assert!(p.bookkeeping_only && !p.is_noop(), "ownership is recorded: {p:?}");
+    }
+
+    #[test]
+    fn managing_nothing_writes_nothing() {
+        let p = plan(&StoreState::default(), &desired(&[], ManagementPolicy::Enforce)).unwrap();
+        assert!(p.is_noop(), "{p:?}");
     }
 
     #[test]

@@ -1,0 +1,641 @@
+//! The TenantConfig controller: thin IO steps around the pure ones.
+//!
+//! resolve identity → load stores → route and plan (in the backends) → apply to
+//! stores → render projection → apply to Kubernetes → status.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use k8s_openapi::{
+    api::core::v1::{ConfigMap, Namespace, Secret},
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::{self, Action},
+        events::{Event, EventType, Recorder, Reporter},
+        finalizer::{Event as Finalizer, finalizer},
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use serde_json::json;
+use tracing::{info, instrument, warn};
+
+use super::{
+    identity::{self, IdentityError},
+    projection::{self, Layer, Source},
+};
+use crate::{
+    api::{
+        ConfigStore, ConfigStoreSpec, DeletionPolicy, StoreSummary, TenantConfig, TenantConfigStatus,
+        conditions::{self, PROJECTED, READY, STORE_SYNCED, reason},
+    },
+    store::{
+        self, Backend, BackendContext, Desired, Location, StoreError, Value,
+        routing::{self, Candidate},
+    },
+};
+
+pub const FINALIZER: &str = "tenantconfig.io/cleanup";
+pub const FIELD_MANAGER: &str = "tenant-config-controller";
+
+/// Controller settings (flags).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub tenant_label: String,
+    pub environment_label: String,
+    /// Requeue of every object, the safety net for lost events and drift.
+    pub resync_interval: Duration,
+    /// Reconciles running at once.
+    pub concurrency: u16,
+    /// Project secure entries into Secrets (needs RBAC to write Secrets).
+    pub secure_projection: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            tenant_label: identity::DEFAULT_TENANT_LABEL.into(),
+            environment_label: identity::DEFAULT_ENVIRONMENT_LABEL.into(),
+            resync_interval: Duration::from_secs(600),
+            concurrency: 16,
+            secure_projection: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("TenantConfig has no namespace")]
+    MissingNamespace,
+}
+
+impl Error {
+    /// Low-cardinality label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Store(e) => e.metric_label(),
+            Error::Kube(_) => "kube",
+            Error::Finalizer(_) => "finalizer",
+            Error::MissingNamespace => "missing_namespace",
+        }
+    }
+}
+
+/// Built backends by store name, with the spec they were built from.
+type BackendCache = HashMap<String, (ConfigStoreSpec, Arc<dyn Backend>)>;
+
+/// Shared state of all reconciles.
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub backend_ctx: BackendContext,
+    stores: Store<ConfigStore>,
+    namespaces: Store<Namespace>,
+    backends: Mutex<BackendCache>,
+    recorder: Recorder,
+    failures: Mutex<HashMap<ObjectRef<TenantConfig>, u32>>,
+}
+
+impl Context {
+    /// The backend for a store, rebuilt only when its spec changes.
+    fn backend(&self, name: &str, spec: &ConfigStoreSpec) -> Result<Arc<dyn Backend>, StoreError> {
+        let mut cache = self.backends.lock().unwrap();
+        if let Some((cached_spec, backend)) = cache.get(name)
+            && cached_spec == spec
+        {
+            return Ok(backend.clone());
+        }
+        let backend = store::build(name, spec, &self.backend_ctx)?;
+        cache.insert(name.to_string(), (spec.clone(), backend.clone()));
+        Ok(backend)
+    }
+
+    async fn event(&self, tc: &TenantConfig, type_: EventType, reason: &str, note: String) {
+        let event =
+            Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+        if let Err(e) = self.recorder.publish(&event, &tc.object_ref(&())).await {
+            warn!(error = %e, "could not publish event");
+        }
+    }
+}
+
+/// What one reconcile concluded, turned into status by [`write_status`].
+struct Verdict {
+    ready: (bool, &'static str, String),
+    store_synced: (bool, &'static str, String),
+    projected: (bool, &'static str, String),
+    stores: Option<Vec<StoreSummary>>,
+    projection: Option<Projected>,
+}
+
+/// A successful projection, for status.
+struct Projected {
+    config_map: String,
+    keys: i32,
+    digest: String,
+    /// The ConfigMap or Secret was written in this reconcile.
+    written: bool,
+}
+
+impl Verdict {
+    fn refused(reason: &'static str, message: String) -> Self {
+        Verdict {
+            ready: (false, reason, message.clone()),
+            store_synced: (false, reason, message.clone()),
+            projected: (false, reason, message),
+            stores: None,
+            projection: None,
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    backend_ctx: BackendContext,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let watch = watcher::Config::default().any_semantic();
+    let (stores, store_writer) = reflector::store();
+    let store_events =
+        reflector::reflector(store_writer, watcher(Api::<ConfigStore>::all(client.clone()), watch.clone()))
+            .default_backoff()
+            .touched_objects();
+    let (namespaces, ns_writer) = reflector::store();
+    let namespace_events =
+        reflector::reflector(ns_writer, watcher(Api::<Namespace>::all(client.clone()), watch.clone()))
+            .default_backoff()
+            .touched_objects();
+
+    let controller = Controller::new(Api::<TenantConfig>::all(client.clone()), watch.clone())
+        .owns(
+            Api::<ConfigMap>::all(client.clone()),
+            watch.clone().labels(&format!("{}={}", projection::MANAGED_BY_LABEL, projection::MANAGER)),
+        )
+        .with_config(controller::Config::default().concurrency(settings.concurrency));
+    let objects = controller.store();
+    let in_namespace = objects.clone();
+    let context = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), Reporter { controller: FIELD_MANAGER.into(), instance: None }),
+        client,
+        settings,
+        backend_ctx,
+        stores,
+        namespaces,
+        backends: Mutex::default(),
+        failures: Mutex::default(),
+    });
+    controller
+        // A namespace's labels are its tenant identity: re-reconcile its objects.
+        .watches_stream(namespace_events, move |ns: Namespace| {
+            in_namespace
+                .state()
+                .into_iter()
+                .filter(|tc| tc.metadata.namespace == ns.metadata.name)
+                .map(|tc| ObjectRef::from_obj(&*tc))
+                .collect::<Vec<_>>()
+        })
+        // Any store change can change routing for every object.
+        .watches_stream(store_events, move |_: ConfigStore| {
+            objects.state().iter().map(|tc| ObjectRef::from_obj(&**tc)).collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+#[instrument(skip_all, fields(namespace = tc.metadata.namespace.as_deref(), name = %tc.name_any(), config_type = tc.config_type(), tenant))]
+async fn reconcile(tc: Arc<TenantConfig>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // Routing needs the complete set of stores and namespaces.
+    let _ = tokio::time::timeout(Duration::from_secs(30), ctx.stores.wait_until_ready()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(30), ctx.namespaces.wait_until_ready()).await;
+    let ns = tc.namespace().ok_or(Error::MissingNamespace)?;
+    let key = ObjectRef::from_obj(&*tc);
+    let api = Api::<TenantConfig>::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, tc, |event| async {
+        match event {
+            Finalizer::Apply(tc) => apply(tc, &ctx).await,
+            Finalizer::Cleanup(tc) => cleanup(tc, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    if result.is_ok() {
+        ctx.failures.lock().unwrap().remove(&key); // backoff restarts after a success
+    }
+    result
+}
+
+/// Per-object exponential backoff with jitter for transient failures.
+fn error_policy(tc: Arc<TenantConfig>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = {
+        let mut map = ctx.failures.lock().unwrap();
+        let n = map.entry(ObjectRef::from_obj(&*tc)).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let base = Duration::from_secs(1) * 2u32.saturating_pow(failures.saturating_sub(1).min(9));
+    let capped = base.min(Duration::from_secs(300));
+    // Jitter up to +25% so objects that failed together do not retry together.
+    let jitter = capped.mul_f64(f64::from(Timestamp::now().subsec_nanosecond().unsigned_abs() % 1000) / 4000.0);
+    warn!(error = %error, label = error.metric_label(), failures, retry_in = ?capped + jitter, "reconcile failed; backing off");
+    Action::requeue(capped + jitter)
+}
+
+fn identity_of(
+    tc: &TenantConfig,
+    ctx: &Context,
+    labels: Option<&BTreeMap<String, String>>,
+) -> Result<identity::Identity, IdentityError> {
+    identity::resolve(
+        tc.metadata.namespace.as_deref().unwrap_or_default(),
+        labels,
+        &ctx.settings.tenant_label,
+        &ctx.settings.environment_label,
+    )
+}
+
+async fn namespace_labels(ns: &str, ctx: &Context) -> Result<Option<BTreeMap<String, String>>, Error> {
+    if let Some(cached) = ctx.namespaces.get(&ObjectRef::new(ns)) {
+        return Ok(cached.metadata.labels.clone());
+    }
+    Ok(Api::<Namespace>::all(ctx.client.clone()).get_opt(ns).await?.and_then(|n| n.metadata.labels))
+}
+
+fn store_failure_reason(e: &StoreError) -> &'static str {
+    match e {
+        StoreError::Conflict { .. } => reason::CONFLICT,
+        StoreError::Limit(_) | StoreError::Unsupported { .. } => reason::VALIDATION_FAILED,
+        StoreError::Throttled { .. } => reason::THROTTLED,
+        StoreError::Unavailable { .. } | StoreError::Api { .. } | StoreError::Contended { .. } => {
+            reason::STORE_UNAVAILABLE
+        }
+    }
+}
+
+async fn apply(tc: Arc<TenantConfig>, ctx: &Context) -> Result<Action, Error> {
+    let ns = tc.namespace().ok_or(Error::MissingNamespace)?;
+    let owner = format!("{ns}/{}", tc.name_any());
+    let labels = namespace_labels(&ns, ctx).await?;
+    let identity = match identity_of(&tc, ctx, labels.as_ref()) {
+        Ok(id) => id,
+        Err(e) => {
+            let why = if matches!(e, IdentityError::TenantUnknown { .. }) {
+                reason::TENANT_UNKNOWN
+            } else {
+                reason::VALIDATION_FAILED
+            };
+            return refuse(&tc, ctx, why, e.to_string()).await;
+        }
+    };
+    tracing::Span::current().record("tenant", identity.tenant.as_str());
+    let location = Location {
+        tenant: identity.tenant.clone(),
+        environment: identity.environment.clone(),
+        config_type: tc.config_type().into(),
+    };
+
+    let store_objects = ctx.stores.state();
+    let candidates: Vec<Candidate> = store_objects
+        .iter()
+        .map(|s| Candidate { name: s.metadata.name.as_deref().unwrap_or_default(), spec: &s.spec })
+        .collect();
+    let mut includes = Vec::new();
+    for (index, include) in tc.spec.include.iter().enumerate() {
+        match routing::shared_store_for(&include.parameter_path, &candidates) {
+            Ok(store) => includes.push((index, store.to_string(), include.parameter_path.clone())),
+            Err(e) => return refuse(&tc, ctx, reason::INCLUDE_NOT_ALLOWED, e.to_string()).await,
+        }
+    }
+    let routed = match routing::route_entries(&tc.spec, &candidates) {
+        Ok(r) => r,
+        Err(e) => return refuse(&tc, ctx, reason::NO_STORE_FOR_TAGS, e.to_string()).await,
+    };
+
+    // Stores this object writes to now, plus those it managed before (keys
+    // whose tags moved elsewhere must leave the old store).
+    let previous: BTreeSet<String> = tc.status.iter().flat_map(|s| s.stores.iter().map(|s| s.name.clone())).collect();
+    let mut summaries = Vec::new();
+    let mut layers = Vec::new();
+    let mut written = 0usize;
+    for store in store_objects.iter() {
+        let name = store.name_any();
+        let entries = routed.get(&name);
+        if entries.is_none() && !previous.contains(&name) {
+            continue;
+        }
+        let backend = ctx.backend(&name, &store.spec)?;
+        let desired = Desired {
+            owner: owner.clone(),
+            entries: entries
+                .into_iter()
+                .flatten()
+                .map(|e| (e.key.clone(), Value { value: e.value.clone(), secure: e.secure }))
+                .collect(),
+            policy: tc.spec.management_policy,
+        };
+        let report = match backend.apply(&location, &desired).await {
+            Ok(report) => report,
+            Err(e) => {
+                let why = store_failure_reason(&e);
+                let message = format!("store {name}: {e}");
+                let verdict = Verdict {
+                    ready: (false, why, message.clone()),
+                    store_synced: (false, why, message.clone()),
+                    projected: (false, why, message.clone()),
+                    stores: None,
+                    projection: None,
+                };
+                let changed = write_status(&tc, ctx, verdict).await?;
+                if changed {
+                    ctx.event(&tc, EventType::Warning, why, message).await;
+                }
+                return if e.is_transient() { Err(e.into()) } else { Ok(Action::await_change()) };
+            }
+        };
+        if report.wrote_anything() {
+            written += report.written.len() + report.deleted.len();
+            let note = format!(
+                "{}: wrote {} key(s), deleted {} key(s) at {}",
+                name,
+                report.written.len(),
+                report.deleted.len(),
+                backend.describe(&location)
+            );
+            ctx.event(&tc, EventType::Normal, "StoreWritten", note).await;
+        }
+        if !report.drift_corrected.is_empty() {
+            let keys = report.drift_corrected.iter().cloned().collect::<Vec<_>>().join(", ");
+            ctx.event(
+                &tc,
+                EventType::Normal,
+                "DriftCorrected",
+                format!("{name}: reverted out-of-band changes to {keys}"),
+            )
+            .await;
+        }
+        if entries.is_some() {
+            summaries.push(StoreSummary {
+                name: name.clone(),
+                kind: backend.kind().into(),
+                location: backend.describe(&location),
+                keys: report.state.managed.len() as i32,
+            });
+        }
+        layers.push(Layer {
+            source: Source::Store { rank: projection::store_rank(backend.kind()), name },
+            entries: report.state.entries,
+        });
+    }
+    for (index, store_name, path) in includes {
+        let store =
+            store_objects.iter().find(|s| s.name_any() == store_name).expect("include store is in the snapshot");
+        let backend = ctx.backend(&store_name, &store.spec)?;
+        match backend.read_shared(&path).await {
+            Ok(entries) => layers.push(Layer { source: Source::Shared { index }, entries }),
+            Err(e) => {
+                let why = store_failure_reason(&e);
+                let message = format!("include {path}: {e}");
+                write_status(&tc, ctx, Verdict { stores: Some(summaries), ..Verdict::refused(why, message) }).await?;
+                return if e.is_transient() { Err(e.into()) } else { Ok(Action::await_change()) };
+            }
+        }
+    }
+    let store_message = format!("{written} key(s) written this reconcile");
+
+    let secret_name = tc.spec.projection.as_ref().and_then(|p| p.secret_name.clone());
+    let with_secret = ctx.settings.secure_projection && secret_name.is_some();
+    let rendered = match projection::render(layers, with_secret) {
+        Ok(p) => p,
+        Err(e) => {
+            let verdict = Verdict {
+                ready: (false, reason::VALIDATION_FAILED, e.to_string()),
+                store_synced: (true, reason::RECONCILED, store_message),
+                projected: (false, reason::VALIDATION_FAILED, e.to_string()),
+                stores: Some(summaries),
+                projection: None,
+            };
+            write_status(&tc, ctx, verdict).await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    let uid = tc.uid().unwrap_or_default();
+    let owner_ref = tc.controller_owner_ref(&()).expect("TenantConfig has a name and uid");
+    let cm_name = tc.config_map_name().to_string();
+    let cm_api = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns);
+    let existing = cm_api.get_opt(&cm_name).await?;
+    let mut projected_now = false;
+    if let Some(cm) = &existing
+        && !projection::owned_by(&cm.metadata, &uid)
+    {
+        let message =
+            format!("ConfigMap {cm_name} exists and is not managed by this TenantConfig; it is never overwritten");
+        let verdict = Verdict {
+            ready: (false, reason::CONFIG_MAP_CONFLICT, message.clone()),
+            store_synced: (true, reason::RECONCILED, store_message),
+            projected: (false, reason::CONFIG_MAP_CONFLICT, message.clone()),
+            stores: Some(summaries),
+            projection: None,
+        };
+        if write_status(&tc, ctx, verdict).await? {
+            ctx.event(&tc, EventType::Warning, reason::CONFIG_MAP_CONFLICT, message).await;
+        }
+        return Ok(Action::await_change());
+    }
+    let current_digest = existing.as_ref().and_then(|cm| cm.annotations().get(projection::DIGEST_ANNOTATION).cloned());
+    if current_digest.as_deref() != Some(rendered.digest.as_str()) {
+        let cm = projection::config_map(&cm_name, &ns, &identity.tenant, &rendered, owner_ref.clone());
+        cm_api.patch(&cm_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&cm)).await?;
+        projected_now = true;
+    }
+    if let (true, Some(secret_name)) = (with_secret, &secret_name) {
+        let secret_api = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
+        let existing = secret_api.get_opt(secret_name).await?;
+        if let Some(s) = &existing
+            && !projection::owned_by(&s.metadata, &uid)
+        {
+            let message =
+                format!("Secret {secret_name} exists and is not managed by this TenantConfig; it is never overwritten");
+            write_status(
+                &tc,
+                ctx,
+                Verdict { stores: Some(summaries), ..Verdict::refused(reason::CONFIG_MAP_CONFLICT, message) },
+            )
+            .await?;
+            return Ok(Action::await_change());
+        }
+        let digest = existing.as_ref().and_then(|s| s.annotations().get(projection::DIGEST_ANNOTATION).cloned());
+        if digest.as_deref() != Some(rendered.digest.as_str()) {
+            let secret = projection::secret(secret_name, &ns, &identity.tenant, &rendered, owner_ref);
+            secret_api.patch(secret_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&secret)).await?;
+            projected_now = true;
+        }
+    }
+
+    let mut notes = Vec::new();
+    if !rendered.skipped_keys.is_empty() {
+        notes.push(format!("skipped keys that are not valid ConfigMap keys: {}", rendered.skipped_keys.join(", ")));
+    }
+    if !rendered.withheld_secure_keys.is_empty() {
+        notes.push(format!(
+            "secure keys not projected ({}): {}",
+            if secret_name.is_none() { "no projection.secretName" } else { "secure projection is disabled" },
+            rendered.withheld_secure_keys.join(", ")
+        ));
+    }
+    let keys = (rendered.config_map.len() + rendered.secret.len()) as i32;
+    let projected_message = if notes.is_empty() { format!("{keys} key(s) projected") } else { notes.join("; ") };
+    let verdict = Verdict {
+        ready: (true, reason::RECONCILED, String::new()),
+        store_synced: (true, reason::RECONCILED, store_message),
+        projected: (true, reason::RECONCILED, projected_message),
+        stores: Some(summaries),
+        projection: Some(Projected {
+            config_map: cm_name,
+            keys,
+            digest: rendered.digest.clone(),
+            written: projected_now,
+        }),
+    };
+    write_status(&tc, ctx, verdict).await?;
+    if projected_now {
+        info!(digest = %rendered.digest, keys, "projected");
+    }
+    Ok(Action::requeue(ctx.settings.resync_interval))
+}
+
+/// A refusal that only a spec, namespace or store change can fix: status and
+/// a Warning event (once), nothing written.
+async fn refuse(tc: &TenantConfig, ctx: &Context, why: &'static str, message: String) -> Result<Action, Error> {
+    if write_status(tc, ctx, Verdict::refused(why, message.clone())).await? {
+        ctx.event(tc, EventType::Warning, why, message).await;
+    }
+    Ok(Action::await_change())
+}
+
+/// Patches status only when it changed. Returns whether it did.
+async fn write_status(tc: &TenantConfig, ctx: &Context, verdict: Verdict) -> Result<bool, Error> {
+    let old = tc.status.clone().unwrap_or_default();
+    let mut new = old.clone();
+    let now = Time(Timestamp::now());
+    let generation = tc.metadata.generation;
+    for (type_, (ok, why, message)) in
+        [(READY, verdict.ready), (STORE_SYNCED, verdict.store_synced), (PROJECTED, verdict.projected)]
+    {
+        conditions::set_condition(&mut new.conditions, type_, ok, why, &message, generation, now.clone());
+    }
+    new.observed_generation = generation;
+    let ns = tc.namespace().unwrap_or_default();
+    new.tenant = namespace_labels(&ns, ctx).await?.and_then(|l| l.get(&ctx.settings.tenant_label).cloned());
+    if let Some(stores) = verdict.stores {
+        new.stores = stores;
+    }
+    if let Some(p) = verdict.projection {
+        new.config_map = Some(p.config_map);
+        new.projected_keys = Some(p.keys);
+        new.source_digest = Some(p.digest);
+        if p.written || new.last_projected_time.is_none() {
+            new.last_projected_time = Some(now);
+        }
+    }
+    if new == old {
+        return Ok(false);
+    }
+    let api = Api::<TenantConfig>::namespaced(ctx.client.clone(), &ns);
+    let patch: TenantConfigStatus = new;
+    api.patch_status(&tc.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": patch }))).await?;
+    Ok(true)
+}
+
+async fn cleanup(tc: Arc<TenantConfig>, ctx: &Context) -> Result<Action, Error> {
+    let ns = tc.namespace().ok_or(Error::MissingNamespace)?;
+    let owner = format!("{ns}/{}", tc.name_any());
+    if tc.spec.deletion_policy == DeletionPolicy::Delete {
+        let labels = namespace_labels(&ns, ctx).await?;
+        // Without an identity nothing was ever written for this object.
+        if let Ok(identity) = identity_of(&tc, ctx, labels.as_ref()) {
+            let location = Location {
+                tenant: identity.tenant,
+                environment: identity.environment,
+                config_type: tc.config_type().into(),
+            };
+            // Only the stores this object used: an unrelated broken store must
+            // not block its deletion.
+            let mut used: BTreeSet<String> =
+                tc.status.iter().flat_map(|s| s.stores.iter().map(|s| s.name.clone())).collect();
+            let store_objects = ctx.stores.state();
+            let candidates: Vec<Candidate> = store_objects
+                .iter()
+                .map(|s| Candidate { name: s.metadata.name.as_deref().unwrap_or_default(), spec: &s.spec })
+                .collect();
+            if let Ok(routed) = routing::route_entries(&tc.spec, &candidates) {
+                used.extend(routed.into_keys());
+            }
+            for store in store_objects.iter().filter(|s| used.contains(&s.name_any())) {
+                let name = store.name_any();
+                let backend = ctx.backend(&name, &store.spec)?;
+                match backend.delete_managed(&location, &owner).await {
+                    Ok(deleted) if !deleted.is_empty() => {
+                        let note = format!(
+                            "{name}: deleted {} managed key(s) at {}",
+                            deleted.len(),
+                            backend.describe(&location)
+                        );
+                        ctx.event(&tc, EventType::Normal, "StoreCleaned", note).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let why = store_failure_reason(&e);
+                        let message = format!("deletion waits for store {name}: {e}");
+                        write_status(&tc, ctx, Verdict::refused(why, message)).await?;
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
+    }
+    // Owner references would let a garbage collector do this; do it ourselves so
+    // deletion does not depend on one running.
+    let uid = tc.uid().unwrap_or_default();
+    let cm_api = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns);
+    if let Some(cm) = cm_api.get_opt(tc.config_map_name()).await?
+        && projection::owned_by(&cm.metadata, &uid)
+    {
+        cm_api.delete(tc.config_map_name(), &DeleteParams::default()).await?;
+    }
+    if let Some(secret_name) = tc.spec.projection.as_ref().and_then(|p| p.secret_name.as_deref())
+        && ctx.settings.secure_projection
+    {
+        let secret_api = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
+        if let Some(s) = secret_api.get_opt(secret_name).await?
+            && projection::owned_by(&s.metadata, &uid)
+        {
+            secret_api.delete(secret_name, &DeleteParams::default()).await?;
+        }
+    }
+    Ok(Action::await_change())
+}
