@@ -17,7 +17,11 @@ use kube::{
     api::{DeleteParams, ListParams},
 };
 use serde_json::json;
-use support::{aws_config, create_table, install_crds, kube_client, unique};
+use support::{
+    aws_config, create_table,
+    fault_proxy::{Fault, FaultProxy, Times},
+    install_crds, kube_client, unique,
+};
 use tenant_config_controller::{
     api::{ConfigStore, TenantConfig},
     reconcile::controller::{self, Settings},
@@ -316,6 +320,53 @@ async fn controller_end_to_end() {
         "stripe",
         "conflict wrote nothing"
     );
+
+    // A secure entry routed to DynamoDB (no per-value encryption) is a spec error.
+    create::<TenantConfig>(
+        &client,
+        Some(&ns_a),
+        tc_json(
+            "insecure",
+            json!({
+                "defaultTags": [tenant_tag], "entries": [{ "key": "token", "value": "t", "secure": true }]
+            }),
+        ),
+    )
+    .await;
+    wait_reason(&client, &ns_a, "insecure", "False", "ValidationFailed").await;
+    assert!(item_data(&ddb, &table, &pk, "CONFIG#insecure").await.is_none());
+
+    // --- A store that stops answering: StoreUnavailable, deletion waits, then completes.
+    let proxy = FaultProxy::start(&support::env("AWS_ENDPOINT_URL")).await;
+    let flaky_tag = format!("{id}-flaky");
+    create::<ConfigStore>(&client, None, json!({
+        "apiVersion": "tenantconfig.io/v1alpha1", "kind": "ConfigStore", "metadata": { "name": format!("{id}-flaky") },
+        "spec": { "tags": [flaky_tag], "dynamodb": { "tableName": table, "endpoint": proxy.url } }
+    }))
+    .await;
+    create::<TenantConfig>(
+        &client,
+        Some(&ns_a),
+        tc_json(
+            "flaky",
+            json!({
+                "defaultTags": [flaky_tag], "entries": [{ "key": "k", "value": "1" }]
+            }),
+        ),
+    )
+    .await;
+    wait_reason(&client, &ns_a, "flaky", "True", "Reconciled").await;
+    proxy.inject("*", Fault::ServerError, Times::Always);
+    tcs.delete("flaky", &DeleteParams::default()).await.unwrap();
+    wait_reason(&client, &ns_a, "flaky", "False", "StoreUnavailable").await;
+    assert!(tcs.get_opt("flaky").await.unwrap().is_some(), "the object stays while its store is down");
+    assert_eq!(item_data(&ddb, &table, &pk, "CONFIG#flaky").await.unwrap()["k"], "1");
+    proxy.clear();
+    eventually("flaky deleted after the store recovers", || async {
+        tcs.get_opt("flaky").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(item_data(&ddb, &table, &pk, "CONFIG#flaky").await.is_none(), "cleanup completed");
 
     // --- Deletion: Delete removes managed keys (others' stay) and the projection; Retain keeps them.
     create::<TenantConfig>(
