@@ -19,6 +19,7 @@ use k8s_openapi::{
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
+    core::DeserializeGuard,
     runtime::{
         Controller, WatchStreamExt,
         controller::{self, Action},
@@ -98,6 +99,10 @@ impl Error {
     }
 }
 
+/// TenantConfigs as the watch delivers them: an object that does not
+/// deserialize is reported on its own instead of failing the whole watch.
+type Guarded = DeserializeGuard<TenantConfig>;
+
 /// Built backends by store name, with the spec they were built from.
 type BackendCache = HashMap<String, (ConfigStoreSpec, Arc<dyn Backend>)>;
 
@@ -110,7 +115,7 @@ pub struct Context {
     namespaces: Store<Namespace>,
     backends: Mutex<BackendCache>,
     recorder: Recorder,
-    failures: Mutex<HashMap<ObjectRef<TenantConfig>, u32>>,
+    failures: Mutex<HashMap<ObjectRef<Guarded>, u32>>,
 }
 
 impl Context {
@@ -185,7 +190,7 @@ pub async fn run(
             .default_backoff()
             .touched_objects();
 
-    let controller = Controller::new(Api::<TenantConfig>::all(client.clone()), watch.clone())
+    let controller = Controller::new(Api::<Guarded>::all(client.clone()), watch.clone())
         .owns(
             Api::<ConfigMap>::all(client.clone()),
             watch.clone().labels(&format!("{}={}", projection::MANAGED_BY_LABEL, projection::MANAGER)),
@@ -209,7 +214,7 @@ pub async fn run(
             in_namespace
                 .state()
                 .into_iter()
-                .filter(|tc| tc.metadata.namespace == ns.metadata.name)
+                .filter(|tc| tc.meta().namespace == ns.metadata.name)
                 .map(|tc| ObjectRef::from_obj(&*tc))
                 .collect::<Vec<_>>()
         })
@@ -227,30 +232,61 @@ pub async fn run(
         .await;
 }
 
-#[instrument(skip_all, fields(namespace = tc.metadata.namespace.as_deref(), name = %tc.name_any(), config_type = tc.config_type(), tenant))]
-async fn reconcile(tc: Arc<TenantConfig>, ctx: Arc<Context>) -> Result<Action, Error> {
-    // Routing needs the complete set of stores and namespaces.
-    let _ = tokio::time::timeout(Duration::from_secs(30), ctx.stores.wait_until_ready()).await;
-    let _ = tokio::time::timeout(Duration::from_secs(30), ctx.namespaces.wait_until_ready()).await;
-    let ns = tc.namespace().ok_or(Error::MissingNamespace)?;
-    let key = ObjectRef::from_obj(&*tc);
-    let api = Api::<TenantConfig>::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, tc, |event| async {
-        match event {
-            Finalizer::Apply(tc) => apply(tc, &ctx).await,
-            Finalizer::Cleanup(tc) => cleanup(tc, &ctx).await,
+async fn reconcile(guarded: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let key = ObjectRef::from_obj(&*guarded);
+    let result = match &guarded.0 {
+        Ok(tc) => reconcile_valid(Arc::new(tc.clone()), &ctx).await,
+        Err(invalid) => {
+            // Nothing typed can be done with it (not even a status patch): say so
+            // once and wait for the object to change.
+            let meta = &invalid.metadata;
+            warn!(namespace = meta.namespace.as_deref(), name = meta.name.as_deref(), error = %invalid.error, "TenantConfig does not deserialize");
+            let reference = k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some(TenantConfig::api_version(&()).into()),
+                kind: Some(TenantConfig::kind(&()).into()),
+                name: meta.name.clone(),
+                namespace: meta.namespace.clone(),
+                uid: meta.uid.clone(),
+                ..Default::default()
+            };
+            let event = Event {
+                type_: EventType::Warning,
+                reason: reason::VALIDATION_FAILED.into(),
+                note: Some(format!("object does not match the TenantConfig schema: {}", invalid.error)),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+                warn!(error = %e, "could not publish event");
+            }
+            Ok(Action::await_change())
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    };
     if result.is_ok() {
         ctx.failures.lock().unwrap().remove(&key); // backoff restarts after a success
     }
     result
 }
 
+#[instrument(skip_all, fields(namespace = tc.metadata.namespace.as_deref(), name = %tc.name_any(), config_type = tc.config_type(), tenant))]
+async fn reconcile_valid(tc: Arc<TenantConfig>, ctx: &Context) -> Result<Action, Error> {
+    // Routing needs the complete set of stores and namespaces.
+    let _ = tokio::time::timeout(Duration::from_secs(30), ctx.stores.wait_until_ready()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(30), ctx.namespaces.wait_until_ready()).await;
+    let ns = tc.namespace().ok_or(Error::MissingNamespace)?;
+    let api = Api::<TenantConfig>::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, tc, |event| async {
+        match event {
+            Finalizer::Apply(tc) => apply(tc, ctx).await,
+            Finalizer::Cleanup(tc) => cleanup(tc, ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
 /// Per-object exponential backoff with jitter for transient failures.
-fn error_policy(tc: Arc<TenantConfig>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(tc: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
     let failures = {
         let mut map = ctx.failures.lock().unwrap();
         let n = map.entry(ObjectRef::from_obj(&*tc)).or_insert(0);
@@ -424,7 +460,13 @@ async fn apply(tc: Arc<TenantConfig>, ctx: &Context) -> Result<Action, Error> {
             }
         }
     }
-    let store_message = format!("{written} key(s) written this reconcile");
+    // State, not the last action: a message that changed with every write would
+    // cost one more status write (and reconcile) after each of them.
+    let managed_keys: i32 = summaries.iter().map(|s| s.keys).sum();
+    let store_message = format!("{managed_keys} managed key(s) in {} store(s)", summaries.len());
+    if written > 0 {
+        info!(written, "stores updated");
+    }
 
     let secret_name = tc.spec.projection.as_ref().and_then(|p| p.secret_name.clone());
     let with_secret = ctx.settings.secure_projection && secret_name.is_some();
