@@ -30,4 +30,25 @@ source "$(scripts/testenv.sh env)"
 step "cargo test"
 cargo test --locked --no-fail-fast -- "$@"
 
+step "demo (./scripts/demo.sh --once) on its own stack"
+demo_log=$(mktemp)
+TCC_STATE_DIR="$ROOT/.testenv/demo-test" ./scripts/demo.sh --once >"$demo_log" 2>&1 || { cat "$demo_log"; echo "demo failed"; exit 1; }
+demo_checks=(
+  "acme-prod     payments   acme     True"
+  "globex-prod   checkout   globex   True"
+  '"managedBy"'
+  "SecureString  (encrypted)"
+  '"region":"eu-west-1"'
+  "maintenance-mode=on reached the ConfigMap"
+  "IncludeNotAllowed: include"
+  'The TenantConfig "bad" is invalid'
+)
+for line in "${demo_checks[@]}"; do
+  grep -qF -- "$line" "$demo_log" || { cat "$demo_log"; echo "demo output lacks: $line"; exit 1; }
+done
+if grep -q '"db-password"' <(grep -A1 'get configmap payments-config' "$demo_log"); then
+  echo "a secure value reached the ConfigMap"; exit 1
+fi
+echo "demo: ${#demo_checks[@]} checks passed"
+
 step "all tests passed in $((SECONDS - started))s"

@@ -216,6 +216,7 @@ export TCC_TESTENV=$STATE_DIR
 export KUBECONFIG=$STATE_DIR/kubeconfig
 export KUBECTL=$K8S_BIN/kubectl
 export HELM=$HELM_BIN/helm
+export TCC_PYTHON=$MOTO_VENV/bin/python   # has boto3, for scripts that act as an operator would
 export TCC_ADMIN_TOKEN=$token
 export TCC_SA_SIGNING_KEY=$STATE_DIR/pki/sa.key
 export AWS_ENDPOINT_URL=http://127.0.0.1:$moto_port
