@@ -11,14 +11,17 @@ use std::{
     future::Future,
 };
 
-use aws_sdk_dynamodb::{Client, error::SdkError, types::AttributeValue};
+use aws_sdk_dynamodb::{
+    Client,
+    error::{ProvideErrorMetadata, SdkError},
+    types::AttributeValue,
+};
 
 use super::{
-    ApplyReport, Backend, BackendContext, CallStats, Desired, LimitError, Location, StoreError, StoreState, Value,
-    limits::DYNAMODB_ITEM_MAX_BYTES, plan::plan, stats::Outcome,
+    ApplyReport, Backend, BackendContext, CallGate, Desired, LimitError, Location, StoreError, StoreState, Value,
+    limits::DYNAMODB_ITEM_MAX_BYTES, plan::plan,
 };
 use crate::api::DynamoDbStore;
-use std::sync::Arc;
 
 const KIND: &str = "DynamoDB";
 /// Optimistic-concurrency attempts before giving up (the reconcile retries later).
@@ -35,8 +38,7 @@ pub struct DynamoDbBackend {
     table: String,
     partition_key: String,
     sort_key: String,
-    stats: Arc<CallStats>,
-    limiters: Arc<super::Limiters>,
+    gate: CallGate,
 }
 
 /// The item as read, with what a conditional update needs to know about it.
@@ -59,8 +61,7 @@ impl DynamoDbBackend {
             table: spec.table_name.clone(),
             partition_key: spec.partition_key.clone(),
             sort_key: spec.sort_key.clone(),
-            stats: ctx.stats.clone(),
-            limiters: ctx.limiters.clone(),
+            gate: ctx.gate(),
         }
     }
 
@@ -84,22 +85,29 @@ impl DynamoDbBackend {
     async fn call<T, E, R>(
         &self,
         operation: &'static str,
-        fut: impl Future<Output = Result<T, SdkError<E, R>>>,
+        request: impl Future<Output = Result<T, SdkError<E, R>>>,
     ) -> Result<T, SdkError<E, R>>
     where
-        E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+        E: ProvideErrorMetadata,
     {
-        self.limiters.acquire(family(operation)).await;
-        let result = fut.await;
-        let outcome = match &result {
-            Ok(_) => Outcome::Ok,
-            Err(SdkError::ServiceError(e)) if super::is_throttling_code(e.err().code().unwrap_or_default()) => {
-                Outcome::Throttled
-            }
-            Err(_) => Outcome::Error,
-        };
-        self.stats.record(KIND, operation, outcome);
-        result
+        self.gate.call(KIND, family(operation), operation, request).await
+    }
+
+    /// An UpdateItem of the location's item, guarded by `condition`.
+    fn conditional_update(
+        &self,
+        location: &Location,
+        update: Update,
+        condition: String,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(self.key_attributes(location)))
+            .update_expression(update.expression())
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(update.names))
+            .set_expression_attribute_values((!update.values.is_empty()).then_some(update.values))
     }
 
     async fn read_item(&self, location: &Location) -> Result<ItemRead, StoreError> {
@@ -316,20 +324,7 @@ impl Backend for DynamoDbBackend {
             u.set_attr(UPDATED_AT, AttributeValue::S(now_rfc3339()));
             let condition = u.version_condition(raw.is_some(), state.version, &self.partition_key);
 
-            let result = self
-                .call(
-                    "UpdateItem",
-                    self.client
-                        .update_item()
-                        .table_name(&self.table)
-                        .set_key(Some(self.key_attributes(location)))
-                        .update_expression(u.expression())
-                        .condition_expression(condition)
-                        .set_expression_attribute_names(Some(u.names))
-                        .set_expression_attribute_values(Some(u.values))
-                        .send(),
-                )
-                .await;
+            let result = self.call("UpdateItem", self.conditional_update(location, u, condition).send()).await;
             match result.map_err(lost_race_or) {
                 Ok(_) => {
                     let new_state = StoreState {
@@ -379,16 +374,7 @@ impl Backend for DynamoDbBackend {
                 }
                 u.set_attr(VERSION, AttributeValue::N((state.version + 1).to_string()));
                 u.set_attr(UPDATED_AT, AttributeValue::S(now_rfc3339()));
-                let request = self
-                    .client
-                    .update_item()
-                    .table_name(&self.table)
-                    .set_key(Some(self.key_attributes(location)))
-                    .update_expression(u.expression())
-                    .condition_expression(condition)
-                    .set_expression_attribute_names(Some(u.names))
-                    .set_expression_attribute_values(Some(u.values));
-                self.call("UpdateItem", request.send())
+                self.call("UpdateItem", self.conditional_update(location, u, condition).send())
                     .await
                     .map(drop)
                     .map_err(|e| lost_race_or(e).map(|e| StoreError::from_sdk(KIND, "UpdateItem", e)))

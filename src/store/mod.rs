@@ -192,6 +192,39 @@ fn is_server_fault_code(code: &str) -> bool {
     matches!(code, "InternalServerError" | "InternalFailure" | "ServiceUnavailable" | "InternalServerException")
 }
 
+/// Every AWS call of every backend goes through here: the process-wide rate
+/// limit of its API family first, then the call, then its outcome counted.
+#[derive(Clone)]
+pub struct CallGate {
+    limiters: Arc<Limiters>,
+    stats: Arc<CallStats>,
+}
+
+impl CallGate {
+    pub async fn call<T, E, R>(
+        &self,
+        backend: &'static str,
+        family: Family,
+        operation: &'static str,
+        request: impl std::future::Future<Output = Result<T, SdkError<E, R>>>,
+    ) -> Result<T, SdkError<E, R>>
+    where
+        E: ProvideErrorMetadata,
+    {
+        self.limiters.acquire(family).await;
+        let result = request.await;
+        let outcome = match &result {
+            Ok(_) => stats::Outcome::Ok,
+            Err(SdkError::ServiceError(e)) if is_throttling_code(e.err().code().unwrap_or_default()) => {
+                stats::Outcome::Throttled
+            }
+            Err(_) => stats::Outcome::Error,
+        };
+        self.stats.record(backend, operation, outcome);
+        result
+    }
+}
+
 /// What every backend shares: the base AWS config, the retry policy, the
 /// process-wide rate limiters and the call counters.
 #[derive(Clone)]
@@ -216,6 +249,11 @@ impl BackendContext {
             limiters: Arc::new(Limiters::new(limits)),
             stats: Arc::new(CallStats::default()),
         }
+    }
+
+    /// The gate backends send their calls through.
+    pub fn gate(&self) -> CallGate {
+        CallGate { limiters: self.limiters.clone(), stats: self.stats.clone() }
     }
 }
 

@@ -10,7 +10,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     future::Future,
-    sync::Arc,
 };
 
 use aws_sdk_ssm::{
@@ -20,10 +19,9 @@ use aws_sdk_ssm::{
 };
 
 use super::{
-    ApplyReport, Backend, BackendContext, CallStats, Desired, LimitError, Location, StoreError, StoreState, Value,
+    ApplyReport, Backend, BackendContext, CallGate, Desired, LimitError, Location, StoreError, StoreState, Value,
     limits::{check_parameter_name, parameter_tier},
     plan::plan,
-    stats::Outcome,
 };
 use crate::api::{ManagementPolicy, ParameterStoreStore, ParameterTier};
 
@@ -43,8 +41,7 @@ pub struct ParameterStoreBackend {
     path_prefix: String,
     tier: ParameterTier,
     kms_key_id: Option<String>,
-    stats: Arc<CallStats>,
-    limiters: Arc<super::Limiters>,
+    gate: CallGate,
 }
 
 impl ParameterStoreBackend {
@@ -61,8 +58,7 @@ impl ParameterStoreBackend {
             path_prefix: spec.path_prefix.trim_end_matches('/').to_string(),
             tier: spec.tier,
             kms_key_id: spec.kms_key_id.clone(),
-            stats: ctx.stats.clone(),
-            limiters: ctx.limiters.clone(),
+            gate: ctx.gate(),
         }
     }
 
@@ -77,22 +73,12 @@ impl ParameterStoreBackend {
     async fn call<T, E, R>(
         &self,
         operation: &'static str,
-        fut: impl Future<Output = Result<T, SdkError<E, R>>>,
+        request: impl Future<Output = Result<T, SdkError<E, R>>>,
     ) -> Result<T, SdkError<E, R>>
     where
         E: ProvideErrorMetadata,
     {
-        self.limiters.acquire(family(operation)).await;
-        let result = fut.await;
-        let outcome = match &result {
-            Ok(_) => Outcome::Ok,
-            Err(SdkError::ServiceError(e)) if super::is_throttling_code(e.err().code().unwrap_or_default()) => {
-                Outcome::Throttled
-            }
-            Err(_) => Outcome::Error,
-        };
-        self.stats.record(KIND, operation, outcome);
-        result
+        self.gate.call(KIND, family(operation), operation, request).await
     }
 
     /// Every parameter under `path`, keyed by its name relative to `path` with
