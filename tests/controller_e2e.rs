@@ -115,6 +115,19 @@ async fn controller_end_to_end() {
         .await
         .unwrap();
 
+    // NoStoreForTags below needs a cluster without a default store; other tests
+    // remove the ones they create. A leftover is a broken precondition, not a skip.
+    let defaults: Vec<String> = Api::<ConfigStore>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|s| s.spec.default)
+        .map(|s| s.name_any())
+        .collect();
+    assert!(defaults.is_empty(), "run on a fresh stack: default ConfigStores exist: {defaults:?}");
+
     // The platform's side: stores and tenant namespaces.
     create::<ConfigStore>(&client, None, json!({
         "apiVersion": "tenantconfig.io/v1alpha1", "kind": "ConfigStore", "metadata": { "name": format!("{id}-ddb") },
@@ -334,6 +347,22 @@ async fn controller_end_to_end() {
     )
     .await;
     wait_reason(&client, &ns_a, "insecure", "False", "ValidationFailed").await;
+    // A tag no store serves, and no default store.
+    create::<TenantConfig>(
+        &client,
+        Some(&ns_a),
+        tc_json(
+            "lost",
+            json!({
+                "entries": [{ "key": "a", "value": "1", "tags": [format!("{id}-nowhere")] }]
+            }),
+        ),
+    )
+    .await;
+    let lost = wait_reason(&client, &ns_a, "lost", "False", "NoStoreForTags").await;
+    let lost_status = lost.status.unwrap();
+    let message = &lost_status.conditions.iter().find(|c| c.type_ == "Ready").unwrap().message;
+    assert!(message.contains(&format!("{id}-nowhere")), "names the tags: {message}");
     assert!(item_data(&ddb, &table, &pk, "CONFIG#insecure").await.is_none());
 
     // --- A store that stops answering: StoreUnavailable, deletion waits, then completes.
@@ -356,11 +385,19 @@ async fn controller_end_to_end() {
     )
     .await;
     wait_reason(&client, &ns_a, "flaky", "True", "Reconciled").await;
+    // Throttling beyond the retry budget shows as Throttled, then clears.
+    proxy.inject("UpdateItem", Fault::Throttle, Times::Always);
+    let patch = json!({ "spec": { "entries": [{ "key": "k", "value": "2" }] } });
+    tcs.patch("flaky", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+    wait_reason(&client, &ns_a, "flaky", "False", "Throttled").await;
+    proxy.clear();
+    wait_reason(&client, &ns_a, "flaky", "True", "Reconciled").await;
+    assert_eq!(item_data(&ddb, &table, &pk, "CONFIG#flaky").await.unwrap()["k"], "2");
     proxy.inject("*", Fault::ServerError, Times::Always);
     tcs.delete("flaky", &DeleteParams::default()).await.unwrap();
     wait_reason(&client, &ns_a, "flaky", "False", "StoreUnavailable").await;
     assert!(tcs.get_opt("flaky").await.unwrap().is_some(), "the object stays while its store is down");
-    assert_eq!(item_data(&ddb, &table, &pk, "CONFIG#flaky").await.unwrap()["k"], "1");
+    assert_eq!(item_data(&ddb, &table, &pk, "CONFIG#flaky").await.unwrap()["k"], "2");
     proxy.clear();
     eventually("flaky deleted after the store recovers", || async {
         tcs.get_opt("flaky").await.unwrap().is_none().then_some(())

@@ -187,4 +187,9 @@ async fn examples_are_accepted_by_the_api_server() {
     let client = kube_client().await;
     let payments = Api::<TenantConfig>::namespaced(client, "acme-prod").get("payments").await.unwrap();
     assert!(payments.spec.entries.iter().any(|e| e.secure), "the example carries a secure entry");
+    // Cluster-scoped stores would route other tests' entries (the example has a
+    // default store); remove them.
+    let path = support::repo_root().join("examples/config-stores.yaml");
+    let out = kubectl(&["delete", "-f", path.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
