@@ -238,6 +238,14 @@ async fn controller_end_to_end() {
     let tcs = Api::<TenantConfig>::namespaced(client.clone(), &ns_a);
     assert_eq!(tcs.get("payments").await.unwrap().resource_version(), tc_version, "no status write");
 
+    // --- A hand edit of the projected ConfigMap (annotation untouched) is reverted.
+    let edit = json!({ "data": { "provider": "hand-edited" } });
+    cms.patch("payments-config", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&edit)).await.unwrap();
+    eventually("hand edit reverted", || async {
+        (cms.get("payments-config").await.ok()?.data?["provider"] == "stripe").then_some(())
+    })
+    .await;
+
     // --- Another writer adds a key to the tenant's item; drift on a managed key is reverted.
     ddb.update_item()
         .table_name(&table)

@@ -508,8 +508,13 @@ async fn apply(tc: Arc<TenantConfig>, ctx: &Context) -> Result<Action, Error> {
         }
         return Ok(Action::await_change());
     }
-    let current_digest = existing.as_ref().and_then(|cm| cm.annotations().get(projection::DIGEST_ANNOTATION).cloned());
-    if current_digest.as_deref() != Some(rendered.digest.as_str()) {
+    // Up to date only if both the digest and the data match: a hand edit of the
+    // data that leaves the annotation alone must still be reverted.
+    let up_to_date = existing.as_ref().is_some_and(|cm| {
+        cm.annotations().get(projection::DIGEST_ANNOTATION) == Some(&rendered.digest)
+            && cm.data.clone().unwrap_or_default() == rendered.config_map
+    });
+    if !up_to_date {
         let cm = projection::config_map(&cm_name, &ns, &identity.tenant, &rendered, owner_ref.clone());
         cm_api.patch(&cm_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&cm)).await?;
         projected_now = true;
@@ -530,8 +535,12 @@ async fn apply(tc: Arc<TenantConfig>, ctx: &Context) -> Result<Action, Error> {
             .await?;
             return Ok(Action::await_change());
         }
-        let digest = existing.as_ref().and_then(|s| s.annotations().get(projection::DIGEST_ANNOTATION).cloned());
-        if digest.as_deref() != Some(rendered.digest.as_str()) {
+        let up_to_date = existing.as_ref().is_some_and(|s| {
+            let data: BTreeMap<String, String> =
+                s.data.iter().flatten().map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned())).collect();
+            s.annotations().get(projection::DIGEST_ANNOTATION) == Some(&rendered.digest) && data == rendered.secret
+        });
+        if !up_to_date {
             let secret = projection::secret(secret_name, &ns, &identity.tenant, &rendered, owner_ref);
             secret_api.patch(secret_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&secret)).await?;
             projected_now = true;
