@@ -2,9 +2,7 @@
 
 mod support;
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-};
+use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_ssm::types::ParameterType;
 use support::{MotoAccount, aws_config};
 
@@ -15,20 +13,7 @@ async fn dynamodb_table_and_item_round_trip() {
     let ddb = aws_sdk_dynamodb::Client::from_conf(
         aws_sdk_dynamodb::config::Builder::from(&sdk).interceptor(account.clone()).build(),
     );
-    let key = |name: &str, kt| KeySchemaElement::builder().attribute_name(name).key_type(kt).build().unwrap();
-    let attr = |name: &str| {
-        AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build().unwrap()
-    };
-    ddb.create_table()
-        .table_name("tenant-config")
-        .key_schema(key("pk", KeyType::Hash))
-        .key_schema(key("sk", KeyType::Range))
-        .attribute_definitions(attr("pk"))
-        .attribute_definitions(attr("sk"))
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
-        .await
-        .expect("create table");
+    support::create_table(&ddb, "tenant-config").await;
     ddb.put_item()
         .table_name("tenant-config")
         .item("pk", AttributeValue::S("TENANT#acme".into()))

@@ -18,6 +18,8 @@ pub const GROUP: &str = "tenantconfig.io";
 /// and one SSM path segment.
 pub const KEY_PATTERN: &str = "^[-._a-zA-Z0-9]+$";
 pub const KEY_MAX_LEN: usize = 128;
+/// Kubernetes' limit on ConfigMap and Secret keys.
+pub const CONFIG_MAP_KEY_MAX_LEN: usize = 253;
 
 /// Tags are short labels used only for routing.
 pub const TAG_PATTERN: &str = "^[-._a-zA-Z0-9]+$";
@@ -34,8 +36,15 @@ pub(crate) const NO_DOT_SEGMENTS_RULE: &str = "!self.split('/').exists(s, s == '
 /// True when `key` satisfies the entry-key rule the CRD enforces. The controller
 /// re-checks keys that reach it from the stores (written by other systems).
 pub fn is_valid_key(key: &str) -> bool {
+    key.len() <= KEY_MAX_LEN && is_valid_config_map_key(key)
+}
+
+/// A key Kubernetes accepts in a ConfigMap or Secret (`[-._a-zA-Z0-9]{1,253}`,
+/// not `.` or `..`): what keys other writers put into the stores must satisfy to
+/// be projected.
+pub fn is_valid_config_map_key(key: &str) -> bool {
     !key.is_empty()
-        && key.len() <= KEY_MAX_LEN
+        && key.len() <= CONFIG_MAP_KEY_MAX_LEN
         && key != "."
         && key != ".."
         && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))

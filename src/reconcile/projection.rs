@@ -14,6 +14,7 @@ use k8s_openapi::{
 };
 use sha2::{Digest, Sha256};
 
+pub use crate::api::is_valid_config_map_key;
 use crate::store::Value;
 
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -22,7 +23,6 @@ pub const TENANT_LABEL: &str = "tenantconfig.io/tenant";
 pub const DIGEST_ANNOTATION: &str = "tenantconfig.io/source-digest";
 /// Kubernetes refuses objects over 1 MiB; we refuse earlier, never truncate.
 pub const MAX_OBJECT_DATA_BYTES: usize = 1024 * 1024;
-const CONFIG_MAP_KEY_MAX: usize = 253;
 
 /// Where a layer comes from; the order of this enum is the precedence.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -69,15 +69,6 @@ pub struct Projection {
 pub struct ProjectionTooLarge {
     pub object: &'static str,
     pub size: usize,
-}
-
-/// A key Kubernetes accepts in a ConfigMap or Secret.
-pub fn is_valid_config_map_key(key: &str) -> bool {
-    !key.is_empty()
-        && key.len() <= CONFIG_MAP_KEY_MAX
-        && key != "."
-        && key != ".."
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
 }
 
 /// Merges the layers (in precedence order, whatever order they come in).
