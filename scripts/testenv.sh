@@ -170,7 +170,8 @@ up() {
     --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
     --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
     --initial-cluster "testenv=http://127.0.0.1:$peer_port" --unsafe-no-fsync --log-level warn
-  start_bg moto "$MOTO_VENV/bin/moto_server" "$MOTO_VENV/bin/moto_server" -H 127.0.0.1 -p "$moto_port"
+  # moto plus the event delivery AWS does and moto does not (Pipes, SSM change events).
+  start_bg moto "$ROOT/scripts/aws_emulator.py" "$MOTO_VENV/bin/python" "$ROOT/scripts/aws_emulator.py" -H 127.0.0.1 -p "$moto_port"
   wait_for etcd 30 curl -sf "http://127.0.0.1:$etcd_port/health"
 
   start_bg kube-apiserver "$K8S_BIN/kube-apiserver" "$K8S_BIN/kube-apiserver" \

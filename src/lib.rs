@@ -3,5 +3,7 @@
 
 pub mod api;
 pub mod crd;
+pub mod events;
 pub mod reconcile;
 pub mod store;
+pub mod telemetry;

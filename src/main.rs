@@ -3,9 +3,13 @@
 use std::{num::NonZeroU32, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
+use std::sync::Arc;
+
 use tenant_config_controller::{
+    events::{self, sqs::ConsumerSettings},
     reconcile::controller::{self, Settings},
     store::{BackendContext, DEFAULT_MAX_ATTEMPTS, RateLimits},
+    telemetry::Metrics,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -23,6 +27,18 @@ struct Cli {
 enum Command {
     /// Run the controller (kubeconfig from KUBECONFIG or in-cluster; AWS from the standard chain).
     Run(RunArgs),
+    /// Print the EventBridge event patterns the event queue's rules must use, as JSON.
+    EventPatterns(PatternArgs),
+}
+
+#[derive(clap::Args)]
+struct PatternArgs {
+    /// An SSM path prefix whose changes matter: every ConfigStore's pathPrefix and sharedPaths. Repeatable.
+    #[arg(long = "parameter-prefix", required = true)]
+    parameter_prefixes: Vec<String>,
+    /// Name of the EventBridge Pipe that forwards the table's stream to the bus.
+    #[arg(long, default_value = "tenant-config-dynamodb")]
+    pipe_name: String,
 }
 
 #[derive(clap::Args)]
@@ -54,6 +70,17 @@ struct RunArgs {
     /// AWS SDK attempts per call (adaptive retry) before a throttle or 5xx is reported.
     #[arg(long, env = "TENANT_CONFIG_AWS_MAX_ATTEMPTS", default_value_t = DEFAULT_MAX_ATTEMPTS)]
     aws_max_attempts: u32,
+    /// SQS queue URL of store-change events (EventBridge rules feed it). Without it, changes
+    /// made outside the controller arrive only with the resync.
+    #[arg(long, env = "TENANT_CONFIG_EVENT_QUEUE_URL")]
+    event_queue_url: Option<String>,
+    /// How long a received event stays hidden while its objects reconcile; one not handled in
+    /// 80% of this is redelivered. Keep it under the queue's retention, above a reconcile's duration.
+    #[arg(long, env = "TENANT_CONFIG_EVENT_VISIBILITY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    event_visibility_timeout: Duration,
+    /// A cached read of an included shared path is refreshed after this long even without an event.
+    #[arg(long, env = "TENANT_CONFIG_SHARED_CACHE_MAX_AGE", default_value = "5m", value_parser = humantime::parse_duration)]
+    shared_cache_max_age: Duration,
     /// Log format.
     #[arg(long, env = "TENANT_CONFIG_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -70,7 +97,16 @@ enum LogFormat {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let Command::Run(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Command::Run(args) => args,
+        Command::EventPatterns(args) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&events::event_patterns(&args.parameter_prefixes, &args.pipe_name))?
+            );
+            return Ok(());
+        }
+    };
     let filter = EnvFilter::try_new(&args.log_level)?;
     match args.log_format {
         LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
@@ -89,7 +125,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         resync_interval: args.resync_interval,
         concurrency: args.concurrency,
         secure_projection: args.secure_projection,
+        shared_cache_max_age: args.shared_cache_max_age,
     };
+    let events = args.event_queue_url.map(|url| ConsumerSettings {
+        visibility_timeout: args.event_visibility_timeout,
+        ..ConsumerSettings::new(url)
+    });
     let shutdown = async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
@@ -99,6 +140,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         tracing::info!("shutdown requested; finishing in-flight reconciles");
     };
-    controller::run(client, settings, BackendContext::new(sdk, limits, args.aws_max_attempts), shutdown).await;
+    let backend_ctx = BackendContext::new(sdk, limits, args.aws_max_attempts);
+    controller::run(client, settings, backend_ctx, events, Arc::new(Metrics::default()), shutdown).await;
     Ok(())
 }

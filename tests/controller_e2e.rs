@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::{collections::BTreeMap, future::Future, time::Duration};
+use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_ssm::types::ParameterType;
@@ -26,6 +26,7 @@ use tenant_config_controller::{
     api::{ConfigStore, TenantConfig},
     reconcile::controller::{self, Settings},
     store::{BackendContext, DEFAULT_MAX_ATTEMPTS, RateLimits},
+    telemetry::Metrics,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -155,9 +156,17 @@ async fn controller_end_to_end() {
     let stats = backend_ctx.stats.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let settings = Settings { resync_interval: Duration::from_secs(2), secure_projection: true, ..Settings::default() };
-    let controller = tokio::spawn(controller::run(client.clone(), settings, backend_ctx, async move {
-        let _ = stopped.await;
-    }));
+    let no_events = None; // the event path has its own tests (events_e2e)
+    let controller = tokio::spawn(controller::run(
+        client.clone(),
+        settings,
+        backend_ctx,
+        no_events,
+        Arc::new(Metrics::default()),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
 
     // --- A tenant team applies a TenantConfig.
     let tc_json = |name: &str, spec: serde_json::Value| json!({ "apiVersion": "tenantconfig.io/v1alpha1", "kind": "TenantConfig", "metadata": { "name": name }, "spec": spec });
@@ -444,6 +453,23 @@ async fn controller_end_to_end() {
     assert!(cms.get_opt("payments-config").await.unwrap().is_none());
     assert!(Api::<Secret>::namespaced(client.clone(), &ns_a).get_opt("payments-secrets").await.unwrap().is_none());
     assert_eq!(item_data(&ddb, &table, &pk, "CONFIG#keeper").await.unwrap()["kept"], "1", "Retain keeps store data");
+
+    // Leave the cluster as found: later test binaries run their own controller,
+    // which must not inherit these objects (their finalizers need a controller).
+    for ns in [&ns_a, &ns_unlabelled, &ns_same_tenant] {
+        let api = Api::<TenantConfig>::namespaced(client.clone(), ns);
+        api.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
+        eventually(&format!("TenantConfigs in {ns} deleted"), || async {
+            api.list(&ListParams::default()).await.ok()?.items.is_empty().then_some(())
+        })
+        .await;
+    }
+    for store in ["ddb", "ssm", "flaky"] {
+        Api::<ConfigStore>::all(client.clone())
+            .delete(&format!("{id}-{store}"), &DeleteParams::default())
+            .await
+            .unwrap();
+    }
 
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(30), controller).await.expect("controller stops on shutdown").unwrap();

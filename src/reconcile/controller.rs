@@ -7,10 +7,10 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     future::Future,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::{
     api::core::v1::{ConfigMap, Namespace, Secret},
     apimachinery::pkg::apis::meta::v1::Time,
@@ -19,7 +19,6 @@ use k8s_openapi::{
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
-    core::DeserializeGuard,
     runtime::{
         Controller, WatchStreamExt,
         controller::{self, Action},
@@ -33,6 +32,7 @@ use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use super::{
+    Guarded,
     identity::{self, IdentityError},
     projection::{self, Layer, Source},
 };
@@ -41,10 +41,13 @@ use crate::{
         ConfigStore, ConfigStoreSpec, DeletionPolicy, StoreSummary, TenantConfig, TenantConfigStatus,
         conditions::{self, PROJECTED, READY, STORE_SYNCED, reason},
     },
+    events::{EventRouter, index::Index, sqs, tracker::Tracker},
     store::{
         self, Backend, BackendContext, Desired, Location, StoreError, Value,
         routing::{self, Candidate},
+        shared_cache::SharedCache,
     },
+    telemetry::Metrics,
 };
 
 pub const FINALIZER: &str = "tenantconfig.io/cleanup";
@@ -61,6 +64,9 @@ pub struct Settings {
     pub concurrency: u16,
     /// Project secure entries into Secrets (needs RBAC to write Secrets).
     pub secure_projection: bool,
+    /// A cached shared-path read is refilled after this long even without an
+    /// event (a lost event costs at most this much staleness).
+    pub shared_cache_max_age: Duration,
 }
 
 impl Default for Settings {
@@ -71,6 +77,7 @@ impl Default for Settings {
             resync_interval: Duration::from_secs(600),
             concurrency: 16,
             secure_projection: false,
+            shared_cache_max_age: Duration::from_secs(300),
         }
     }
 }
@@ -99,10 +106,6 @@ impl Error {
     }
 }
 
-/// TenantConfigs as the watch delivers them: an object that does not
-/// deserialize is reported on its own instead of failing the whole watch.
-type Guarded = DeserializeGuard<TenantConfig>;
-
 /// Built backends by store name, with the spec they were built from.
 type BackendCache = HashMap<String, (ConfigStoreSpec, Arc<dyn Backend>)>;
 
@@ -116,6 +119,9 @@ pub struct Context {
     backends: Mutex<BackendCache>,
     recorder: Recorder,
     failures: Mutex<HashMap<ObjectRef<Guarded>, u32>>,
+    pub tracker: Arc<Tracker>,
+    pub shared_cache: Arc<SharedCache>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Context {
@@ -128,6 +134,7 @@ impl Context {
             return Ok(backend.clone());
         }
         let backend = store::build(name, spec, &self.backend_ctx)?;
+        self.shared_cache.invalidate_store(name);
         cache.insert(name.to_string(), (spec.clone(), backend.clone()));
         Ok(backend)
     }
@@ -171,33 +178,77 @@ impl Verdict {
     }
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller (and, with `events`, the queue consumer) until
+/// `shutdown` resolves.
 pub async fn run(
     client: Client,
     settings: Settings,
     backend_ctx: BackendContext,
+    events: Option<sqs::ConsumerSettings>,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let shutdown = shutdown.shared();
     let watch = watcher::Config::default().any_semantic();
+    let index = Arc::new(Index::new(&settings.tenant_label, &settings.environment_label));
+
     let (stores, store_writer) = reflector::store();
     let store_events =
         reflector::reflector(store_writer, watcher(Api::<ConfigStore>::all(client.clone()), watch.clone()))
             .default_backoff()
             .touched_objects();
     let (namespaces, ns_writer) = reflector::store();
-    let namespace_events =
-        reflector::reflector(ns_writer, watcher(Api::<Namespace>::all(client.clone()), watch.clone()))
-            .default_backoff()
-            .touched_objects();
+    let ns_index = index.clone();
+    let namespace_events = reflector::reflector(
+        ns_writer,
+        watcher(Api::<Namespace>::all(client.clone()), watch.clone())
+            .inspect_ok(move |event| ns_index.observe_namespace(event)),
+    )
+    .default_backoff()
+    .touched_objects();
+    let (objects, tc_writer) = reflector::store();
+    let tc_index = index.clone();
+    let tenant_configs = reflector::reflector(
+        tc_writer,
+        watcher(Api::<Guarded>::all(client.clone()), watch.clone())
+            .inspect_ok(move |event| tc_index.observe_tenant_config(event)),
+    )
+    .default_backoff()
+    .applied_objects();
 
-    let controller = Controller::new(Api::<Guarded>::all(client.clone()), watch.clone())
+    let tracker = Arc::new(Tracker::new(metrics.clone()));
+    let shared_cache = Arc::new(SharedCache::new(settings.shared_cache_max_age, metrics.clone()));
+    let (trigger, triggered) = futures::channel::mpsc::unbounded();
+    let consumer = events.map(|consumer_settings| {
+        let sqs_config =
+            aws_sdk_sqs::config::Builder::from(&backend_ctx.sdk).retry_config(backend_ctx.retry.clone()).build();
+        sqs::Consumer {
+            sqs: aws_sdk_sqs::Client::from_conf(sqs_config),
+            settings: consumer_settings,
+            router: Arc::new(EventRouter {
+                stores: stores.clone(),
+                index: index.clone(),
+                objects: objects.clone(),
+                shared_cache: shared_cache.clone(),
+            }),
+            tracker: tracker.clone(),
+            metrics: metrics.clone(),
+            stats: backend_ctx.stats.clone(),
+        }
+    });
+    if consumer.is_none() {
+        warn!(resync = ?settings.resync_interval, "no event queue configured: store changes arrive only with the resync");
+    }
+    let resync = resync_ticks(settings.resync_interval);
+
+    let in_namespace = objects.clone();
+    let all_objects = objects.clone();
+    let controller = Controller::for_stream(tenant_configs, objects)
         .owns(
             Api::<ConfigMap>::all(client.clone()),
             watch.clone().labels(&format!("{}={}", projection::MANAGED_BY_LABEL, projection::MANAGER)),
         )
         .with_config(controller::Config::default().concurrency(settings.concurrency));
-    let objects = controller.store();
-    let in_namespace = objects.clone();
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), Reporter { controller: FIELD_MANAGER.into(), instance: None }),
         client,
@@ -207,8 +258,11 @@ pub async fn run(
         namespaces,
         backends: Mutex::default(),
         failures: Mutex::default(),
+        tracker,
+        shared_cache,
+        metrics,
     });
-    controller
+    let controller = controller
         // A namespace's labels are its tenant identity: re-reconcile its objects.
         .watches_stream(namespace_events, move |ns: Namespace| {
             in_namespace
@@ -220,22 +274,41 @@ pub async fn run(
         })
         // Any store change can change routing for every object.
         .watches_stream(store_events, move |_: ConfigStore| {
-            objects.state().iter().map(|tc| ObjectRef::from_obj(&**tc)).collect::<Vec<_>>()
+            all_objects.state().iter().map(|tc| ObjectRef::from_obj(&**tc)).collect::<Vec<_>>()
         })
-        .graceful_shutdown_on(shutdown)
+        .reconcile_on(triggered)
+        .reconcile_all_on(resync)
+        .graceful_shutdown_on(shutdown.clone())
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
             if let Err(e) = result {
                 warn!(error = %e, "reconcile failed");
             }
-        })
-        .await;
+        });
+    match consumer {
+        Some(consumer) => {
+            tokio::join!(controller, consumer.run(trigger, shutdown));
+        }
+        None => controller.await,
+    }
+}
+
+/// One tick per interval, the first one interval from now.
+fn resync_ticks(interval: Duration) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(
+        tokio::time::interval_at(tokio::time::Instant::now() + interval, interval),
+        |mut ticks| async {
+            ticks.tick().await;
+            Some(((), ticks))
+        },
+    )
 }
 
 async fn reconcile(guarded: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = ObjectRef::from_obj(&*guarded);
+    let started = Instant::now();
     let result = match &guarded.0 {
-        Ok(tc) => reconcile_valid(Arc::new(tc.clone()), &ctx).await,
+        Ok(tc) => reconcile_valid(Arc::new(tc.clone()), &ctx, &key, started).await,
         Err(invalid) => {
             // Nothing typed can be done with it (not even a status patch): say so
             // once and wait for the object to change.
@@ -264,12 +337,18 @@ async fn reconcile(guarded: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, E
     };
     if result.is_ok() {
         ctx.failures.lock().unwrap().remove(&key); // backoff restarts after a success
+        ctx.tracker.succeeded(&key, started);
     }
     result
 }
 
 #[instrument(skip_all, fields(namespace = tc.metadata.namespace.as_deref(), name = %tc.name_any(), config_type = tc.config_type(), tenant))]
-async fn reconcile_valid(tc: Arc<TenantConfig>, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile_valid(
+    tc: Arc<TenantConfig>,
+    ctx: &Context,
+    key: &ObjectRef<Guarded>,
+    started: Instant,
+) -> Result<Action, Error> {
     // Routing needs the complete set of stores and namespaces.
     let _ = tokio::time::timeout(Duration::from_secs(30), ctx.stores.wait_until_ready()).await;
     let _ = tokio::time::timeout(Duration::from_secs(30), ctx.namespaces.wait_until_ready()).await;
@@ -277,7 +356,7 @@ async fn reconcile_valid(tc: Arc<TenantConfig>, ctx: &Context) -> Result<Action,
     let api = Api::<TenantConfig>::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, tc, |event| async {
         match event {
-            Finalizer::Apply(tc) => apply(tc, ctx).await,
+            Finalizer::Apply(tc) => apply(tc, ctx, key, started).await,
             Finalizer::Cleanup(tc) => cleanup(tc, ctx).await,
         }
     })
@@ -332,7 +411,12 @@ fn store_failure_reason(e: &StoreError) -> &'static str {
     }
 }
 
-async fn apply(tc: Arc<TenantConfig>, ctx: &Context) -> Result<Action, Error> {
+async fn apply(
+    tc: Arc<TenantConfig>,
+    ctx: &Context,
+    key: &ObjectRef<Guarded>,
+    started: Instant,
+) -> Result<Action, Error> {
     let ns = tc.namespace().ok_or(Error::MissingNamespace)?;
     let owner = format!("{ns}/{}", tc.name_any());
     let labels = namespace_labels(&ns, ctx).await?;
@@ -450,8 +534,8 @@ async fn apply(tc: Arc<TenantConfig>, ctx: &Context) -> Result<Action, Error> {
         let store =
             store_objects.iter().find(|s| s.name_any() == store_name).expect("include store is in the snapshot");
         let backend = ctx.backend(&store_name, &store.spec)?;
-        match backend.read_shared(&path).await {
-            Ok(entries) => layers.push(Layer { source: Source::Shared { index }, entries }),
+        match ctx.shared_cache.get(&store_name, &path, || backend.read_shared(&path)).await {
+            Ok(entries) => layers.push(Layer { source: Source::Shared { index }, entries: (*entries).clone() }),
             Err(e) => {
                 let why = store_failure_reason(&e);
                 let message = format!("include {path}: {e}");
@@ -572,11 +656,15 @@ async fn apply(tc: Arc<TenantConfig>, ctx: &Context) -> Result<Action, Error> {
             written: projected_now,
         }),
     };
+    if projected_now {
+        ctx.tracker.projected(key, started);
+    }
     write_status(&tc, ctx, verdict).await?;
     if projected_now {
         info!(digest = %rendered.digest, keys, "projected");
     }
-    Ok(Action::requeue(ctx.settings.resync_interval))
+    // The periodic resync (reconcile_all_on) brings it back; events sooner.
+    Ok(Action::await_change())
 }
 
 /// A refusal that only a spec, namespace or store change can fix: status and

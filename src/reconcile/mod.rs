@@ -4,3 +4,11 @@
 pub mod controller;
 pub mod identity;
 pub mod projection;
+
+use kube::core::DeserializeGuard;
+
+use crate::api::TenantConfig;
+
+/// TenantConfigs as the watch delivers them: an object that does not
+/// deserialize is reported on its own instead of failing the whole watch.
+pub type Guarded = DeserializeGuard<TenantConfig>;

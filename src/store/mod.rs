@@ -11,6 +11,7 @@ pub mod parameter_store;
 pub mod plan;
 pub mod rate_limit;
 pub mod routing;
+pub mod shared_cache;
 pub mod stats;
 
 use std::{

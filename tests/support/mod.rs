@@ -125,3 +125,40 @@ pub async fn create_table(ddb: &aws_sdk_dynamodb::Client, name: &str) {
         .await
         .expect("create table");
 }
+
+/// The AWS side of the event path on the local stack, made by
+/// `scripts/local_aws.py` with the controller's own event patterns.
+#[derive(Debug, Clone)]
+pub struct EventQueue {
+    pub queue_url: String,
+    pub dead_letter_queue_url: String,
+}
+
+/// Creates a table with a stream, a queue with a dead-letter queue, a Pipe from
+/// the stream to the bus and the rules (for `parameter_prefixes` and the Pipe)
+/// that deliver to the queue. Names derive from `id`: table `{id}-table`,
+/// queue `{id}-events`, Pipe `{id}-pipe`.
+pub fn event_queue(id: &str, parameter_prefixes: &[&str], max_receive_count: u32, visibility_secs: u32) -> EventQueue {
+    let mut patterns = Command::new(env!("CARGO_BIN_EXE_tenant-config-controller"));
+    patterns.args(["event-patterns", "--pipe-name", &format!("{id}-pipe")]);
+    for prefix in parameter_prefixes {
+        patterns.args(["--parameter-prefix", prefix]);
+    }
+    let out = patterns.output().expect("event-patterns runs");
+    assert!(out.status.success(), "event-patterns: {}", String::from_utf8_lossy(&out.stderr));
+    let patterns = String::from_utf8(out.stdout).unwrap();
+    let out = Command::new(env("TCC_PYTHON"))
+        .arg(repo_root().join("scripts/local_aws.py"))
+        .args(["--table", &format!("{id}-table"), "--queue", &format!("{id}-events"), "--pipe", &format!("{id}-pipe")])
+        .args(["--max-receive-count", &max_receive_count.to_string()])
+        .args(["--visibility-timeout", &visibility_secs.to_string()])
+        .args(["--patterns", &patterns])
+        .output()
+        .expect("local_aws.py runs");
+    assert!(out.status.success(), "local_aws.py: {}", String::from_utf8_lossy(&out.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).expect("local_aws.py prints JSON");
+    EventQueue {
+        queue_url: created["queueUrl"].as_str().unwrap().into(),
+        dead_letter_queue_url: created["deadLetterQueueUrl"].as_str().unwrap().into(),
+    }
+}

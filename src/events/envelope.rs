@@ -1,0 +1,562 @@
+//! Store-change events as the SQS queue delivers them (DESIGN.md §6). Pure.
+//!
+//! Three shapes are accepted: an EventBridge `Parameter Store Change` envelope,
+//! an EventBridge envelope around a DynamoDB stream record (a Pipe to a bus),
+//! and a bare DynamoDB stream record (a Pipe straight to SQS). Only what names
+//! the changed key is read: the images in a stream record are ignored, because
+//! events are hints and the reconcile re-reads the store.
+//!
+//! [`locate`] then maps the changed key onto the ConfigStores: a tenant's
+//! `(store, tenant, environment, configType)` or a shared parameter path.
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+use crate::api::{ConfigStoreSpec, is_valid_key};
+
+/// Larger bodies are refused unread. EventBridge events are at most 256 KiB,
+/// and only a few hundred bytes of them matter here.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// SSM names are at most 2048 characters including the ARN-style prefix.
+const MAX_NAME_LEN: usize = 2048;
+/// DynamoDB key attributes are at most 2048 bytes (partition) / 1024 (sort).
+const MAX_KEY_LEN: usize = 2048;
+
+pub const SSM_SOURCE: &str = "aws.ssm";
+pub const SSM_DETAIL_TYPE: &str = "Parameter Store Change";
+pub const DYNAMODB_EVENT_SOURCE: &str = "aws:dynamodb";
+pub const DYNAMODB_PIPE_DETAIL_TYPE: &str = "Event from aws:dynamodb";
+
+/// One parsed message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// EventBridge event id or stream record eventID, for logs.
+    pub id: Option<String>,
+    pub change: Change,
+}
+
+/// What changed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// An SSM parameter was created, updated, labelled or deleted.
+    Parameter { name: String, operation: String },
+    /// A DynamoDB item was inserted, modified or removed.
+    Item {
+        event_name: ItemEventName,
+        /// From the stream ARN, when the record carries one.
+        table: Option<String>,
+        /// The item's string-typed key attributes.
+        keys: Vec<(String, String)>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemEventName {
+    Insert,
+    Modify,
+    Remove,
+}
+
+/// Why a message is not a store-change event. Such messages are never deleted:
+/// the queue's redrive policy moves them to its dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    #[error("body of {0} bytes exceeds the {MAX_BODY_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("body is not JSON: {0}")]
+    NotJson(String),
+    #[error("body is not a JSON object")]
+    NotAnObject,
+    #[error("not a store-change event (source {event_source:?}, detail-type {detail_type:?})")]
+    UnknownSource { event_source: String, detail_type: String },
+    #[error("field {0} is missing")]
+    Missing(&'static str),
+    #[error("field {0} has the wrong type")]
+    WrongType(&'static str),
+    #[error("field {field} is invalid: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl Malformed {
+    /// Low-cardinality label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Malformed::TooLarge(_) => "too_large",
+            Malformed::NotJson(_) | Malformed::NotAnObject => "not_json_object",
+            Malformed::UnknownSource { .. } => "unknown_source",
+            Malformed::Missing(_) | Malformed::WrongType(_) => "wrong_shape",
+            Malformed::Invalid { .. } => "invalid_value",
+        }
+    }
+}
+
+/// Parses one message body.
+pub fn parse(body: &str) -> Result<Envelope, Malformed> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(Malformed::TooLarge(body.len()));
+    }
+    let value: Value = serde_json::from_str(body).map_err(|e| Malformed::NotJson(e.to_string()))?;
+    let object = value.as_object().ok_or(Malformed::NotAnObject)?;
+    if object.contains_key("detail-type") || object.contains_key("detail") {
+        parse_eventbridge(object)
+    } else if object.contains_key("eventSource") {
+        parse_stream_record(object, "eventID")
+    } else {
+        Err(Malformed::UnknownSource { event_source: String::new(), detail_type: String::new() })
+    }
+}
+
+fn parse_eventbridge(object: &Map<String, Value>) -> Result<Envelope, Malformed> {
+    let source = optional_str(object, "source", "source")?.unwrap_or_default();
+    let detail_type = required_str(object, "detail-type", "detail-type")?;
+    let detail = object.get("detail").ok_or(Malformed::Missing("detail"))?;
+    let detail = detail.as_object().ok_or(Malformed::WrongType("detail"))?;
+    let id = optional_str(object, "id", "id")?.map(str::to_string);
+    if source == SSM_SOURCE && detail_type == SSM_DETAIL_TYPE {
+        let name = required_str(detail, "name", "detail.name")?;
+        let operation = required_str(detail, "operation", "detail.operation")?;
+        check_parameter_name(name)?;
+        if operation.is_empty() {
+            return Err(Malformed::Invalid { field: "detail.operation", reason: "empty".into() });
+        }
+        return Ok(Envelope { id, change: Change::Parameter { name: name.into(), operation: operation.into() } });
+    }
+    if detail.get("eventSource").and_then(Value::as_str) == Some(DYNAMODB_EVENT_SOURCE) {
+        let mut envelope = parse_stream_record(detail, "detail.eventID")?;
+        envelope.id = id.or(envelope.id);
+        return Ok(envelope);
+    }
+    Err(Malformed::UnknownSource { event_source: truncated(source), detail_type: truncated(detail_type) })
+}
+
+fn parse_stream_record(record: &Map<String, Value>, id_field: &'static str) -> Result<Envelope, Malformed> {
+    let event_source = required_str(record, "eventSource", "eventSource")?;
+    if event_source != DYNAMODB_EVENT_SOURCE {
+        return Err(Malformed::UnknownSource { event_source: truncated(event_source), detail_type: String::new() });
+    }
+    let id = optional_str(record, "eventID", id_field)?.map(str::to_string);
+    let event_name = match required_str(record, "eventName", "eventName")? {
+        "INSERT" => ItemEventName::Insert,
+        "MODIFY" => ItemEventName::Modify,
+        "REMOVE" => ItemEventName::Remove,
+        other => {
+            return Err(Malformed::Invalid {
+                field: "eventName",
+                reason: format!("{:?} is not INSERT, MODIFY or REMOVE", truncated(other)),
+            });
+        }
+    };
+    let table = optional_str(record, "eventSourceARN", "eventSourceARN")?.and_then(table_from_stream_arn);
+    let dynamodb = record.get("dynamodb").ok_or(Malformed::Missing("dynamodb"))?;
+    let dynamodb = dynamodb.as_object().ok_or(Malformed::WrongType("dynamodb"))?;
+    let keys = dynamodb.get("Keys").ok_or(Malformed::Missing("dynamodb.Keys"))?;
+    let keys = keys.as_object().ok_or(Malformed::WrongType("dynamodb.Keys"))?;
+    if keys.is_empty() || keys.len() > 2 {
+        return Err(Malformed::Invalid { field: "dynamodb.Keys", reason: format!("{} attributes", keys.len()) });
+    }
+    let mut string_keys = Vec::new();
+    for (attribute, typed) in keys {
+        let typed = typed.as_object().ok_or(Malformed::WrongType("dynamodb.Keys"))?;
+        // Only string keys can be ours; a number or binary key is simply not.
+        if let Some(value) = typed.get("S") {
+            let value = value.as_str().ok_or(Malformed::WrongType("dynamodb.Keys"))?;
+            if value.len() > MAX_KEY_LEN {
+                return Err(Malformed::Invalid { field: "dynamodb.Keys", reason: "key too long".into() });
+            }
+            string_keys.push((attribute.clone(), value.to_string()));
+        } else if typed.len() != 1 || !typed.keys().all(|t| t == "N" || t == "B") {
+            return Err(Malformed::WrongType("dynamodb.Keys"));
+        }
+    }
+    Ok(Envelope { id, change: Change::Item { event_name, table, keys: string_keys } })
+}
+
+/// `arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/LABEL` → NAME.
+fn table_from_stream_arn(arn: &str) -> Option<String> {
+    let resource = arn.splitn(6, ':').nth(5)?;
+    let mut parts = resource.split('/');
+    (parts.next()? == "table").then_some(())?;
+    parts.next().filter(|n| !n.is_empty()).map(str::to_string)
+}
+
+fn check_parameter_name(name: &str) -> Result<(), Malformed> {
+    let invalid = |reason: &str| Err(Malformed::Invalid { field: "detail.name", reason: reason.into() });
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return invalid("empty or too long");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'/')) {
+        return invalid("characters outside a-zA-Z0-9_.-/");
+    }
+    if let Some(path) = name.strip_prefix('/') {
+        let segments: Vec<&str> = path.split('/').collect();
+        if segments.iter().any(|s| s.is_empty()) {
+            return invalid("empty path segment");
+        }
+        if segments.iter().any(|s| *s == "." || *s == "..") {
+            return invalid("path traversal ('.' or '..' segment)");
+        }
+    }
+    Ok(())
+}
+
+fn required_str<'a>(object: &'a Map<String, Value>, key: &str, field: &'static str) -> Result<&'a str, Malformed> {
+    optional_str(object, key, field)?.ok_or(Malformed::Missing(field))
+}
+
+fn optional_str<'a>(
+    object: &'a Map<String, Value>,
+    key: &str,
+    field: &'static str,
+) -> Result<Option<&'a str>, Malformed> {
+    match object.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(Malformed::WrongType(field)),
+    }
+}
+
+/// Keeps error messages (and logs) short whatever a hostile sender puts in.
+fn truncated(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// A ConfigStore, as [`locate`] sees it.
+pub struct StoreRef<'a> {
+    pub name: &'a str,
+    pub spec: &'a ConfigStoreSpec,
+}
+
+/// Where a change lands.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Target {
+    /// A tenant's own keys: the TenantConfigs of that tenant (and environment)
+    /// with that configType read it.
+    Tenant { store: String, tenant: String, environment: Option<String>, config_type: String },
+    /// A parameter under a store's shared path: the TenantConfigs that include a
+    /// path above it read it.
+    Shared { store: String, name: String },
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Tenant { store, tenant, environment, config_type } => match environment {
+                Some(env) => write!(f, "{store}: tenant {tenant}/{env}, configType {config_type}"),
+                None => write!(f, "{store}: tenant {tenant}, configType {config_type}"),
+            },
+            Target::Shared { store, name } => write!(f, "{store}: shared {name}"),
+        }
+    }
+}
+
+/// Maps a change onto the stores. Empty when no store owns the changed key
+/// (another application's item or parameter): such events are acknowledged
+/// and counted, nothing else.
+pub fn locate(change: &Change, stores: &[StoreRef<'_>]) -> Vec<Target> {
+    let mut targets = Vec::new();
+    for store in stores {
+        match change {
+            Change::Parameter { name, .. } => {
+                let Some(ps) = &store.spec.parameter_store else { continue };
+                if let Some(rest) = strip_path(name, &ps.path_prefix) {
+                    let segments: Vec<&str> = rest.split('/').collect();
+                    let (tenant, environment, config_type, key) = match segments[..] {
+                        [tenant, config_type, key] => (tenant, None, config_type, key),
+                        [tenant, env, config_type, key] => (tenant, Some(env), config_type, key),
+                        _ => ("", None, "", ""),
+                    };
+                    if [tenant, config_type, key].into_iter().chain(environment).all(is_valid_key) {
+                        targets.push(Target::Tenant {
+                            store: store.name.into(),
+                            tenant: tenant.into(),
+                            environment: environment.map(str::to_string),
+                            config_type: config_type.into(),
+                        });
+                    }
+                }
+                if ps.shared_paths.iter().any(|shared| strip_path(name, shared).is_some()) {
+                    targets.push(Target::Shared { store: store.name.into(), name: name.clone() });
+                }
+            }
+            Change::Item { table, keys, .. } => {
+                let Some(db) = &store.spec.dynamodb else { continue };
+                if table.as_ref().is_some_and(|t| *t != db.table_name) {
+                    continue;
+                }
+                let get = |attribute: &str| keys.iter().find(|(a, _)| a == attribute).map(|(_, v)| v.as_str());
+                let (Some(pk), Some(sk)) = (get(&db.partition_key), get(&db.sort_key)) else { continue };
+                let Some(tenant) = pk.strip_prefix("TENANT#") else { continue };
+                let Some(config) = sk.strip_prefix("CONFIG#") else { continue };
+                let (config_type, environment) = match config.split_once("#ENV#") {
+                    Some((config_type, env)) => (config_type, Some(env)),
+                    None => (config, None),
+                };
+                if [tenant, config_type].into_iter().chain(environment).all(is_valid_key) {
+                    targets.push(Target::Tenant {
+                        store: store.name.into(),
+                        tenant: tenant.into(),
+                        environment: environment.map(str::to_string),
+                        config_type: config_type.into(),
+                    });
+                }
+            }
+        }
+    }
+    targets.sort();
+    targets.dedup();
+    targets
+}
+
+/// The part of `name` below `prefix`, if `name` is strictly under it.
+pub fn strip_path<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
+    let prefix = prefix.trim_end_matches('/');
+    name.strip_prefix(prefix)?.strip_prefix('/').filter(|rest| !rest.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(name: &str) -> String {
+        // Copies of DESIGN.md's samples (../shared/events), kept in the repository.
+        let path = format!("{}/tests/fixtures/events/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn dynamodb_store() -> ConfigStoreSpec {
+        serde_json::from_value(serde_json::json!({"dynamodb": {"tableName": "tenant-config"}})).unwrap()
+    }
+
+    fn ssm_store() -> ConfigStoreSpec {
+        serde_json::from_value(serde_json::json!({"parameterStore": {
+            "pathPrefix": "/tenant-config", "sharedPaths": ["/tenant-config-shared"]}}))
+        .unwrap()
+    }
+
+    fn targets(body: &str) -> Vec<Target> {
+        let (db, ssm) = (dynamodb_store(), ssm_store());
+        let stores = [StoreRef { name: "db", spec: &db }, StoreRef { name: "ssm", spec: &ssm }];
+        locate(&parse(body).expect("parses").change, &stores)
+    }
+
+    fn tenant(store: &str, tenant: &str, env: Option<&str>, config_type: &str) -> Target {
+        Target::Tenant {
+            store: store.into(),
+            tenant: tenant.into(),
+            environment: env.map(str::to_string),
+            config_type: config_type.into(),
+        }
+    }
+
+    #[test]
+    fn shared_samples_parse_and_locate() {
+        assert_eq!(
+            targets(&sample("ssm-parameter-store-change-update.json")),
+            [tenant("ssm", "acme", None, "payments")]
+        );
+        assert_eq!(
+            targets(&sample("ssm-parameter-store-change-delete-shared.json")),
+            [Target::Shared { store: "ssm".into(), name: "/tenant-config-shared/prod/payments/timeout-ms".into() }]
+        );
+        assert_eq!(targets(&sample("dynamodb-pipe-modify.json")), [tenant("db", "acme", None, "payments")]);
+        assert_eq!(
+            targets(&sample("dynamodb-stream-record-bare-remove.json")),
+            [tenant("db", "globex", None, "search")]
+        );
+        let pipe = parse(&sample("dynamodb-pipe-modify.json")).unwrap();
+        assert_eq!(pipe.id.as_deref(), Some("3f2c1d0e-9b8a-4c7d-8e6f-5a4b3c2d1e0f"));
+        assert!(matches!(
+            pipe.change,
+            Change::Item { event_name: ItemEventName::Modify, table: Some(ref t), .. } if t == "tenant-config"
+        ));
+    }
+
+    #[test]
+    fn optional_fields_may_be_absent() {
+        let mut event: Value = serde_json::from_str(&sample("ssm-parameter-store-change-update.json")).unwrap();
+        let object = event.as_object_mut().unwrap();
+        object.remove("account");
+        object.remove("id");
+        object.remove("resources");
+        object["detail"].as_object_mut().unwrap().remove("description");
+        object["detail"].as_object_mut().unwrap().remove("type");
+        assert_eq!(targets(&event.to_string()), [tenant("ssm", "acme", None, "payments")]);
+
+        let mut record: Value = serde_json::from_str(&sample("dynamodb-stream-record-bare-remove.json")).unwrap();
+        record.as_object_mut().unwrap().remove("eventSourceARN");
+        record["dynamodb"].as_object_mut().unwrap().remove("OldImage");
+        assert_eq!(targets(&record.to_string()), [tenant("db", "globex", None, "search")]);
+    }
+
+    #[test]
+    fn environments_and_foreign_keys() {
+        let ssm = |name: &str| {
+            format!(
+                r#"{{"source":"aws.ssm","detail-type":"Parameter Store Change","detail":{{"name":"{name}","operation":"Update"}}}}"#
+            )
+        };
+        assert_eq!(
+            targets(&ssm("/tenant-config/acme/prod/payments/k")),
+            [tenant("ssm", "acme", Some("prod"), "payments")]
+        );
+        // Another application's parameters, and paths of the wrong depth.
+        for foreign in ["/other/acme/payments/k", "/tenant-config/acme/payments", "/tenant-config/a/b/c/d/e", "plain"] {
+            assert_eq!(targets(&ssm(foreign)), [], "{foreign}");
+        }
+        // A shared path's sibling with a common string prefix is not under it.
+        assert_eq!(targets(&ssm("/tenant-config-shared2/x")), []);
+
+        let item = |pk: &str, sk: &str, arn: &str| {
+            format!(
+                r#"{{"eventSource":"aws:dynamodb","eventName":"INSERT","eventSourceARN":"{arn}","dynamodb":{{"Keys":{{"pk":{{"S":"{pk}"}},"sk":{{"S":"{sk}"}}}}}}}}"#
+            )
+        };
+        let arn = "arn:aws:dynamodb:us-east-1:1:table/tenant-config/stream/x";
+        assert_eq!(
+            targets(&item("TENANT#acme", "CONFIG#payments#ENV#prod", arn)),
+            [tenant("db", "acme", Some("prod"), "payments")]
+        );
+        assert_eq!(targets(&item("USER#1", "CONFIG#x", arn)), []);
+        assert_eq!(targets(&item("TENANT#acme", "PROFILE", arn)), []);
+        assert_eq!(targets(&item("TENANT#a/b", "CONFIG#x", arn)), []);
+        assert_eq!(
+            targets(&item("TENANT#acme", "CONFIG#payments", "arn:aws:dynamodb:us-east-1:1:table/other/stream/x")),
+            []
+        );
+    }
+
+    #[test]
+    fn hostile_inputs_are_malformed_with_a_reason() {
+        let ssm = |detail: &str| {
+            format!(r#"{{"source":"aws.ssm","detail-type":"Parameter Store Change","detail":{detail}}}"#)
+        };
+        let cases: Vec<(String, &str)> = vec![
+            ("".into(), "not_json_object"),
+            ("{\"source\":\"aws.ssm\",".into(), "not_json_object"),
+            ("[1,2]".into(), "not_json_object"),
+            ("\"x\"".into(), "not_json_object"),
+            ("{}".into(), "unknown_source"),
+            (
+                r#"{"source":"aws.ec2","detail-type":"EC2 Instance State-change Notification","detail":{}}"#.into(),
+                "unknown_source",
+            ),
+            (ssm(r#"{"operation":"Update"}"#), "wrong_shape"),
+            (ssm(r#"{"name":7,"operation":"Update"}"#), "wrong_shape"),
+            (ssm(r#"{"name":"/tenant-config/acme/p/k"}"#), "wrong_shape"),
+            (ssm(r#""a string""#), "wrong_shape"),
+            (ssm(r#"{"name":"/tenant-config/acme/../globex/p/k","operation":"Update"}"#), "invalid_value"),
+            (ssm(r#"{"name":"/tenant-config/./acme/p/k","operation":"Update"}"#), "invalid_value"),
+            (ssm(r#"{"name":"/tenant-config//acme/p/k","operation":"Update"}"#), "invalid_value"),
+            (ssm(r#"{"name":"/tenant config/acme/p/k","operation":"Update"}"#), "invalid_value"),
+            (ssm(r#"{"name":"/tenant-config/acme/p/k","operation":""}"#), "invalid_value"),
+            (r#"{"source":"aws.ssm","detail-type":["Parameter Store Change"],"detail":{}}"#.into(), "wrong_shape"),
+            (
+                r#"{"eventSource":"aws:dynamodb","eventName":"DROP","dynamodb":{"Keys":{"pk":{"S":"x"}}}}"#.into(),
+                "invalid_value",
+            ),
+            (r#"{"eventSource":"aws:dynamodb","eventName":"INSERT","dynamodb":{}}"#.into(), "wrong_shape"),
+            (r#"{"eventSource":"aws:dynamodb","eventName":"INSERT","dynamodb":{"Keys":[]}}"#.into(), "wrong_shape"),
+            (
+                r#"{"eventSource":"aws:dynamodb","eventName":"INSERT","dynamodb":{"Keys":{"pk":{"S":1}}}}"#.into(),
+                "wrong_shape",
+            ),
+            (
+                r#"{"eventSource":"aws:dynamodb","eventName":"INSERT","dynamodb":{"Keys":{"pk":{"M":{}}}}}"#.into(),
+                "wrong_shape",
+            ),
+            (r#"{"eventSource":"aws:dynamodb","eventName":"INSERT","dynamodb":{"Keys":{}}}"#.into(), "invalid_value"),
+            (r#"{"eventSource":"aws:kinesis","eventName":"INSERT"}"#.into(), "unknown_source"),
+            (format!(r#"{{"pad":"{}"}}"#, "x".repeat(900 * 1024)), "too_large"),
+        ];
+        for (body, label) in cases {
+            let short: String = body.chars().take(80).collect();
+            match parse(&body) {
+                Ok(envelope) => panic!("{short}: parsed as {envelope:?}"),
+                Err(e) => {
+                    assert_eq!(e.metric_label(), label, "{short}: {e}");
+                    assert!(e.to_string().len() < 300, "error message stays short: {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn stream_arn_names_the_table() {
+        assert_eq!(table_from_stream_arn("arn:aws:dynamodb:us-east-1:1:table/t/stream/2026").as_deref(), Some("t"));
+        assert_eq!(table_from_stream_arn("arn:aws:dynamodb:us-east-1:1:index/t"), None);
+        assert_eq!(table_from_stream_arn("garbage"), None);
+    }
+
+    #[test]
+    fn strip_path_is_segment_wise() {
+        assert_eq!(strip_path("/a/b/c", "/a"), Some("b/c"));
+        assert_eq!(strip_path("/a/b/c", "/a/"), Some("b/c"));
+        assert_eq!(strip_path("/ab/c", "/a"), None);
+        assert_eq!(strip_path("/a", "/a"), None);
+        assert_eq!(strip_path("/a/", "/a"), None);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            /// Whatever the body, parsing returns (never panics), and whatever
+            /// parses locates only keys that are valid names.
+            #[test]
+            fn arbitrary_bodies_never_panic(body in "\\PC{0,400}") {
+                if let Ok(envelope) = parse(&body) {
+                    for target in targets_of(&envelope) {
+                        if let Target::Tenant { tenant, config_type, .. } = target {
+                            prop_assert!(is_valid_key(&tenant) && is_valid_key(&config_type));
+                        }
+                    }
+                }
+            }
+
+            /// Names built from arbitrary segments: located targets never carry a
+            /// traversal or separator, and a parameter outside every prefix is ignored.
+            #[test]
+            fn parameter_names(segments in proptest::collection::vec("[-._a-z/]{0,12}", 0..7)) {
+                let name = format!("/{}", segments.join("/"));
+                let body = serde_json::json!({
+                    "source": "aws.ssm", "detail-type": "Parameter Store Change",
+                    "detail": {"name": name, "operation": "Update"}}).to_string();
+                if let Ok(envelope) = parse(&body) {
+                    prop_assert!(!name.split('/').any(|s| s == ".."));
+                    for target in targets_of(&envelope) {
+                        match target {
+                            Target::Tenant { tenant, config_type, environment, .. } => {
+                                prop_assert!(name.starts_with("/tenant-config/"));
+                                for part in [tenant, config_type].into_iter().chain(environment) {
+                                    prop_assert!(is_valid_key(&part) && part != "..");
+                                }
+                            }
+                            Target::Shared { name: shared, .. } => {
+                                prop_assert!(shared.starts_with("/tenant-config-shared/"));
+                            }
+                        }
+                    }
+                }
+            }
+
+            /// Truncating a valid sample anywhere is malformed, never a panic.
+            #[test]
+            fn truncated_samples(cut in 0usize..1200) {
+                let body = sample("dynamodb-pipe-modify.json");
+                let cut = cut.min(body.len().saturating_sub(2));
+                let mut end = cut;
+                while !body.is_char_boundary(end) { end -= 1; }
+                prop_assert!(parse(&body[..end]).is_err());
+            }
+        }
+
+        fn targets_of(envelope: &Envelope) -> Vec<Target> {
+            let (db, ssm) = (dynamodb_store(), ssm_store());
+            locate(&envelope.change, &[StoreRef { name: "db", spec: &db }, StoreRef { name: "ssm", spec: &ssm }])
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The SQS consumer: receive (long poll), trigger, wait, acknowledge.
+//!
+//! A message is deleted only after every object it triggered has completed a
+//! successful reconcile that started after the message was received. Malformed
+//! messages are never deleted (the queue's redrive policy moves them to its
+//! dead-letter queue); well-formed events that concern no object are deleted
+//! at once. A message not handled within 80% of its visibility timeout is left
+//! alone: it becomes visible again and is handled anew.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName};
+use futures::{StreamExt, channel::mpsc::UnboundedSender, stream::FuturesUnordered};
+use kube::runtime::reflector::ObjectRef;
+use tracing::{debug, info, warn};
+
+use super::{envelope, tracker::Tracker};
+use crate::{
+    reconcile::Guarded,
+    store::stats::{CallStats, Outcome},
+    telemetry::{MalformedLabels, Metrics},
+};
+
+/// SQS's own limits: 20 s long poll, 10 messages per receive / delete batch.
+const WAIT_TIME_SECONDS: i32 = 20;
+const MAX_MESSAGES: i32 = 10;
+const DELETE_BATCH: usize = 10;
+
+#[derive(Clone, Debug)]
+pub struct ConsumerSettings {
+    pub queue_url: String,
+    /// Visibility timeout requested on every receive: how long a message stays
+    /// hidden while its objects are reconciled.
+    pub visibility_timeout: Duration,
+    /// Messages being waited on at once; receiving pauses above this.
+    pub max_in_flight: usize,
+    /// After shutdown is requested, how long handled messages may still be
+    /// acknowledged before the rest is left for redelivery.
+    pub shutdown_grace: Duration,
+}
+
+impl ConsumerSettings {
+    pub fn new(queue_url: String) -> Self {
+        ConsumerSettings {
+            queue_url,
+            visibility_timeout: Duration::from_secs(60),
+            max_in_flight: 1000,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the consumer needs from the controller.
+pub trait Router: Send + Sync + 'static {
+    /// The objects a parsed event concerns (and any cache it must invalidate).
+    fn route(&self, envelope: &envelope::Envelope) -> Vec<ObjectRef<Guarded>>;
+    /// Whether the object still exists (a deleted one holds no message).
+    fn exists(&self, obj: &ObjectRef<Guarded>) -> bool;
+}
+
+pub struct Consumer {
+    pub sqs: aws_sdk_sqs::Client,
+    pub settings: ConsumerSettings,
+    pub router: Arc<dyn Router>,
+    pub tracker: Arc<Tracker>,
+    pub metrics: Arc<Metrics>,
+    pub stats: Arc<CallStats>,
+}
+
+/// A message being waited on: its receipt handle and whether it was handled.
+type Handled = Pin<Box<dyn Future<Output = (String, bool)> + Send>>;
+/// A receive in progress (None when it failed).
+type Receiving = Pin<Box<dyn Future<Output = Option<Vec<Message>>> + Send>>;
+
+impl Consumer {
+    /// Runs until `shutdown` resolves, then acknowledges what completes within
+    /// the grace period and returns.
+    pub async fn run(self, trigger: UnboundedSender<ObjectRef<Guarded>>, shutdown: impl Future<Output = ()>) {
+        info!(queue = %self.settings.queue_url, "consuming store-change events");
+        let mut waiting: FuturesUnordered<Handled> = FuturesUnordered::new();
+        let mut acknowledged: Vec<String> = Vec::new();
+        let mut receiving: Option<Receiving> = None;
+        let mut failures = 0u32;
+        let mut stop_at: Option<Instant> = None;
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            if stop_at.is_none() && receiving.is_none() && waiting.len() < self.settings.max_in_flight {
+                let backoff = backoff(failures);
+                let (sqs, settings, stats) = (self.sqs.clone(), self.settings.clone(), self.stats.clone());
+                receiving = Some(Box::pin(async move {
+                    tokio::time::sleep(backoff).await;
+                    receive(&sqs, &settings, &stats).await
+                }));
+            }
+            tokio::select! {
+                _ = &mut shutdown, if stop_at.is_none() => {
+                    info!(in_flight = waiting.len(), "event consumer stopping: no more receives");
+                    stop_at = Some(Instant::now() + self.settings.shutdown_grace);
+                    receiving = None; // a receive cut short leaves its messages for redelivery
+                }
+                received = async { receiving.as_mut().expect("guarded").await }, if receiving.is_some() => {
+                    receiving = None;
+                    match received {
+                        None => failures = failures.saturating_add(1),
+                        Some(messages) => {
+                            failures = 0;
+                            for message in messages {
+                                if let Some(handle) = self.accept(message, &trigger, &mut waiting) {
+                                    acknowledged.push(handle);
+                                }
+                            }
+                        }
+                    }
+                }
+                Some((handle, handled)) = waiting.next(), if !waiting.is_empty() => {
+                    if handled {
+                        acknowledged.push(handle);
+                    } else {
+                        self.metrics.count_message("unhandled", 1);
+                    }
+                }
+                _ = sleep_until(stop_at), if stop_at.is_some() => break,
+            }
+            // Acknowledge in batches, but never sit on a handled message.
+            while !acknowledged.is_empty() {
+                let batch: Vec<String> = acknowledged.drain(..acknowledged.len().min(DELETE_BATCH)).collect();
+                self.delete(batch).await;
+            }
+            if stop_at.is_some() && waiting.is_empty() {
+                break;
+            }
+        }
+        if !waiting.is_empty() {
+            info!(left = waiting.len(), "event consumer stopped; unhandled messages will be redelivered");
+        }
+    }
+
+    /// Parses and dispatches one message. Returns its receipt handle when it
+    /// can be deleted right away.
+    fn accept(
+        &self,
+        message: Message,
+        trigger: &UnboundedSender<ObjectRef<Guarded>>,
+        waiting: &mut FuturesUnordered<Handled>,
+    ) -> Option<String> {
+        let received = Instant::now();
+        self.metrics.count_message("received", 1);
+        let id = message.message_id().unwrap_or_default().to_string();
+        let handle = message.receipt_handle()?.to_string();
+        let body = message.body().unwrap_or_default();
+        let envelope = match envelope::parse(body) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                self.metrics.count_message("malformed", 1);
+                self.metrics.event_malformed.get_or_create(&MalformedLabels { reason: e.metric_label() }).inc();
+                warn!(message_id = %id, reason = %e, "malformed event message; leaving it for the dead-letter queue");
+                return None;
+            }
+        };
+        let objects = self.router.route(&envelope);
+        if objects.is_empty() {
+            self.metrics.count_message("ignored", 1);
+            debug!(message_id = %id, change = ?envelope.change, "event concerns no TenantConfig");
+            return Some(handle);
+        }
+        debug!(message_id = %id, objects = objects.len(), "event triggers reconciles");
+        self.tracker.expect(&objects, sent_at(&message, received));
+        for obj in &objects {
+            // The controller only stops reading when it shuts down.
+            let _ = trigger.unbounded_send(obj.clone());
+        }
+        self.metrics.event_triggers.inc_by(objects.len() as u64);
+        let deadline = received + self.settings.visibility_timeout.mul_f64(0.8);
+        let (tracker, router) = (self.tracker.clone(), self.router.clone());
+        waiting.push(Box::pin(async move {
+            let handled = tracker.wait(&objects, received, deadline, |obj| router.exists(obj)).await;
+            (handle, handled)
+        }));
+        None
+    }
+
+    async fn delete(&self, handles: Vec<String>) {
+        let entries: Vec<DeleteMessageBatchRequestEntry> = handles
+            .iter()
+            .enumerate()
+            .map(|(i, handle)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(handle)
+                    .build()
+                    .expect("id and receipt handle are set")
+            })
+            .collect();
+        let result =
+            self.sqs.delete_message_batch().queue_url(&self.settings.queue_url).set_entries(Some(entries)).send().await;
+        match result {
+            Ok(output) => {
+                self.stats.record("sqs", "DeleteMessageBatch", Outcome::Ok);
+                self.metrics.count_message("acked", output.successful().len() as u64);
+                for failed in output.failed() {
+                    // The message comes back and is handled again: harmless.
+                    warn!(code = failed.code(), message = failed.message(), "could not delete an event message");
+                }
+            }
+            Err(e) => {
+                self.stats.record("sqs", "DeleteMessageBatch", Outcome::Error);
+                warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), count = handles.len(), "could not delete event messages; they will be redelivered");
+            }
+        }
+    }
+}
+
+async fn receive(sqs: &aws_sdk_sqs::Client, settings: &ConsumerSettings, stats: &CallStats) -> Option<Vec<Message>> {
+    let result = sqs
+        .receive_message()
+        .queue_url(&settings.queue_url)
+        .max_number_of_messages(MAX_MESSAGES)
+        .wait_time_seconds(WAIT_TIME_SECONDS)
+        .visibility_timeout(settings.visibility_timeout.as_secs().clamp(1, 43_200) as i32)
+        .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+        .send()
+        .await;
+    match result {
+        Ok(output) => {
+            stats.record("sqs", "ReceiveMessage", Outcome::Ok);
+            Some(output.messages.unwrap_or_default())
+        }
+        Err(e) => {
+            stats.record("sqs", "ReceiveMessage", Outcome::Error);
+            warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "receiving events failed; retrying with backoff");
+            None
+        }
+    }
+}
+
+/// When the message entered the queue, as an `Instant` (for the lag metric);
+/// the receive time when SQS did not say.
+fn sent_at(message: &Message, received: Instant) -> Instant {
+    let sent_ms = message
+        .attributes()
+        .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
+        .and_then(|v| v.parse::<u64>().ok());
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    match sent_ms {
+        Some(sent) if sent <= now_ms => received.checked_sub(Duration::from_millis(now_ms - sent)).unwrap_or(received),
+        _ => received,
+    }
+}
+
+fn backoff(failures: u32) -> Duration {
+    if failures == 0 { Duration::ZERO } else { Duration::from_secs(1 << failures.min(5)).min(Duration::from_secs(30)) }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(0), Duration::ZERO);
+        assert_eq!(backoff(1), Duration::from_secs(2));
+        assert_eq!(backoff(4), Duration::from_secs(16));
+        assert_eq!(backoff(50), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn sent_timestamp_becomes_an_earlier_instant() {
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        let message = Message::builder()
+            .attributes(MessageSystemAttributeName::SentTimestamp, (now_ms - 1500).to_string())
+            .build();
+        let received = Instant::now();
+        let sent = sent_at(&message, received);
+        let ago = received - sent;
+        assert!(ago >= Duration::from_millis(1400) && ago < Duration::from_secs(3), "{ago:?}");
+        assert_eq!(sent_at(&Message::builder().build(), received), received);
+    }
+}

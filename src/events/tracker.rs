@@ -1,0 +1,151 @@
+//! Tells the queue consumer when a message has been handled: every object it
+//! triggered has completed a successful reconcile that *started after* the
+//! message arrived (so that reconcile re-read the store after the change).
+//!
+//! The reconciler reports starts, projections and successes; the consumer waits.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use kube::runtime::reflector::ObjectRef;
+use tokio::sync::watch;
+
+use crate::{reconcile::Guarded, telemetry::Metrics};
+
+#[derive(Default)]
+struct ObjectState {
+    /// Start of the latest successful reconcile.
+    last_success_start: Option<Instant>,
+    /// Arrivals of messages waiting for this object, oldest first, for the lag
+    /// histogram (dropped once a successful reconcile covers them).
+    pending: Vec<Instant>,
+}
+
+pub struct Tracker {
+    objects: Mutex<HashMap<ObjectRef<Guarded>, ObjectState>>,
+    /// Bumped after every success, to wake waiters.
+    progress: watch::Sender<u64>,
+    metrics: Arc<Metrics>,
+}
+
+impl Tracker {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Tracker { objects: Mutex::default(), progress: watch::Sender::new(0), metrics }
+    }
+
+    /// A message that arrived at `arrival` triggers `objects`.
+    pub fn expect(&self, objects: &[ObjectRef<Guarded>], arrival: Instant) {
+        let mut map = self.objects.lock().unwrap();
+        for obj in objects {
+            let state = map.entry(obj.clone()).or_default();
+            let at = state.pending.partition_point(|a| *a <= arrival);
+            state.pending.insert(at, arrival);
+        }
+    }
+
+    /// The reconcile of `obj` that started at `started` wrote its projection:
+    /// the oldest message it covers waited this long.
+    pub fn projected(&self, obj: &ObjectRef<Guarded>, started: Instant) {
+        let map = self.objects.lock().unwrap();
+        if let Some(oldest) = map.get(obj).and_then(|s| s.pending.first()).filter(|a| **a <= started) {
+            self.metrics.event_lag.observe(oldest.elapsed().as_secs_f64());
+        }
+    }
+
+    /// The reconcile of `obj` that started at `started` succeeded.
+    pub fn succeeded(&self, obj: &ObjectRef<Guarded>, started: Instant) {
+        {
+            let mut map = self.objects.lock().unwrap();
+            let state = map.entry(obj.clone()).or_default();
+            if state.last_success_start.is_none_or(|s| s < started) {
+                state.last_success_start = Some(started);
+            }
+            state.pending.retain(|a| *a > started);
+        }
+        self.progress.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The object is gone: nothing will ever reconcile it again.
+    pub fn forget(&self, obj: &ObjectRef<Guarded>) {
+        self.objects.lock().unwrap().remove(obj);
+        self.progress.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn handled(&self, obj: &ObjectRef<Guarded>, arrival: Instant) -> bool {
+        self.objects.lock().unwrap().get(obj).and_then(|s| s.last_success_start).is_some_and(|s| s >= arrival)
+    }
+
+    /// Waits until every object in `objects` was handled after `arrival`, or
+    /// `exists` says it no longer exists. False when `deadline` passes first.
+    pub async fn wait(
+        &self,
+        objects: &[ObjectRef<Guarded>],
+        arrival: Instant,
+        deadline: Instant,
+        exists: impl Fn(&ObjectRef<Guarded>) -> bool,
+    ) -> bool {
+        let mut progress = self.progress.subscribe();
+        let mut remaining: Vec<&ObjectRef<Guarded>> = objects.iter().collect();
+        loop {
+            remaining.retain(|obj| !self.handled(obj, arrival) && exists(obj));
+            if remaining.is_empty() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            // Deletions do not report progress: look again at least every second.
+            let wake = deadline.min(now + Duration::from_secs(1));
+            let _ = tokio::time::timeout_at(wake.into(), progress.changed()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(name: &str) -> ObjectRef<Guarded> {
+        ObjectRef::new(name).within("ns")
+    }
+
+    #[tokio::test]
+    async fn handled_only_by_a_success_that_started_after_arrival() {
+        let metrics = Arc::new(Metrics::default());
+        let tracker = Arc::new(Tracker::new(metrics.clone()));
+        let (a, b) = (obj("a"), obj("b"));
+        let before = Instant::now();
+        tracker.succeeded(&a, before); // an older reconcile does not count
+        let arrival = Instant::now();
+        tracker.expect(&[a.clone(), b.clone()], arrival);
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert!(!tracker.wait(&[a.clone(), b.clone()], arrival, soon, |_| true).await);
+
+        let waiter = {
+            let (tracker, a, b) = (tracker.clone(), a.clone(), b.clone());
+            tokio::spawn(async move {
+                tracker.wait(&[a, b], arrival, Instant::now() + Duration::from_secs(10), |_| true).await
+            })
+        };
+        let started = Instant::now();
+        tracker.projected(&a, started);
+        tracker.succeeded(&a, started);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "b has not been reconciled yet");
+        tracker.succeeded(&b, Instant::now());
+        assert!(waiter.await.unwrap());
+        assert_eq!(metrics.encode().matches("tenant_config_event_to_projection_seconds_count 1").count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_deleted_object_does_not_hold_a_message() {
+        let tracker = Tracker::new(Arc::new(Metrics::default()));
+        let arrival = Instant::now();
+        tracker.expect(&[obj("gone")], arrival);
+        assert!(tracker.wait(&[obj("gone")], arrival, Instant::now() + Duration::from_secs(5), |_| false).await);
+    }
+}

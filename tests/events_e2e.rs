@@ -1,0 +1,639 @@
+//! The event path end to end (DESIGN.md §6): store writes made outside the
+//! controller reach ConfigMaps through EventBridge → SQS, with the local
+//! emulator delivering the events AWS would (scripts/aws_emulator.py).
+//!
+//! Every test runs the controller with a 10-minute resync, so a change that
+//! arrives within the test arrived by event. A controller reconciles every
+//! TenantConfig in the cluster, so the tests take turns and each deletes its
+//! objects before it stops its controller.
+
+mod support;
+
+use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
+use aws_sdk_ssm::types::ParameterType;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, ListParams, PostParams},
+};
+use serde_json::json;
+use support::{
+    EventQueue, aws_config, event_queue,
+    fault_proxy::{Fault, FaultProxy, Times},
+    install_crds, kube_client, unique,
+};
+use tenant_config_controller::{
+    api::{ConfigStore, TenantConfig},
+    events::sqs::ConsumerSettings,
+    reconcile::controller::{self, Settings},
+    store::{BackendContext, DEFAULT_MAX_ATTEMPTS, RateLimits, stats::CallStats, stats::Outcome},
+    telemetry::Metrics,
+};
+use tokio::task::JoinHandle;
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+/// Tests take turns: each runs a controller that sees the whole cluster.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: JoinHandle<()>,
+    stats: Arc<CallStats>,
+    metrics: Arc<Metrics>,
+}
+
+/// One test's world: its stores, queue, namespaces and controller.
+struct Harness {
+    id: String,
+    client: Client,
+    ddb: aws_sdk_dynamodb::Client,
+    ssm: aws_sdk_ssm::Client,
+    sqs: aws_sdk_sqs::Client,
+    sdk: aws_config::SdkConfig,
+    table: String,
+    prefix: String,
+    shared: String,
+    queue: EventQueue,
+    visibility: Duration,
+    namespaces: Vec<String>,
+    stores: Vec<String>,
+    controller: Option<Running>,
+}
+
+impl Harness {
+    async fn new(name: &str, max_receive_count: u32, visibility_secs: u32) -> Harness {
+        // Controller logs with RUST_LOG=tenant_config_controller=debug (shown for failing tests).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        install_crds();
+        let id = unique(name);
+        let (prefix, shared) = (format!("/{id}"), format!("/{id}-shared"));
+        let queue = event_queue(&id, &[&prefix, &shared], max_receive_count, visibility_secs);
+        let sdk = aws_config().await;
+        let mut h = Harness {
+            client: kube_client().await,
+            ddb: aws_sdk_dynamodb::Client::new(&sdk),
+            ssm: aws_sdk_ssm::Client::new(&sdk),
+            sqs: aws_sdk_sqs::Client::new(&sdk),
+            sdk,
+            table: format!("{id}-table"),
+            prefix,
+            shared,
+            queue,
+            visibility: Duration::from_secs(visibility_secs.into()),
+            namespaces: Vec::new(),
+            stores: Vec::new(),
+            controller: None,
+            id,
+        };
+        let (table, prefix, shared) = (h.table.clone(), h.prefix.clone(), h.shared.clone());
+        h.store("db", json!({ "tags": ["db"], "dynamodb": { "tableName": table } })).await;
+        h.store("ssm", json!({ "tags": ["ssm"], "parameterStore": { "pathPrefix": prefix, "sharedPaths": [shared] } }))
+            .await;
+        h
+    }
+
+    async fn store(&mut self, suffix: &str, spec: serde_json::Value) {
+        let name = format!("{}-{suffix}", self.id);
+        // Tags are per test so that routing never reaches another test's store.
+        let mut spec = spec;
+        let tags: Vec<String> =
+            spec["tags"].as_array().unwrap().iter().map(|t| format!("{}-{}", self.id, t.as_str().unwrap())).collect();
+        spec["tags"] = json!(tags);
+        let store: ConfigStore = serde_json::from_value(json!({
+            "apiVersion": "tenantconfig.io/v1alpha1", "kind": "ConfigStore", "metadata": { "name": name }, "spec": spec
+        }))
+        .unwrap();
+        Api::<ConfigStore>::all(self.client.clone()).create(&PostParams::default(), &store).await.unwrap();
+        self.stores.push(name);
+    }
+
+    fn tag(&self, t: &str) -> String {
+        format!("{}-{t}", self.id)
+    }
+
+    fn tenant(&self, n: usize) -> String {
+        format!("{}-t{n}", self.id)
+    }
+
+    async fn namespace(&mut self, suffix: &str, tenant: &str) -> String {
+        let name = format!("{}-{suffix}", self.id);
+        let ns: Namespace = serde_json::from_value(json!({
+            "metadata": { "name": name, "labels": { "tenantconfig.io/tenant": tenant } }
+        }))
+        .unwrap();
+        Api::<Namespace>::all(self.client.clone()).create(&PostParams::default(), &ns).await.unwrap();
+        self.namespaces.push(name.clone());
+        name
+    }
+
+    async fn tenant_config(&self, ns: &str, name: &str, spec: serde_json::Value) {
+        let tc: TenantConfig = serde_json::from_value(json!({
+            "apiVersion": "tenantconfig.io/v1alpha1", "kind": "TenantConfig",
+            "metadata": { "name": name, "namespace": ns }, "spec": spec
+        }))
+        .unwrap();
+        Api::<TenantConfig>::namespaced(self.client.clone(), ns).create(&PostParams::default(), &tc).await.unwrap();
+    }
+
+    fn start(&mut self) {
+        assert!(self.controller.is_none());
+        let backend_ctx = BackendContext::new(self.sdk.clone(), RateLimits::default(), DEFAULT_MAX_ATTEMPTS);
+        let stats = backend_ctx.stats.clone();
+        let metrics = Arc::new(Metrics::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let settings = Settings { resync_interval: Duration::from_secs(600), ..Settings::default() };
+        let events = ConsumerSettings {
+            visibility_timeout: self.visibility,
+            ..ConsumerSettings::new(self.queue.queue_url.clone())
+        };
+        let task = tokio::spawn(controller::run(
+            self.client.clone(),
+            settings,
+            backend_ctx,
+            Some(events),
+            metrics.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        self.controller = Some(Running { stop, task, stats, metrics });
+    }
+
+    /// Graceful stop, as on SIGTERM.
+    async fn stop(&mut self) {
+        let running = self.controller.take().expect("controller running");
+        let _ = running.stop.send(());
+        tokio::time::timeout(Duration::from_secs(30), running.task).await.expect("controller stops").unwrap();
+    }
+
+    /// Abrupt stop, as on SIGKILL: in-flight work is simply gone.
+    async fn kill(&mut self) {
+        let running = self.controller.take().expect("controller running");
+        running.task.abort();
+        let _ = running.task.await;
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.controller.as_ref().expect("controller running").metrics
+    }
+
+    fn stats(&self) -> &CallStats {
+        &self.controller.as_ref().expect("controller running").stats
+    }
+
+    async fn wait_ready(&self, ns: &str, name: &str) {
+        let api = Api::<TenantConfig>::namespaced(self.client.clone(), ns);
+        eventually(&format!("{ns}/{name} Ready"), || async {
+            let tc = api.get(name).await.ok()?;
+            let ready = tc.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+            (ready.status == "True").then_some(())
+        })
+        .await
+    }
+
+    async fn config_map(&self, ns: &str, name: &str) -> BTreeMap<String, String> {
+        let api = Api::<ConfigMap>::namespaced(self.client.clone(), ns);
+        api.get_opt(name).await.unwrap().and_then(|cm| cm.data).unwrap_or_default()
+    }
+
+    /// Waits until the ConfigMap satisfies `check`; returns how long it took.
+    async fn wait_config_map(
+        &self,
+        ns: &str,
+        name: &str,
+        what: &str,
+        check: impl Fn(&BTreeMap<String, String>) -> bool,
+    ) -> Duration {
+        let started = std::time::Instant::now();
+        eventually(&format!("{ns}/{name}: {what}"), || async { check(&self.config_map(ns, name).await).then_some(()) })
+            .await;
+        started.elapsed()
+    }
+
+    async fn set_item_key(&self, tenant: &str, config_type: &str, key: &str, value: Option<&str>) {
+        let update = self
+            .ddb
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(format!("TENANT#{tenant}")))
+            .key("sk", AttributeValue::S(format!("CONFIG#{config_type}")))
+            .expression_attribute_names("#d", "data")
+            .expression_attribute_names("#k", key);
+        match value {
+            Some(v) => update
+                .update_expression("SET #d.#k = :v")
+                .expression_attribute_values(":v", AttributeValue::S(v.into())),
+            None => update.update_expression("REMOVE #d.#k"),
+        }
+        .send()
+        .await
+        .unwrap();
+    }
+
+    async fn item_data(&self, tenant: &str, config_type: &str) -> BTreeMap<String, String> {
+        let item = self
+            .ddb
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(format!("TENANT#{tenant}")))
+            .key("sk", AttributeValue::S(format!("CONFIG#{config_type}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap()
+            .item
+            .unwrap_or_default();
+        item.get("data")
+            .and_then(|d| d.as_m().ok())
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_s().unwrap().clone())).collect())
+            .unwrap_or_default()
+    }
+
+    async fn put_parameter(&self, name: &str, value: &str) {
+        self.ssm
+            .put_parameter()
+            .name(name)
+            .value(value)
+            .r#type(ParameterType::String)
+            .overwrite(true)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    async fn queue_depth(&self, url: &str) -> (u64, u64) {
+        let attributes = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .unwrap()
+            .attributes
+            .unwrap_or_default();
+        let get = |a: QueueAttributeName| attributes.get(&a).and_then(|v| v.parse().ok()).unwrap_or(0);
+        (
+            get(QueueAttributeName::ApproximateNumberOfMessages),
+            get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        )
+    }
+
+    async fn wait_queue_empty(&self) {
+        eventually("event queue drained", || async {
+            (self.queue_depth(&self.queue.queue_url).await == (0, 0)).then_some(())
+        })
+        .await
+    }
+
+    /// Deletes this test's objects (the controller must run to finish them),
+    /// then its stores, and stops the controller.
+    async fn finish(mut self) {
+        if self.controller.is_none() {
+            self.start();
+        }
+        for ns in &self.namespaces {
+            let api = Api::<TenantConfig>::namespaced(self.client.clone(), ns);
+            api.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
+            eventually(&format!("TenantConfigs in {ns} deleted"), || async {
+                api.list(&ListParams::default()).await.ok()?.items.is_empty().then_some(())
+            })
+            .await;
+        }
+        for store in &self.stores {
+            Api::<ConfigStore>::all(self.client.clone()).delete(store, &DeleteParams::default()).await.unwrap();
+        }
+        self.stop().await;
+    }
+}
+
+/// A DynamoDB stream record as a Pipe delivers it, for forged and replayed events.
+fn pipe_event(table: &str, tenant: &str, config_type: &str) -> String {
+    json!({
+        "version": "0", "id": format!("forged-{tenant}-{config_type}"), "detail-type": "Event from aws:dynamodb",
+        "source": "Pipe forged", "time": "2026-11-26T08:17:45Z", "region": "us-east-1", "resources": [],
+        "detail": {
+            "eventID": "1", "eventName": "MODIFY", "eventVersion": "1.1", "eventSource": "aws:dynamodb",
+            "awsRegion": "us-east-1",
+            "dynamodb": { "Keys": { "pk": { "S": format!("TENANT#{tenant}") }, "sk": { "S": format!("CONFIG#{config_type}") } } },
+            "eventSourceARN": format!("arn:aws:dynamodb:us-east-1:123456789012:table/{table}/stream/2026-11-01T00:00:00.000")
+        }
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_band_changes_arrive_by_event() {
+    let _turn = SERIAL.lock().await;
+    let mut h = Harness::new("ev-oob", 5, 30).await;
+    let tenant = h.tenant(0);
+    let ns = h.namespace("a", &tenant).await;
+    let (db, ssm_tag, shared) = (h.tag("db"), h.tag("ssm"), h.shared.clone());
+    h.put_parameter(&format!("{shared}/prod/region"), "eu").await;
+    h.tenant_config(
+        &ns,
+        "payments",
+        json!({
+            "defaultTags": [db],
+            "entries": [{ "key": "provider", "value": "stripe" }],
+            "include": [{ "parameterPath": format!("{shared}/prod") }]
+        }),
+    )
+    .await;
+    // Its own SSM keys are read with GetParametersByPath too: kept apart from
+    // the shared fan-out below, which counts those calls.
+    h.tenant_config(&ns, "web", json!({ "defaultTags": [ssm_tag], "entries": [{ "key": "api", "value": "v1" }] }))
+        .await;
+    h.start();
+    h.wait_ready(&ns, "payments").await;
+    h.wait_ready(&ns, "web").await;
+    let cm = "payments";
+    h.wait_config_map(&ns, cm, "initial projection", |d| d.get("provider").map(String::as_str) == Some("stripe")).await;
+
+    // Another writer adds a key to the tenant's item.
+    h.set_item_key(&tenant, "payments", "feature-x", Some("on")).await;
+    let took =
+        h.wait_config_map(&ns, cm, "DynamoDB insert", |d| d.get("feature-x").map(String::as_str) == Some("on")).await;
+    println!("DynamoDB out-of-band write → ConfigMap: {took:?}");
+    // ... and removes it again.
+    h.set_item_key(&tenant, "payments", "feature-x", None).await;
+    h.wait_config_map(&ns, cm, "DynamoDB remove", |d| !d.contains_key("feature-x")).await;
+
+    // An SSM parameter under the tenant's path that no TenantConfig manages.
+    let extra = format!("{}/{tenant}/web/extra", h.prefix);
+    h.put_parameter(&extra, "1").await;
+    let took = h.wait_config_map(&ns, "web", "SSM create", |d| d.get("extra").map(String::as_str) == Some("1")).await;
+    println!("SSM out-of-band write → ConfigMap: {took:?}");
+    h.ssm.delete_parameter().name(&extra).send().await.unwrap();
+    h.wait_config_map(&ns, "web", "SSM delete", |d| !d.contains_key("extra") && d.contains_key("api")).await;
+
+    // A shared parameter included by 50 TenantConfigs in 10 namespaces (plus
+    // `payments`): every ConfigMap updates, the path is walked once.
+    let mut fan_out = Vec::new();
+    for n in 0..10 {
+        let ns = h.namespace(&format!("fan{n}"), &h.tenant(n + 1)).await;
+        for k in 0..5 {
+            h.tenant_config(
+                &ns,
+                &format!("app{k}"),
+                json!({
+                    "defaultTags": [db], "entries": [{ "key": "app", "value": format!("{k}") }],
+                    "include": [{ "parameterPath": format!("{shared}/prod") }]
+                }),
+            )
+            .await;
+            fan_out.push((ns.clone(), format!("app{k}")));
+        }
+    }
+    for (ns, name) in &fan_out {
+        h.wait_ready(ns, name).await;
+    }
+    h.wait_queue_empty().await; // the controller's own writes echo back as events; let them settle
+    let walks = || h.stats().count("ParameterStore", "GetParametersByPath", Outcome::Ok);
+    let (walks_before, misses_before) = (walks(), h.metrics().shared_cache_lookups("miss"));
+    h.put_parameter(&format!("{shared}/prod/timeout-ms"), "30").await;
+    let started = std::time::Instant::now();
+    fan_out.push((ns.clone(), "payments".into()));
+    for (ns, name) in &fan_out {
+        let cm = name.clone();
+        h.wait_config_map(ns, &cm, "shared change", |d| d.get("timeout-ms").map(String::as_str) == Some("30")).await;
+    }
+    println!("shared parameter → {} ConfigMaps: {:?}", fan_out.len(), started.elapsed());
+    h.wait_queue_empty().await;
+    assert_eq!(walks() - walks_before, 1, "one GetParametersByPath walk for {} TenantConfigs", fan_out.len());
+    assert_eq!(h.metrics().shared_cache_lookups("miss") - misses_before, 1);
+    assert!(h.metrics().message("acked") >= 5, "messages acknowledged");
+    assert_eq!(h.metrics().message("malformed"), 0);
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_backwards_under_shuffled_duplicated_events() {
+    let _turn = SERIAL.lock().await;
+    let mut h = Harness::new("ev-order", 5, 30).await;
+    let db = h.tag("db");
+    let mut objects = Vec::new();
+    for n in 0..3 {
+        let tenant = h.tenant(n);
+        let ns = h.namespace(&format!("o{n}"), &tenant).await;
+        for k in 0..10 {
+            let name = format!("c{k}");
+            h.tenant_config(
+                &ns,
+                &name,
+                json!({ "defaultTags": [db], "entries": [{ "key": "managed", "value": "m" }] }),
+            )
+            .await;
+            objects.push((ns.clone(), tenant.clone(), name));
+        }
+    }
+    h.start();
+    for (ns, _, name) in &objects {
+        h.wait_ready(ns, name).await;
+    }
+
+    // 10 rounds of real writes to each of the 30 items (300 real events),
+    // interleaved with replays of stale events in shuffled order, each twice.
+    let mut rng = 0x2545F4914F6CDD1Du64;
+    let mut next = move |n: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % n as u64) as usize
+    };
+    let mut sent_forged = 0;
+    for round in 0..10 {
+        let mut order: Vec<usize> = (0..objects.len()).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, next(i + 1));
+        }
+        for i in order {
+            let (_, tenant, name) = &objects[i];
+            h.set_item_key(tenant, name, "round", Some(&round.to_string())).await;
+        }
+        let entries: Vec<SendMessageBatchRequestEntry> = (0..10)
+            .map(|i| {
+                let (_, tenant, name) = &objects[next(objects.len())];
+                SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(pipe_event(&h.table, tenant, name))
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        for _ in 0..2 {
+            h.sqs
+                .send_message_batch()
+                .queue_url(&h.queue.queue_url)
+                .set_entries(Some(entries.clone()))
+                .send()
+                .await
+                .unwrap();
+            sent_forged += entries.len();
+        }
+    }
+    assert_eq!(sent_forged, 200);
+    h.wait_queue_empty().await;
+    for (ns, tenant, name) in &objects {
+        let cm = name.clone();
+        let store = h.item_data(tenant, name).await;
+        assert_eq!(store.get("round").map(String::as_str), Some("9"));
+        h.wait_config_map(ns, &cm, "equals the store", |d| *d == store).await;
+    }
+    assert_eq!(h.metrics().message("malformed"), 0);
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_end_in_the_dead_letter_queue() {
+    let _turn = SERIAL.lock().await;
+    let mut h = Harness::new("ev-poison", 2, 2).await;
+    let tenant = h.tenant(0);
+    let ns = h.namespace("p", &tenant).await;
+    let db = h.tag("db");
+    h.tenant_config(&ns, "payments", json!({ "defaultTags": [db], "entries": [{ "key": "k", "value": "v" }] })).await;
+    h.start();
+    h.wait_ready(&ns, "payments").await;
+    h.wait_queue_empty().await;
+
+    let poison = [
+        "{not json".to_string(),
+        "[]".to_string(),
+        json!({ "source": "aws.ssm", "detail-type": "Parameter Store Change", "detail": { "name": 42 } }).to_string(),
+        json!({ "source": "aws.ec2", "detail-type": "EC2 Instance State-change Notification", "detail": {} })
+            .to_string(),
+        json!({ "eventSource": "aws:dynamodb", "eventName": "MODIFY", "dynamodb": { "Keys": "pk" } }).to_string(),
+        format!(r#"{{"pad":"{}"}}"#, "x".repeat(900 * 1024)),
+    ];
+    let valid = [pipe_event(&h.table, &tenant, "payments"), pipe_event(&h.table, "someone-else", "payments")];
+    let entries: Vec<SendMessageBatchRequestEntry> = poison
+        .iter()
+        .chain(valid.iter())
+        .enumerate()
+        .map(|(i, body)| SendMessageBatchRequestEntry::builder().id(i.to_string()).message_body(body).build().unwrap())
+        .collect();
+    // One batch of messages over 1 MiB would be refused: send the big one alone.
+    let (big, rest): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| e.message_body().len() > 1024);
+    h.sqs.send_message_batch().queue_url(&h.queue.queue_url).set_entries(Some(rest)).send().await.unwrap();
+    h.sqs.send_message_batch().queue_url(&h.queue.queue_url).set_entries(Some(big)).send().await.unwrap();
+
+    let dlq = h.queue.dead_letter_queue_url.clone();
+    eventually("poison in the dead-letter queue", || async {
+        (h.queue_depth(&dlq).await.0 == poison.len() as u64).then_some(())
+    })
+    .await;
+    h.wait_queue_empty().await;
+    let metrics = h.metrics();
+    assert!(metrics.message("malformed") >= 2 * poison.len() as u64, "each poison message was received twice");
+    assert!(metrics.message("ignored") >= 1, "the event for no object was acknowledged");
+    assert!(metrics.message("acked") >= 2, "valid messages of the same batch were handled");
+    assert_eq!(h.queue_depth(&dlq).await.0, poison.len() as u64, "nothing valid reached the dead-letter queue");
+
+    // The controller keeps working.
+    h.set_item_key(&tenant, "payments", "after", Some("yes")).await;
+    h.wait_config_map(&ns, "payments", "works after poison", |d| d.get("after").map(String::as_str) == Some("yes"))
+        .await;
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_whose_reconcile_fails_is_kept_until_it_succeeds() {
+    let _turn = SERIAL.lock().await;
+    let mut h = Harness::new("ev-fail", 20, 3).await;
+    let proxy = FaultProxy::start(&support::env("AWS_ENDPOINT_URL")).await;
+    let table = h.table.clone();
+    h.store("flaky", json!({ "tags": ["flaky"], "dynamodb": { "tableName": table, "endpoint": proxy.url } })).await;
+    let tenant = h.tenant(0);
+    let ns = h.namespace("f", &tenant).await;
+    let flaky = h.tag("flaky");
+    h.tenant_config(&ns, "payments", json!({ "defaultTags": [flaky], "entries": [{ "key": "k", "value": "v" }] }))
+        .await;
+    h.start();
+    h.wait_ready(&ns, "payments").await;
+    h.wait_queue_empty().await;
+
+    proxy.inject("GetItem", Fault::ServerError, Times::Always);
+    let acked_before = h.metrics().message("acked");
+    h.set_item_key(&tenant, "payments", "late", Some("1")).await; // straight to the store, not via the proxy
+    eventually("the event was received and not handled", || async {
+        (h.metrics().message("unhandled") >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(h.metrics().message("acked"), acked_before, "not deleted while its reconcile fails");
+    let (visible, in_flight) = h.queue_depth(&h.queue.queue_url).await;
+    assert!(visible + in_flight >= 1, "the message is still in the queue");
+    assert!(!h.config_map(&ns, "payments").await.contains_key("late"));
+
+    proxy.clear();
+    h.wait_config_map(&ns, "payments", "projected after recovery", |d| d.get("late").map(String::as_str) == Some("1"))
+        .await;
+    h.wait_queue_empty().await;
+    assert!(h.metrics().message("acked") > acked_before);
+    assert_eq!(h.queue_depth(&h.queue.dead_letter_queue_url).await.0, 0);
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_messages_in_flight_loses_nothing() {
+    let _turn = SERIAL.lock().await;
+    let mut h = Harness::new("ev-restart", 20, 3).await;
+    let proxy = FaultProxy::start(&support::env("AWS_ENDPOINT_URL")).await;
+    let table = h.table.clone();
+    h.store("flaky", json!({ "tags": ["flaky"], "dynamodb": { "tableName": table, "endpoint": proxy.url } })).await;
+    let tenant = h.tenant(0);
+    let ns = h.namespace("r", &tenant).await;
+    let flaky = h.tag("flaky");
+    for k in 0..5 {
+        h.tenant_config(
+            &ns,
+            &format!("c{k}"),
+            json!({ "defaultTags": [flaky], "entries": [{ "key": "k", "value": "v" }] }),
+        )
+        .await;
+    }
+    h.start();
+    for k in 0..5 {
+        h.wait_ready(&ns, &format!("c{k}")).await;
+    }
+    h.wait_queue_empty().await;
+
+    // Reconciles hang on a failing store while their events are in flight; the
+    // process dies; a new one starts after the store is back.
+    proxy.inject("GetItem", Fault::ServerError, Times::Always);
+    for k in 0..5 {
+        h.set_item_key(&tenant, &format!("c{k}"), "late", Some(&k.to_string())).await;
+    }
+    eventually("events received", || async { (h.metrics().message("received") >= 5).then_some(()) }).await;
+    h.kill().await;
+    proxy.clear();
+    h.start();
+    for k in 0..5 {
+        let (name, want) = (format!("c{k}"), k.to_string());
+        h.wait_config_map(&ns, &name, "projected after restart", |d| d.get("late") == Some(&want)).await;
+    }
+    h.wait_queue_empty().await;
+    assert_eq!(h.queue_depth(&h.queue.dead_letter_queue_url).await.0, 0, "nothing went to the dead-letter queue");
+    h.finish().await;
+}
