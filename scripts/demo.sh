@@ -7,8 +7,9 @@
 # It installs the API (CRDs), creates the AWS side on moto, applies the example
 # stores, tenant namespaces and TenantConfigs, runs the controller, and shows
 # what it produced: status, the DynamoDB item, the SSM parameters, the ConfigMap.
-# Store changes reach ConfigMaps at the next resync (5 s here) until the
-# EventBridge/SQS path lands.
+# Then it changes values out of band, as an operator would, and shows each change
+# reach the ConfigMaps through the event path (DynamoDB stream → EventBridge
+# Pipe → bus → rule → SQS; SSM → EventBridge → rule → SQS), with the delay.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -52,20 +53,21 @@ say "Tenant namespaces carry the tenant label (set by the platform, never by ten
 run k apply --server-side -f examples/namespaces.yaml
 run k get namespaces -l tenantconfig.io/tenant -L tenantconfig.io/tenant,tenantconfig.io/environment
 
-say "The AWS side (on moto): the DynamoDB table and a shared parameter the platform publishes"
+say "The AWS side (on moto): table with stream, event queue + dead-letter queue, Pipe, rules"
 aws() { "$TCC_PYTHON" - "$@"; }
+run "$CONTROLLER" event-patterns --parameter-prefix /tenant-config --parameter-prefix /tenant-config-shared
+patterns=$("$CONTROLLER" event-patterns --parameter-prefix /tenant-config --parameter-prefix /tenant-config-shared)
+created=$("$TCC_PYTHON" scripts/local_aws.py --patterns "$patterns")
+echo "$created"
+queue_url=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["queueUrl"])' "$created")
 aws <<'PY'
-import boto3, os
-ddb = boto3.client("dynamodb")
-ddb.create_table(TableName="tenant-config", BillingMode="PAY_PER_REQUEST",
-    KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-    AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"}])
+import boto3
 boto3.client("ssm").put_parameter(Name="/tenant-config-shared/prod/payments/region", Value="eu-west-1", Type="String")
-print("created table tenant-config and /tenant-config-shared/prod/payments/region")
+print("the platform publishes /tenant-config-shared/prod/payments/region = eu-west-1")
 PY
 
-say "Running the controller (resync every 5s)"
-"$CONTROLLER" run --resync-interval 5s --secure-projection --log-level warn >"$TCC_STATE_DIR/controller.log" 2>&1 &
+say "Running the controller: events from the queue, full resync every 10 minutes"
+run "$CONTROLLER" run --event-queue-url "$queue_url" --secure-projection --log-level warn >"$TCC_STATE_DIR/controller.log" 2>&1 &
 controller_pid=$!
 echo "controller pid $controller_pid, log $TCC_STATE_DIR/controller.log"
 
@@ -105,14 +107,29 @@ boto3.client("dynamodb").update_item(TableName="tenant-config",
     UpdateExpression="SET #d.#k = :v", ExpressionAttributeNames={"#d": "data", "#k": "maintenance-mode"},
     ExpressionAttributeValues={":v": {"S": "on"}})
 PY
+# Waits until a ConfigMap key has a value; prints the delay since $1 (epoch seconds).
+wait_key() { # since namespace configmap key value
+  local since=$1 ns=$2 cm=$3 key=$4 want=$5 got=
+  for _ in $(seq 1 300); do
+    got=$(k get configmap "$cm" -n "$ns" -o jsonpath="{.data.$key}")
+    [[ $got == "$want" ]] && break
+    sleep 0.05
+  done
+  printf '%s/%s: %s=%s reached the ConfigMap after %.2fs\n' "$ns" "$cm" "$key" "$got" \
+    "$(python3 -c "import time; print(time.time() - $since)")"
+}
 changed_at=$(date +%s.%N)
-for _ in $(seq 1 200); do
-  [[ $(k get configmap payments-config -n acme-prod -o jsonpath='{.data.maintenance-mode}') == on ]] && break
-  sleep 0.1
-done
-printf 'maintenance-mode=%s reached the ConfigMap after %.1fs (resync; events will make this sub-second)\n' \
-  "$(k get configmap payments-config -n acme-prod -o jsonpath='{.data.maintenance-mode}')" \
-  "$(python3 -c "import time; print(time.time() - $changed_at)")"
+wait_key "$changed_at" acme-prod payments-config maintenance-mode on
+
+say "The platform changes the shared parameter both tenants include"
+aws <<'PY'
+import boto3
+boto3.client("ssm").put_parameter(Name="/tenant-config-shared/prod/payments/region", Value="eu-central-1",
+    Type="String", Overwrite=True)
+PY
+changed_at=$(date +%s.%N)
+wait_key "$changed_at" acme-prod payments-config region eu-central-1
+wait_key "$changed_at" globex-prod checkout region eu-central-1
 
 say "Isolation: a TenantConfig that includes another tenant's path is refused"
 printf 'apiVersion: tenantconfig.io/v1alpha1\nkind: TenantConfig\nmetadata: { name: snoop, namespace: acme-prod }\nspec:\n  defaultTags: [tenant]\n  entries: [{ key: a, value: b }]\n  include: [{ parameterPath: /tenant-config/globex/prod/checkout }]\n' | k apply -f - >/dev/null

@@ -39,7 +39,9 @@ demo_checks=(
   '"managedBy"'
   "SecureString  (encrypted)"
   '"region":"eu-west-1"'
-  "maintenance-mode=on reached the ConfigMap"
+  "acme-prod/payments-config: maintenance-mode=on reached the ConfigMap"
+  "acme-prod/payments-config: region=eu-central-1 reached the ConfigMap"
+  "globex-prod/checkout: region=eu-central-1 reached the ConfigMap"
   "IncludeNotAllowed: include"
   'The TenantConfig "bad" is invalid'
 )
