@@ -4,6 +4,8 @@
 pub mod api;
 pub mod crd;
 pub mod events;
+pub mod leader;
 pub mod reconcile;
+pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -3,14 +3,21 @@
 use std::{num::NonZeroU32, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use std::sync::Arc;
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+};
 
+use futures::{FutureExt, future::BoxFuture};
 use tenant_config_controller::{
     events::{self, sqs::ConsumerSettings},
+    leader::Election,
     reconcile::controller::{self, Settings},
+    server::{self, Probes},
     store::{BackendContext, DEFAULT_MAX_ATTEMPTS, RateLimits},
     telemetry::Metrics,
 };
+use tracing::info;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -26,7 +33,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller (kubeconfig from KUBECONFIG or in-cluster; AWS from the standard chain).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the EventBridge event patterns the event queue's rules must use, as JSON.
     EventPatterns(PatternArgs),
 }
@@ -81,6 +88,25 @@ struct RunArgs {
     /// A cached read of an included shared path is refreshed after this long even without an event.
     #[arg(long, env = "TENANT_CONFIG_SHARED_CACHE_MAX_AGE", default_value = "5m", value_parser = humantime::parse_duration)]
     shared_cache_max_age: Duration,
+    /// Address of the HTTP endpoint: /metrics, /healthz, /readyz.
+    #[arg(long, env = "TENANT_CONFIG_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// Run only while holding a coordination.k8s.io Lease, so that one of several replicas is
+    /// active; the others stand by and read nothing from the queue.
+    #[arg(long, env = "TENANT_CONFIG_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Name of the Lease.
+    #[arg(long, env = "TENANT_CONFIG_LEASE_NAME", default_value = "tenant-config-controller")]
+    lease_name: String,
+    /// Namespace of the Lease (the chart passes the release namespace).
+    #[arg(long, env = "TENANT_CONFIG_LEASE_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// A leader that stops renewing loses the Lease after this long (whole seconds).
+    #[arg(long, env = "TENANT_CONFIG_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+    /// This replica's identity in the Lease (default: host name and process id).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
     /// Log format.
     #[arg(long, env = "TENANT_CONFIG_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -98,7 +124,7 @@ enum LogFormat {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = match Cli::parse().command {
-        Command::Run(args) => args,
+        Command::Run(args) => *args,
         Command::EventPatterns(args) => {
             println!(
                 "{}",
@@ -131,16 +157,56 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         visibility_timeout: args.event_visibility_timeout,
         ..ConsumerSettings::new(url)
     });
-    let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    // Signals are hooked before anything else so that none is missed.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let shutdown = async move {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        tracing::info!("shutdown requested; finishing in-flight reconciles");
-    };
+        info!("shutdown requested: no more receives, finishing in-flight reconciles");
+    }
+    .boxed()
+    .shared();
     let backend_ctx = BackendContext::new(sdk, limits, args.aws_max_attempts);
-    controller::run(client, settings, backend_ctx, events, Arc::new(Metrics::default()), shutdown).await;
+    let metrics = Arc::new(Metrics::with_store_calls(backend_ctx.stats.clone()));
+    let probes = Arc::new(Probes::default());
+    let (bound, _) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(server::serve(args.http_addr, metrics.clone(), probes.clone(), bound, shutdown.clone()));
+
+    let run = |stop: BoxFuture<'static, ()>| {
+        controller::run(
+            client.clone(),
+            settings.clone(),
+            backend_ctx.clone(),
+            events.clone(),
+            metrics.clone(),
+            probes.clone(),
+            stop,
+        )
+    };
+    if !args.leader_election {
+        probes.lease_known.store(true, Ordering::Release);
+        probes.leading.store(true, Ordering::Release);
+        metrics.leader.set(1);
+        run(shutdown.clone().boxed()).await;
+    } else {
+        let election = Election {
+            client: client.clone(),
+            lease_name: args.lease_name,
+            namespace: args.lease_namespace,
+            identity: args.identity.unwrap_or_else(default_identity),
+            lease_duration: args.lease_duration,
+        };
+        election.run(probes.clone(), metrics.clone(), shutdown.clone(), run).await?;
+    }
+    server.abort();
+    info!("stopped");
     Ok(())
+}
+
+/// POD_NAME in a cluster (the chart sets it); else host name and process id.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
 }

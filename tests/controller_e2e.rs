@@ -25,6 +25,7 @@ use support::{
 use tenant_config_controller::{
     api::{ConfigStore, TenantConfig},
     reconcile::controller::{self, Settings},
+    server::Probes,
     store::{BackendContext, DEFAULT_MAX_ATTEMPTS, RateLimits},
     telemetry::Metrics,
 };
@@ -163,6 +164,7 @@ async fn controller_end_to_end() {
         backend_ctx,
         no_events,
         Arc::new(Metrics::default()),
+        Arc::new(Probes::default()),
         async move {
             let _ = stopped.await;
         },

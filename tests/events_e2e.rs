@@ -29,6 +29,7 @@ use tenant_config_controller::{
     api::{ConfigStore, TenantConfig},
     events::sqs::ConsumerSettings,
     reconcile::controller::{self, Settings},
+    server::Probes,
     store::{BackendContext, DEFAULT_MAX_ATTEMPTS, RateLimits, stats::CallStats, stats::Outcome},
     telemetry::Metrics,
 };
@@ -173,6 +174,7 @@ impl Harness {
             backend_ctx,
             Some(events),
             metrics.clone(),
+            Arc::new(Probes::default()),
             async move {
                 let _ = stopped.await;
             },

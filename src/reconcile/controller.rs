@@ -42,6 +42,7 @@ use crate::{
         conditions::{self, PROJECTED, READY, STORE_SYNCED, reason},
     },
     events::{EventRouter, index::Index, sqs, tracker::Tracker},
+    server::Probes,
     store::{
         self, Backend, BackendContext, Desired, Location, StoreError, Value,
         routing::{self, Candidate},
@@ -122,6 +123,8 @@ pub struct Context {
     pub tracker: Arc<Tracker>,
     pub shared_cache: Arc<SharedCache>,
     pub metrics: Arc<Metrics>,
+    /// True once every watch has listed once.
+    caches_synced: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Context {
@@ -186,32 +189,46 @@ pub async fn run(
     backend_ctx: BackendContext,
     events: Option<sqs::ConsumerSettings>,
     metrics: Arc<Metrics>,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    probes: Arc<Probes>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let shutdown = shutdown.shared();
     let watch = watcher::Config::default().any_semantic();
     let index = Arc::new(Index::new(&settings.tenant_label, &settings.environment_label));
 
+    // Readiness comes from each watch's first complete listing, not from
+    // Store::wait_until_ready: that wakes only the last of several concurrent
+    // waiters (kube-runtime 5.0's DelayedInit keeps one waker), which left
+    // reconciles waiting for their timeout and stalled shutdown.
+    let sync = Arc::new(CacheSync::new(probes.clone()));
     let (stores, store_writer) = reflector::store();
-    let store_events =
-        reflector::reflector(store_writer, watcher(Api::<ConfigStore>::all(client.clone()), watch.clone()))
-            .default_backoff()
-            .touched_objects();
+    let store_sync = sync.clone();
+    let store_events = reflector::reflector(
+        store_writer,
+        watcher(Api::<ConfigStore>::all(client.clone()), watch.clone())
+            .inspect_ok(move |event| store_sync.observe(0, matches!(event, watcher::Event::InitDone))),
+    )
+    .default_backoff()
+    .touched_objects();
     let (namespaces, ns_writer) = reflector::store();
-    let ns_index = index.clone();
+    let (ns_index, ns_sync) = (index.clone(), sync.clone());
     let namespace_events = reflector::reflector(
         ns_writer,
-        watcher(Api::<Namespace>::all(client.clone()), watch.clone())
-            .inspect_ok(move |event| ns_index.observe_namespace(event)),
+        watcher(Api::<Namespace>::all(client.clone()), watch.clone()).inspect_ok(move |event| {
+            ns_index.observe_namespace(event);
+            ns_sync.observe(1, matches!(event, watcher::Event::InitDone));
+        }),
     )
     .default_backoff()
     .touched_objects();
     let (objects, tc_writer) = reflector::store();
-    let tc_index = index.clone();
+    let (tc_index, tc_sync) = (index.clone(), sync.clone());
     let tenant_configs = reflector::reflector(
         tc_writer,
-        watcher(Api::<Guarded>::all(client.clone()), watch.clone())
-            .inspect_ok(move |event| tc_index.observe_tenant_config(event)),
+        watcher(Api::<Guarded>::all(client.clone()), watch.clone()).inspect_ok(move |event| {
+            tc_index.observe_tenant_config(event);
+            tc_sync.observe(2, matches!(event, watcher::Event::InitDone));
+        }),
     )
     .default_backoff()
     .applied_objects();
@@ -240,7 +257,6 @@ pub async fn run(
         warn!(resync = ?settings.resync_interval, "no event queue configured: store changes arrive only with the resync");
     }
     let resync = resync_ticks(settings.resync_interval);
-
     let in_namespace = objects.clone();
     let all_objects = objects.clone();
     let controller = Controller::for_stream(tenant_configs, objects)
@@ -261,6 +277,7 @@ pub async fn run(
         tracker,
         shared_cache,
         metrics,
+        caches_synced: sync.receiver(),
     });
     let controller = controller
         // A namespace's labels are its tenant identity: re-reconcile its objects.
@@ -284,12 +301,53 @@ pub async fn run(
             if let Err(e) = result {
                 warn!(error = %e, "reconcile failed");
             }
-        });
-    match consumer {
-        Some(consumer) => {
-            tokio::join!(controller, consumer.run(trigger, shutdown));
+        })
+        .inspect(|_| info!("controller stopped"));
+    let work = async move {
+        match consumer {
+            Some(consumer) => {
+                tokio::join!(controller, consumer.run(trigger, shutdown));
+            }
+            None => {
+                // Nothing else sends triggers: an open sender would keep the
+                // controller's trigger stream (and so its shutdown) pending.
+                drop(trigger);
+                controller.await
+            }
         }
-        None => controller.await,
+    };
+    work.await;
+    probes.caches_synced.store(false, std::sync::atomic::Ordering::Release);
+}
+
+/// Whether the ConfigStore, Namespace and TenantConfig watches have each listed
+/// once (routing and identity need complete caches).
+struct CacheSync {
+    listed: Mutex<[bool; 3]>,
+    synced: tokio::sync::watch::Sender<bool>,
+    probes: Arc<Probes>,
+}
+
+impl CacheSync {
+    fn new(probes: Arc<Probes>) -> Self {
+        CacheSync { listed: Mutex::default(), synced: tokio::sync::watch::Sender::new(false), probes }
+    }
+
+    fn observe(&self, watch: usize, init_done: bool) {
+        if !init_done {
+            return;
+        }
+        let mut listed = self.listed.lock().unwrap();
+        listed[watch] = true;
+        if listed.iter().all(|l| *l) && !*self.synced.borrow() {
+            self.synced.send_replace(true);
+            self.probes.caches_synced.store(true, std::sync::atomic::Ordering::Release);
+            info!("caches synced");
+        }
+    }
+
+    fn receiver(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.synced.subscribe()
     }
 }
 
@@ -307,6 +365,7 @@ fn resync_ticks(interval: Duration) -> impl futures::Stream<Item = ()> + Send + 
 async fn reconcile(guarded: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = ObjectRef::from_obj(&*guarded);
     let started = Instant::now();
+    let mut timer = ReconcileTimer { ctx: &ctx, started, error: None };
     let result = match &guarded.0 {
         Ok(tc) => reconcile_valid(Arc::new(tc.clone()), &ctx, &key, started).await,
         Err(invalid) => {
@@ -335,9 +394,12 @@ async fn reconcile(guarded: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, E
             Ok(Action::await_change())
         }
     };
-    if result.is_ok() {
-        ctx.failures.lock().unwrap().remove(&key); // backoff restarts after a success
-        ctx.tracker.succeeded(&key, started);
+    match &result {
+        Ok(_) => {
+            ctx.failures.lock().unwrap().remove(&key); // backoff restarts after a success
+            ctx.tracker.succeeded(&key, started);
+        }
+        Err(e) => timer.error = Some(e.metric_label()),
     }
     result
 }
@@ -350,8 +412,8 @@ async fn reconcile_valid(
     started: Instant,
 ) -> Result<Action, Error> {
     // Routing needs the complete set of stores and namespaces.
-    let _ = tokio::time::timeout(Duration::from_secs(30), ctx.stores.wait_until_ready()).await;
-    let _ = tokio::time::timeout(Duration::from_secs(30), ctx.namespaces.wait_until_ready()).await;
+    let mut synced = ctx.caches_synced.clone();
+    let _ = tokio::time::timeout(Duration::from_secs(30), synced.wait_for(|s| *s)).await;
     let ns = tc.namespace().ok_or(Error::MissingNamespace)?;
     let api = Api::<TenantConfig>::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, tc, |event| async {
@@ -362,6 +424,20 @@ async fn reconcile_valid(
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Counts a reconcile and its duration when dropped, also when the reconcile
+/// future is dropped mid-way (shutdown).
+struct ReconcileTimer<'a> {
+    ctx: &'a Context,
+    started: Instant,
+    error: Option<&'static str>,
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        self.ctx.metrics.reconciled(self.error, self.started.elapsed().as_secs_f64());
+    }
 }
 
 /// Per-object exponential backoff with jitter for transient failures.
@@ -682,13 +758,14 @@ async fn write_status(tc: &TenantConfig, ctx: &Context, verdict: Verdict) -> Res
     let mut new = old.clone();
     let now = Time(Timestamp::now());
     let generation = tc.metadata.generation;
+    let ns = tc.namespace().unwrap_or_default();
+    ctx.metrics.set_ready(&format!("{ns}/{}", tc.name_any()), Some(verdict.ready.0));
     for (type_, (ok, why, message)) in
         [(READY, verdict.ready), (STORE_SYNCED, verdict.store_synced), (PROJECTED, verdict.projected)]
     {
         conditions::set_condition(&mut new.conditions, type_, ok, why, &message, generation, now.clone());
     }
     new.observed_generation = generation;
-    let ns = tc.namespace().unwrap_or_default();
     new.tenant = namespace_labels(&ns, ctx).await?.and_then(|l| l.get(&ctx.settings.tenant_label).cloned());
     if let Some(stores) = verdict.stores {
         new.stores = stores;
@@ -776,5 +853,6 @@ async fn cleanup(tc: Arc<TenantConfig>, ctx: &Context) -> Result<Action, Error> 
             secret_api.delete(secret_name, &DeleteParams::default()).await?;
         }
     }
+    ctx.metrics.set_ready(&format!("{ns}/{}", tc.name_any()), None);
     Ok(Action::await_change())
 }

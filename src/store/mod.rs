@@ -21,6 +21,7 @@ use std::{
 
 use aws_config::retry::RetryConfig;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use tracing::Instrument;
 
 use crate::api::{ConfigStoreSpec, ManagementPolicy, StoreBackend};
 pub use limits::LimitError;
@@ -213,7 +214,7 @@ impl CallGate {
         E: ProvideErrorMetadata,
     {
         self.limiters.acquire(family).await;
-        let result = request.await;
+        let result = request.instrument(tracing::debug_span!("store_call", backend, operation)).await;
         let outcome = match &result {
             Ok(_) => stats::Outcome::Ok,
             Err(SdkError::ServiceError(e)) if is_throttling_code(e.err().code().unwrap_or_default()) => {

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Benchmarks on the local stack (release build), each printing a markdown table.
+#
+#   ./scripts/bench.sh latency [--changes N] [--background-rate R]
+#       store write → ConfigMap updated through the event path, idle and under
+#       R background changes/s (defaults: 500 changes, 50/s)
+#
+# Runs on its own stack (.testenv/bench) and stops it afterwards.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+what=${1:-}
+[[ -n $what ]] || { sed -n '2,8p' "$0" >&2; exit 2; }
+shift
+case "$what" in
+  latency) bench=event_latency ;;
+  *) echo "unknown benchmark: $what" >&2; exit 2 ;;
+esac
+export TCC_STATE_DIR=${TCC_STATE_DIR:-$ROOT/.testenv/bench}
+echo "building (release) ..." >&2
+cargo bench --locked --no-run --bench "$bench" >&2
+trap 'scripts/testenv.sh down >&2' EXIT
+scripts/testenv.sh up >&2
+# shellcheck source=/dev/null
+source "$(scripts/testenv.sh env)"
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "command: ./scripts/bench.sh $what $*"
+RUST_LOG=${RUST_LOG:-warn} cargo bench --locked --bench "$bench" -- "$@"

@@ -1,0 +1,475 @@
+//! The controller binary as it runs in a pod: metrics and probes over HTTP,
+//! leader election between processes, SIGTERM and SIGKILL, and logs that never
+//! carry a secure value. Real kube-apiserver and moto; the controller runs as
+//! separate processes of the built binary.
+//!
+//! A controller sees the whole cluster, so these tests take turns.
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    io::{Read, Write},
+    net::TcpStream,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use aws_sdk_ssm::types::ParameterType;
+use k8s_openapi::api::{
+    authentication::v1::{TokenRequest, TokenRequestSpec},
+    core::v1::{ConfigMap, Namespace, ServiceAccount},
+    rbac::v1::ClusterRoleBinding,
+};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, ListParams, PostParams},
+};
+use serde_json::json;
+use support::{EventQueue, aws_config, event_queue, install_crds, kube_client, unique};
+use tenant_config_controller::api::{ConfigStore, TenantConfig};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One controller process of the built binary.
+struct Process {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(name: &str, args: &[&str], kubeconfig: Option<&str>) -> Process {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("{}.log", unique(name)));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenant-config-controller"));
+        cmd.arg("run").args(["--http-addr", &format!("127.0.0.1:{port}")]).args(args);
+        if let Some(kubeconfig) = kubeconfig {
+            cmd.env("KUBECONFIG", kubeconfig);
+        }
+        let child = cmd.stdout(file.try_clone().unwrap()).stderr(file).stdin(Stdio::null()).spawn().expect("spawn");
+        Process { child, port, log }
+    }
+
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let status = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Some((status, body))
+    }
+
+    /// The value of one metric line (name with labels exactly as exported).
+    fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics")?;
+        body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "controller did not exit within {within:?}; log: {}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One test's stores, namespace and queue.
+struct World {
+    id: String,
+    client: Client,
+    ssm: aws_sdk_ssm::Client,
+    ddb: aws_sdk_dynamodb::Client,
+    queue: EventQueue,
+    ns: String,
+    tenant: String,
+}
+
+impl World {
+    async fn new(name: &str) -> World {
+        install_crds();
+        let id = unique(name);
+        let prefix = format!("/{id}");
+        let queue = event_queue(&id, &[&prefix], 5, 30);
+        let client = kube_client().await;
+        let sdk = aws_config().await;
+        for (store, spec) in [
+            ("db", json!({ "tags": [format!("{id}-db")], "dynamodb": { "tableName": format!("{id}-table") } })),
+            (
+                "ssm",
+                json!({ "tags": [format!("{id}-ssm")], "parameterStore": { "pathPrefix": prefix, "kmsKeyId": "alias/tc" } }),
+            ),
+        ] {
+            let store: ConfigStore = serde_json::from_value(json!({
+                "apiVersion": "tenantconfig.io/v1alpha1", "kind": "ConfigStore",
+                "metadata": { "name": format!("{id}-{store}") }, "spec": spec
+            }))
+            .unwrap();
+            Api::<ConfigStore>::all(client.clone()).create(&PostParams::default(), &store).await.unwrap();
+        }
+        let (ns, tenant) = (format!("{id}-ns"), format!("{id}-t"));
+        let namespace: Namespace = serde_json::from_value(
+            json!({ "metadata": { "name": ns, "labels": { "tenantconfig.io/tenant": tenant } } }),
+        )
+        .unwrap();
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await.unwrap();
+        World {
+            id,
+            client,
+            ssm: aws_sdk_ssm::Client::new(&sdk),
+            ddb: aws_sdk_dynamodb::Client::new(&sdk),
+            queue,
+            ns,
+            tenant,
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--event-queue-url".into(),
+            self.queue.queue_url.clone(),
+            "--lease-name".into(),
+            format!("{}-lease", self.id),
+            "--log-format".into(),
+            "json".into(),
+        ]
+    }
+
+    async fn tenant_config(&self, name: &str, spec: serde_json::Value) {
+        let tc: TenantConfig = serde_json::from_value(json!({
+            "apiVersion": "tenantconfig.io/v1alpha1", "kind": "TenantConfig", "metadata": { "name": name }, "spec": spec
+        }))
+        .unwrap();
+        Api::<TenantConfig>::namespaced(self.client.clone(), &self.ns)
+            .create(&PostParams::default(), &tc)
+            .await
+            .unwrap();
+    }
+
+    async fn ready_count(&self) -> usize {
+        let list =
+            Api::<TenantConfig>::namespaced(self.client.clone(), &self.ns).list(&ListParams::default()).await.unwrap();
+        list.items
+            .iter()
+            .filter(|tc| {
+                tc.status
+                    .as_ref()
+                    .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .count()
+    }
+
+    async fn wait_ready(&self, n: usize) {
+        eventually(&format!("{n} TenantConfigs Ready"), || async { (self.ready_count().await >= n).then_some(()) })
+            .await
+    }
+
+    async fn config_map(&self, name: &str) -> BTreeMap<String, String> {
+        Api::<ConfigMap>::namespaced(self.client.clone(), &self.ns)
+            .get_opt(name)
+            .await
+            .unwrap()
+            .and_then(|cm| cm.data)
+            .unwrap_or_default()
+    }
+
+    async fn parameters(&self) -> usize {
+        let path = format!("/{}/{}", self.id, self.tenant);
+        let mut count = 0;
+        let mut pages = self.ssm.get_parameters_by_path().path(path).recursive(true).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            count += page.unwrap().parameters().len();
+        }
+        count
+    }
+
+    /// Deletes the test's objects with a controller running, then its stores.
+    async fn finish(self) {
+        let mut cleaner = Process::spawn("cleanup", &["--leader-election", "false"], None);
+        let api = Api::<TenantConfig>::namespaced(self.client.clone(), &self.ns);
+        api.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
+        eventually("TenantConfigs deleted", || async {
+            api.list(&ListParams::default()).await.ok()?.items.is_empty().then_some(())
+        })
+        .await;
+        for store in ["db", "ssm"] {
+            Api::<ConfigStore>::all(self.client.clone())
+                .delete(&format!("{}-{store}", self.id), &DeleteParams::default())
+                .await
+                .unwrap();
+        }
+        cleaner.signal("TERM");
+        assert!(cleaner.wait_exit(Duration::from_secs(30)).success());
+    }
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_and_readiness_follows_the_caches() {
+    let _turn = SERIAL.lock().await;
+    let w = World::new("ops-metrics").await;
+
+    // An identity that may not list anything: the caches cannot sync, /readyz says so.
+    let sa_name = format!("{}-sa", w.id);
+    let sas = Api::<ServiceAccount>::namespaced(w.client.clone(), &w.ns);
+    let sa: ServiceAccount = serde_json::from_value(json!({ "metadata": { "name": sa_name } })).unwrap();
+    sas.create(&PostParams::default(), &sa).await.unwrap();
+    let token_request = TokenRequest {
+        spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }),
+        ..Default::default()
+    };
+    let token = sas.create_token_request(&sa_name, &PostParams::default(), &token_request).await.unwrap();
+    let token = token.status.and_then(|s| s.token).expect("TokenRequest returns a token");
+    let admin_kubeconfig = std::fs::read_to_string(support::env("KUBECONFIG")).unwrap();
+    let admin_token = support::env("TCC_ADMIN_TOKEN");
+    let kubeconfig = std::env::temp_dir().join(format!("{}.kubeconfig", w.id));
+    std::fs::write(&kubeconfig, admin_kubeconfig.replace(&admin_token, &token)).unwrap();
+    let mut args = w.args();
+    args.extend(["--leader-election".into(), "false".into()]);
+    let mut p = Process::spawn("ops-metrics", &strs(&args), Some(kubeconfig.to_str().unwrap()));
+    eventually("/healthz answers", || async { (p.get("/healthz")?.0 == 200).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(p.get("/readyz").unwrap().0, 503, "not ready before the caches sync");
+
+    // Grant access: the watches retry, the caches sync, /readyz turns 200.
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": sa_name },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin" },
+        "subjects": [{ "kind": "ServiceAccount", "name": sa_name, "namespace": w.ns }]
+    }))
+    .unwrap();
+    Api::<ClusterRoleBinding>::all(w.client.clone()).create(&PostParams::default(), &binding).await.unwrap();
+    eventually("/readyz 200 after the caches sync", || async { (p.get("/readyz")?.0 == 200).then_some(()) }).await;
+
+    let db = format!("{}-db", w.id);
+    w.tenant_config("payments", json!({ "defaultTags": [db], "entries": [{ "key": "k", "value": "v" }] })).await;
+    w.wait_ready(1).await;
+    eventually("reconcile and store metrics", || async {
+        let ok = p.metric(r#"tenant_config_reconciles_total{result="success",error=""}"#)? >= 1.0;
+        let writes =
+            p.metric(r#"tenant_config_store_calls_total{backend="DynamoDB",operation="UpdateItem",outcome="ok"}"#)?;
+        let ready = p.metric(r#"tenant_config_tenant_configs{ready="true"}"#)?;
+        (ok && writes >= 1.0 && ready >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(p.metric("tenant_config_leader"), Some(1.0));
+
+    // An out-of-band change: the event metrics move, the lag is observed.
+    let acked = p.metric(r#"tenant_config_event_messages_total{outcome="acked"}"#).unwrap_or(0.0);
+    w.ddb
+        .update_item()
+        .table_name(format!("{}-table", w.id))
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(format!("TENANT#{}", w.tenant)))
+        .key("sk", aws_sdk_dynamodb::types::AttributeValue::S("CONFIG#payments".into()))
+        .update_expression("SET #d.#k = :v")
+        .expression_attribute_names("#d", "data")
+        .expression_attribute_names("#k", "extra")
+        .expression_attribute_values(":v", aws_sdk_dynamodb::types::AttributeValue::S("1".into()))
+        .send()
+        .await
+        .unwrap();
+    eventually("event metrics", || async {
+        let now = p.metric(r#"tenant_config_event_messages_total{outcome="acked"}"#)?;
+        let lag = p.metric("tenant_config_event_to_projection_seconds_count")?;
+        (now > acked && lag >= 1.0).then_some(())
+    })
+    .await;
+    assert!(w.config_map("payments").await.contains_key("extra"));
+    let body = p.get("/metrics").unwrap().1;
+    assert!(!body.contains(&w.ns) && !body.contains(&w.tenant), "no namespace or tenant in metric labels");
+
+    p.signal("TERM");
+    assert!(p.wait_exit(Duration::from_secs(30)).success(), "exit 0 on SIGTERM");
+    Api::<ClusterRoleBinding>::all(w.client.clone()).delete(&sa_name, &DeleteParams::default()).await.unwrap();
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_at_a_time_and_prompt_handover() {
+    let _turn = SERIAL.lock().await;
+    let w = World::new("ops-lease").await;
+    let mut args = w.args();
+    args.extend(["--lease-duration".into(), "6s".into()]);
+    let db = format!("{}-db", w.id);
+    w.tenant_config("payments", json!({ "defaultTags": [db], "entries": [{ "key": "k", "value": "v" }] })).await;
+
+    let mut a = Process::spawn("ops-lease-a", &strs(&args), None);
+    let leader_a = || async { (a.metric("tenant_config_leader")? == 1.0).then_some(()) };
+    eventually("a leads", leader_a).await;
+    let mut b = Process::spawn("ops-lease-b", &strs(&args), None);
+    eventually("b is up and standing by", || async { (b.get("/readyz")?.0 == 200).then_some(()) }).await;
+    w.wait_ready(1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(b.metric("tenant_config_leader"), Some(0.0), "b stands by");
+    assert_eq!(b.metric(r#"tenant_config_reconciles_total{result="success",error=""}"#), None, "b reconciles nothing");
+    assert_eq!(
+        b.metric(r#"tenant_config_store_calls_total{backend="sqs",operation="ReceiveMessage",outcome="ok"}"#),
+        None,
+        "b reads nothing from the queue"
+    );
+    assert!(a.metric(r#"tenant_config_reconciles_total{result="success",error=""}"#).unwrap_or(0.0) >= 1.0);
+
+    // SIGKILL the leader: b takes over within the lease duration.
+    a.signal("KILL");
+    a.wait_exit(Duration::from_secs(5));
+    let killed = Instant::now();
+    eventually("b leads after a is killed", || async { (b.metric("tenant_config_leader")? == 1.0).then_some(()) })
+        .await;
+    let takeover = killed.elapsed();
+    println!("takeover after SIGKILL: {takeover:?}");
+    assert!(takeover < Duration::from_secs(6 + 4), "within the lease duration (+ a renew period): {takeover:?}");
+
+    // SIGTERM releases the lease: a new standby takes over without waiting for expiry.
+    let c = Process::spawn("ops-lease-c", &strs(&args), None);
+    eventually("c standing by", || async { (c.get("/readyz")?.0 == 200).then_some(()) }).await;
+    b.signal("TERM");
+    let terminated = Instant::now();
+    assert!(b.wait_exit(Duration::from_secs(20)).success(), "exit 0 on SIGTERM; log: {}", b.logs());
+    eventually("c leads after b stops", || async { (c.metric("tenant_config_leader")? == 1.0).then_some(()) }).await;
+    let handover = terminated.elapsed();
+    println!("handover after SIGTERM: {handover:?}");
+    assert!(handover < Duration::from_secs(6), "SIGTERM hands over before the lease would expire: {handover:?}");
+    assert!(b.logs().contains("lease released"), "b released the lease");
+
+    // The new leader works: a change arrives.
+    w.tenant_config("second", json!({ "defaultTags": [db], "entries": [{ "key": "k", "value": "v" }] })).await;
+    w.wait_ready(2).await;
+    drop(c);
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_run_leaves_nothing_half_done() {
+    let _turn = SERIAL.lock().await;
+    let w = World::new("ops-term").await;
+    let mut args = w.args();
+    args.extend(["--leader-election".into(), "false".into()]);
+    let ssm_tag = format!("{}-ssm", w.id);
+    // 30 objects × 2 parameters at 3 writes/s: about 20 s of work.
+    for n in 0..30 {
+        w.tenant_config(
+            &format!("c{n}"),
+            json!({ "defaultTags": [ssm_tag], "entries": [{ "key": "a", "value": "1" }, { "key": "b", "value": "2" }] }),
+        )
+        .await;
+    }
+    let mut first = Process::spawn("ops-term-1", &strs(&args), None);
+    eventually("busy: some parameters written", || async { (w.parameters().await >= 10).then_some(()) }).await;
+    first.signal("TERM");
+    let status = first.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "exit 0 on SIGTERM; log: {}", first.logs());
+    let written_before = w.parameters().await;
+    assert!(written_before < 60, "stopped mid-run ({written_before} of 60 written)");
+
+    let second = Process::spawn("ops-term-2", &strs(&args), None);
+    w.wait_ready(30).await;
+    assert_eq!(w.parameters().await, 60);
+    let puts = eventually("second process metrics", || async {
+        second.metric(
+            r#"tenant_config_store_calls_total{backend="ParameterStore",operation="PutParameter",outcome="ok"}"#,
+        )
+    })
+    .await;
+    assert_eq!(puts as usize, 60 - written_before, "the restart wrote exactly what was pending");
+    drop(second);
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_values_never_reach_the_logs() {
+    let _turn = SERIAL.lock().await;
+    let w = World::new("ops-secret").await;
+    let mut args = w.args();
+    args.extend([
+        "--leader-election".into(),
+        "false".into(),
+        "--secure-projection".into(),
+        "--log-level".into(),
+        "trace".into(),
+    ]);
+    let secret = "sEcReT-vAlUe-7d1f";
+    let ssm_tag = format!("{}-ssm", w.id);
+    let mut p = Process::spawn("ops-secret", &strs(&args), None);
+    w.tenant_config("payments", json!({
+        "defaultTags": [ssm_tag], "entries": [{ "key": "password", "value": secret, "secure": true }, { "key": "user", "value": "u" }],
+        "projection": { "secretName": "payments-secret" }
+    }))
+    .await;
+    w.wait_ready(1).await;
+    // Secure values also travel back: an operator adds one out of band, the event brings it.
+    let rotated = "oUtOfBaNd-vAlUe-91c2";
+    w.ssm
+        .put_parameter()
+        .name(format!("/{}/{}/payments/api-token", w.id, w.tenant))
+        .value(rotated)
+        .r#type(ParameterType::SecureString)
+        .overwrite(true)
+        .send()
+        .await
+        .unwrap();
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(w.client.clone(), &w.ns);
+    eventually("rotated value projected", || async {
+        let s = secrets.get_opt("payments-secret").await.ok()??;
+        (s.data?.get("api-token")?.0 == rotated.as_bytes()).then_some(())
+    })
+    .await;
+    p.signal("TERM");
+    assert!(p.wait_exit(Duration::from_secs(30)).success());
+    let logs = p.logs();
+    assert!(logs.len() > 10_000, "trace logging was on ({} bytes)", logs.len());
+    use base64::Engine;
+    for value in [secret, rotated] {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(value);
+        assert!(!logs.contains(value), "{value} appears in the logs");
+        assert!(!logs.contains(&b64), "{value} appears base64-encoded in the logs");
+    }
+    w.finish().await;
+}
