@@ -17,12 +17,14 @@ KUBE_VERSION=v1.37.2        # newest release that builds here and k8s-openapi 0.
 ETCD_VERSION=v3.7.0         # the etcd k8s.io/kubernetes v1.37.2 pins
 HELM_VERSION=v3.22.0
 MOTO_VERSION=5.2.5
+CFN_LINT_VERSION=1.58.0
 
 CACHE_DIR=${TCC_CACHE_DIR:-$ROOT/.testenv/cache}
 STATE_DIR=${TCC_STATE_DIR:-$ROOT/.testenv/run}
 K8S_BIN=$CACHE_DIR/k8s-$KUBE_VERSION-etcd-$ETCD_VERSION/bin
 HELM_BIN=$CACHE_DIR/helm-$HELM_VERSION/bin
 MOTO_VENV=$CACHE_DIR/moto-$MOTO_VERSION
+CFN_LINT_VENV=$CACHE_DIR/cfn-lint-$CFN_LINT_VERSION
 ENV_FILE=$STATE_DIR/env
 
 log() { printf '[testenv] %s\n' "$*" >&2; }
@@ -95,9 +97,19 @@ build_moto() {
   touch "$MOTO_VENV/.complete"
 }
 
+build_cfn_lint() {
+  if [[ -f $CFN_LINT_VENV/.complete ]]; then return; fi
+  log "installing cfn-lint==$CFN_LINT_VERSION into a venv"
+  rm -rf "$CFN_LINT_VENV"
+  python3 -m venv "$CFN_LINT_VENV"
+  "$CFN_LINT_VENV/bin/pip" install --quiet --disable-pip-version-check "cfn-lint==$CFN_LINT_VERSION"
+  touch "$CFN_LINT_VENV/.complete"
+}
+
 build_all() {
   mkdir -p "$CACHE_DIR"
   build_moto
+  build_cfn_lint
   build_kubernetes
   build_helm
 }
@@ -218,6 +230,7 @@ export KUBECONFIG=$STATE_DIR/kubeconfig
 export KUBECTL=$K8S_BIN/kubectl
 export HELM=$HELM_BIN/helm
 export TCC_PYTHON=$MOTO_VENV/bin/python   # has boto3, for scripts that act as an operator would
+export CFN_LINT=$CFN_LINT_VENV/bin/cfn-lint
 export TCC_ADMIN_TOKEN=$token
 export TCC_SA_SIGNING_KEY=$STATE_DIR/pki/sa.key
 export AWS_ENDPOINT_URL=http://127.0.0.1:$moto_port

@@ -127,32 +127,28 @@ pub async fn create_table(ddb: &aws_sdk_dynamodb::Client, name: &str) {
 }
 
 /// The AWS side of the event path on the local stack, made by
-/// `scripts/local_aws.py` with the controller's own event patterns.
+/// `scripts/local_aws.py` from the production template (examples/aws/).
 #[derive(Debug, Clone)]
 pub struct EventQueue {
     pub queue_url: String,
     pub dead_letter_queue_url: String,
 }
 
-/// Creates a table with a stream, a queue with a dead-letter queue, a Pipe from
-/// the stream to the bus and the rules (for `parameter_prefixes` and the Pipe)
-/// that deliver to the queue. Names derive from `id`: table `{id}-table`,
-/// queue `{id}-events`, Pipe `{id}-pipe`.
+/// Creates what examples/aws/tenant-config.yaml declares, named after `id`:
+/// table `{id}-table` with its stream, queue `{id}-events` with its
+/// dead-letter queue, Pipe `{id}-pipe`, and the rules for the tenant prefix
+/// `parameter_prefixes[0]` and the shared prefix `parameter_prefixes[1]`
+/// (default `{first}-shared`).
 pub fn event_queue(id: &str, parameter_prefixes: &[&str], max_receive_count: u32, visibility_secs: u32) -> EventQueue {
-    let mut patterns = Command::new(env!("CARGO_BIN_EXE_tenant-config-controller"));
-    patterns.args(["event-patterns", "--pipe-name", &format!("{id}-pipe")]);
-    for prefix in parameter_prefixes {
-        patterns.args(["--parameter-prefix", prefix]);
-    }
-    let out = patterns.output().expect("event-patterns runs");
-    assert!(out.status.success(), "event-patterns: {}", String::from_utf8_lossy(&out.stderr));
-    let patterns = String::from_utf8(out.stdout).unwrap();
+    let tenant = parameter_prefixes[0];
+    let shared = parameter_prefixes.get(1).map(|s| s.to_string()).unwrap_or_else(|| format!("{tenant}-shared"));
     let out = Command::new(env("TCC_PYTHON"))
         .arg(repo_root().join("scripts/local_aws.py"))
-        .args(["--table", &format!("{id}-table"), "--queue", &format!("{id}-events"), "--pipe", &format!("{id}-pipe")])
+        .args(["--param", &format!("TableName={id}-table"), "--param", &format!("QueueName={id}-events")])
+        .args(["--param", &format!("PipeName={id}-pipe")])
+        .args(["--param", &format!("TenantPathPrefix={tenant}"), "--param", &format!("SharedPathPrefix={shared}")])
         .args(["--max-receive-count", &max_receive_count.to_string()])
         .args(["--visibility-timeout", &visibility_secs.to_string()])
-        .args(["--patterns", &patterns])
         .output()
         .expect("local_aws.py runs");
     assert!(out.status.success(), "local_aws.py: {}", String::from_utf8_lossy(&out.stderr));

@@ -1,0 +1,282 @@
+//! The Helm chart: lint, render with default and non-default values (golden
+//! checks on what matters), refuse bad values, install into the real API server,
+//! and prove its RBAC by running the controller as the chart's ServiceAccount:
+//! sufficient (a TenantConfig reconciles end to end) and not excessive (no
+//! Secrets without secure projection).
+
+mod support;
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::{
+    authentication::v1::{TokenRequest, TokenRequestSpec},
+    core::v1::{Namespace, Secret, ServiceAccount},
+};
+use kube::{
+    Api, Client, Config,
+    api::{DeleteParams, ListParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use serde_json::json;
+use serde_yaml::Value;
+use support::{env, event_queue, install_crds, kube_client, repo_root, unique};
+use tenant_config_controller::api::{ConfigStore, TenantConfig};
+
+fn helm(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env("HELM")).args(args).current_dir(repo_root()).output().expect("helm runs");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+const CHART: &str = "charts/tenant-config-controller";
+
+/// Renders the chart and returns its documents.
+fn render(sets: &[&str]) -> Vec<Value> {
+    let mut args = vec!["template", "tcc", CHART, "--namespace", "tcc-system", "--kube-version", "1.37.2"];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let (ok, stdout, stderr) = helm(&args);
+    assert!(ok, "helm template {sets:?}: {stderr}");
+    serde_yaml::Deserializer::from_str(&stdout)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+use serde::Deserialize;
+
+fn find<'a>(docs: &'a [Value], kind: &str, name_suffix: &str) -> Option<&'a Value> {
+    docs.iter().find(|d| {
+        d["kind"].as_str() == Some(kind) && d["metadata"]["name"].as_str().is_some_and(|n| n.ends_with(name_suffix))
+    })
+}
+
+fn args_of(docs: &[Value]) -> Vec<String> {
+    let deployment = find(docs, "Deployment", "").expect("a Deployment");
+    deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn grants(docs: &[Value], resource: &str) -> Vec<String> {
+    let role = find(docs, "ClusterRole", "").expect("a ClusterRole");
+    role["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter(|r| r["resources"].as_sequence().unwrap().iter().any(|x| x.as_str() == Some(resource)))
+        .flat_map(|r| r["verbs"].as_sequence().unwrap().iter().map(|v| v.as_str().unwrap().to_string()))
+        .collect()
+}
+
+#[test]
+fn chart_lints_and_renders_what_matters() {
+    for sets in [vec![], vec!["secureProjection.enabled=true", "replicaCount=1", "metrics.serviceMonitor.enabled=true"]]
+    {
+        let mut args = vec!["lint", CHART, "--strict", "--kube-version", "1.37.2"];
+        for s in &sets {
+            args.extend(["--set", s]);
+        }
+        let (ok, stdout, stderr) = helm(&args);
+        assert!(ok, "helm lint {sets:?}: {stdout}{stderr}");
+    }
+
+    // Defaults: two replicas with a PDB, restricted pod, no Secrets access.
+    let docs = render(&[]);
+    let deployment = find(&docs, "Deployment", "").unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], Value::Bool(true));
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"].as_str(), Some("RuntimeDefault"));
+    let container = &pod["containers"][0];
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], Value::Bool(true));
+    assert_eq!(container["securityContext"]["allowPrivilegeEscalation"], Value::Bool(false));
+    assert_eq!(container["securityContext"]["capabilities"]["drop"][0].as_str(), Some("ALL"));
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"].as_str(), Some("/readyz"));
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"].as_str(), Some("/healthz"));
+    assert_eq!(deployment["spec"]["replicas"].as_u64(), Some(2));
+    assert!(find(&docs, "PodDisruptionBudget", "").is_some());
+    assert!(find(&docs, "ServiceMonitor", "").is_none());
+    assert!(grants(&docs, "secrets").is_empty(), "no Secrets access by default");
+    assert_eq!(grants(&docs, "configmaps"), ["get", "list", "watch", "create", "patch", "delete"]);
+    assert_eq!(grants(&docs, "configstores"), ["get", "list", "watch"], "stores are read-only");
+    let args = args_of(&docs);
+    assert!(args.contains(&"--leader-election=true".into()));
+    assert!(args.contains(&"--lease-namespace=tcc-system".into()));
+    assert!(!args.iter().any(|a| a.starts_with("--event-queue-url")), "no queue unless configured");
+    let lease_role = find(&docs, "Role", "-leader-election").expect("lease Role");
+    assert_eq!(lease_role["rules"][0]["resources"][0].as_str(), Some("leases"));
+
+    // Non-default values reach the flags and the RBAC.
+    let docs = render(&[
+        "secureProjection.enabled=true",
+        "replicaCount=1",
+        "events.queueUrl=https://sqs.eu-west-1.amazonaws.com/123456789012/tenant-config-events",
+        "controller.concurrency=7",
+        "controller.resyncInterval=30m",
+        "controller.leaderElection.enabled=false",
+        "aws.rateLimits.ssmWritesPerSecond=2",
+        "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::123456789012:role/tcc",
+        "metrics.serviceMonitor.enabled=true",
+    ]);
+    let args = args_of(&docs);
+    for expected in [
+        "--event-queue-url=https://sqs.eu-west-1.amazonaws.com/123456789012/tenant-config-events",
+        "--concurrency=7",
+        "--resync-interval=30m",
+        "--leader-election=false",
+        "--ssm-write-rate=2",
+        "--secure-projection",
+    ] {
+        assert!(args.contains(&expected.to_string()), "{expected} in {args:?}");
+    }
+    assert_eq!(grants(&docs, "secrets"), ["get", "create", "patch", "delete"]);
+    assert!(find(&docs, "PodDisruptionBudget", "").is_none(), "no PDB for one replica");
+    assert!(find(&docs, "Role", "-leader-election").is_none(), "no Lease access without election");
+    assert!(find(&docs, "ServiceMonitor", "").is_some());
+    let sa = find(&docs, "ServiceAccount", "").unwrap();
+    assert_eq!(
+        sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].as_str(),
+        Some("arn:aws:iam::123456789012:role/tcc")
+    );
+}
+
+#[test]
+fn wrong_values_fail_with_a_clear_message() {
+    for (set, mentions) in [
+        ("replicaCount=many", "replicaCount"),
+        ("controller.logFormat=xml", "logFormat"),
+        ("controller.resyncInterval=soon", "resyncInterval"),
+        ("events.queueUrl=not-a-url", "queueUrl"),
+        ("secureProjection.enable=true", "enable"),
+    ] {
+        let (ok, _, stderr) = helm(&["template", "tcc", CHART, "--kube-version", "1.37.2", "--set", set]);
+        assert!(!ok, "{set} must be refused");
+        assert!(stderr.contains(mentions), "{set}: the error names {mentions}: {stderr}");
+    }
+}
+
+async fn client_with_token(token: &str) -> Client {
+    let mut kubeconfig = Kubeconfig::read_from(env("KUBECONFIG")).unwrap();
+    kubeconfig.auth_infos[0].auth_info.as_mut().unwrap().token = Some(token.to_string().into());
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.unwrap();
+    Client::try_from(config).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installed_chart_rbac_is_sufficient_and_not_excessive() {
+    install_crds();
+    let admin = kube_client().await;
+    let id = unique("helm");
+    let release_ns = format!("{id}-system");
+    let (ok, stdout, stderr) = helm(&[
+        "install",
+        "tcc",
+        CHART,
+        "--namespace",
+        &release_ns,
+        "--create-namespace",
+        "--set",
+        "replicaCount=1",
+        "--wait=false",
+    ]);
+    assert!(ok, "helm install: {stdout}{stderr}");
+    assert!(stdout.contains("events.queueUrl is empty"), "NOTES warn about the missing queue: {stdout}");
+
+    // The chart's identity.
+    let sas = Api::<ServiceAccount>::namespaced(admin.clone(), &release_ns);
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }),
+        ..Default::default()
+    };
+    let token = sas
+        .create_token_request("tcc-tenant-config-controller", &PostParams::default(), &request)
+        .await
+        .expect("the chart created its ServiceAccount")
+        .status
+        .and_then(|s| s.token)
+        .unwrap();
+    let kubeconfig_path = std::env::temp_dir().join(format!("{id}.kubeconfig"));
+    let admin_kubeconfig = std::fs::read_to_string(env("KUBECONFIG")).unwrap();
+    std::fs::write(&kubeconfig_path, admin_kubeconfig.replace(&env("TCC_ADMIN_TOKEN"), &token)).unwrap();
+    let chart_client = client_with_token(&token).await;
+
+    // Not excessive: no Secrets without secure projection.
+    let denied = Api::<Secret>::namespaced(chart_client.clone(), &release_ns).list(&ListParams::default()).await;
+    assert!(matches!(denied, Err(kube::Error::Api(ref e)) if e.code == 403), "Secrets are refused: {denied:?}");
+    let denied = Api::<ConfigStore>::all(chart_client.clone()).delete("anything", &DeleteParams::default()).await;
+    assert!(matches!(denied, Err(kube::Error::Api(ref e)) if e.code == 403), "ConfigStores are read-only: {denied:?}");
+
+    // Sufficient: the controller, as that identity, reconciles end to end.
+    let prefix = format!("/{id}");
+    let queue = event_queue(&id, &[&prefix], 5, 30);
+    let store: ConfigStore = serde_json::from_value(json!({
+        "apiVersion": "tenantconfig.io/v1alpha1", "kind": "ConfigStore", "metadata": { "name": format!("{id}-db") },
+        "spec": { "tags": [format!("{id}-db")], "dynamodb": { "tableName": format!("{id}-table") } }
+    }))
+    .unwrap();
+    Api::<ConfigStore>::all(admin.clone()).create(&PostParams::default(), &store).await.unwrap();
+    let tenant_ns = format!("{id}-tenant");
+    let ns: Namespace = serde_json::from_value(json!({
+        "metadata": { "name": tenant_ns, "labels": { "tenantconfig.io/tenant": format!("{id}-t") } }
+    }))
+    .unwrap();
+    Api::<Namespace>::all(admin.clone()).create(&PostParams::default(), &ns).await.unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log = std::env::temp_dir().join(format!("{id}.log"));
+    let mut controller = Command::new(env!("CARGO_BIN_EXE_tenant-config-controller"))
+        .args(["run", "--http-addr", &format!("127.0.0.1:{port}"), "--event-queue-url", &queue.queue_url])
+        .args(["--lease-namespace", &release_ns, "--lease-name", "tcc-tenant-config-controller"])
+        .env("KUBECONFIG", &kubeconfig_path)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let tcs = Api::<TenantConfig>::namespaced(admin.clone(), &tenant_ns);
+    let tc: TenantConfig = serde_json::from_value(json!({
+        "apiVersion": "tenantconfig.io/v1alpha1", "kind": "TenantConfig", "metadata": { "name": "payments" },
+        "spec": { "defaultTags": [format!("{id}-db")], "entries": [{ "key": "provider", "value": "stripe" }] }
+    }))
+    .unwrap();
+    tcs.create(&PostParams::default(), &tc).await.unwrap();
+    let started = Instant::now();
+    loop {
+        let tc = tcs.get("payments").await.unwrap();
+        let ready = tc.status.iter().flat_map(|s| &s.conditions).any(|c| c.type_ == "Ready" && c.status == "True");
+        if ready {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not Ready as the chart's identity: {:?}\nlog: {}",
+            tc.status,
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let cm = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(admin.clone(), &tenant_ns)
+        .get("payments")
+        .await
+        .unwrap();
+    assert_eq!(cm.data.unwrap()["provider"], "stripe");
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!logs.contains("403") && !logs.contains("forbidden"), "no permission errors: {logs}");
+
+    // Deletion (finalizer, ConfigMap removal) works with the same identity.
+    tcs.delete("payments", &DeleteParams::default()).await.unwrap();
+    let started = Instant::now();
+    while tcs.get_opt("payments").await.unwrap().is_some() {
+        assert!(started.elapsed() < Duration::from_secs(60), "deletion as the chart's identity");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = Command::new("kill").args(["-TERM", &controller.id().to_string()]).status();
+    assert!(controller.wait().unwrap().success());
+    Api::<ConfigStore>::all(admin.clone()).delete(&format!("{id}-db"), &DeleteParams::default()).await.unwrap();
+    let (ok, _, stderr) = helm(&["uninstall", "tcc", "--namespace", &release_ns]);
+    assert!(ok, "helm uninstall: {stderr}");
+}
