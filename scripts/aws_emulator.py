@@ -21,11 +21,14 @@ Usage: python aws_emulator.py -H 127.0.0.1 -p PORT   (same flags as moto_server)
 """
 
 import datetime
+import faulthandler
 import json
 import logging
 import queue
+import signal
 import sys
 import threading
+import time
 
 from moto import server
 from moto.dynamodb.models.table import StreamShard
@@ -39,8 +42,13 @@ deliveries: "queue.Queue" = queue.Queue()
 
 
 def deliver_forever() -> None:
+    last_report = 0.0
     while True:
         job = deliveries.get()
+        backlog = deliveries.qsize()
+        if backlog > 100 and time.monotonic() - last_report > 5:
+            last_report = time.monotonic()
+            log.warning("event delivery backlog: %d", backlog)
         try:
             job()
         except Exception:  # one failed delivery must not stop the others
@@ -169,6 +177,8 @@ SimpleSystemManagerBackend.delete_parameters = delete_parameters
 SimpleSystemManagerBackend.label_parameter_version = label_parameter_version
 
 if __name__ == "__main__":
+    # `kill -USR1 <pid>` writes every thread's stack to the log (for hangs).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     threading.Thread(target=deliver_forever, name="event-delivery", daemon=True).start()
     server.main(sys.argv[1:])

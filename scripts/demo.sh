@@ -53,11 +53,12 @@ say "Tenant namespaces carry the tenant label (set by the platform, never by ten
 run k apply --server-side -f examples/namespaces.yaml
 run k get namespaces -l tenantconfig.io/tenant -L tenantconfig.io/tenant,tenantconfig.io/environment
 
-say "The AWS side (on moto): table with stream, event queue + dead-letter queue, Pipe, rules"
+say "The AWS side (on moto), from examples/aws/tenant-config.yaml: table with stream, queue + DLQ, Pipe, rules"
 aws() { "$TCC_PYTHON" - "$@"; }
+echo "The template's rules use the controller's own event patterns (a test checks they match):"
 run "$CONTROLLER" event-patterns --parameter-prefix /tenant-config --parameter-prefix /tenant-config-shared
-patterns=$("$CONTROLLER" event-patterns --parameter-prefix /tenant-config --parameter-prefix /tenant-config-shared)
-created=$("$TCC_PYTHON" scripts/local_aws.py --patterns "$patterns")
+printf '$ scripts/local_aws.py --template examples/aws/tenant-config.yaml\n'
+created=$("$TCC_PYTHON" scripts/local_aws.py --template examples/aws/tenant-config.yaml)
 echo "$created"
 queue_url=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["queueUrl"])' "$created")
 aws <<'PY'
@@ -67,7 +68,12 @@ print("the platform publishes /tenant-config-shared/prod/payments/region = eu-we
 PY
 
 say "Running the controller: events from the queue, full resync every 10 minutes"
-run "$CONTROLLER" run --event-queue-url "$queue_url" --secure-projection --log-level warn >"$TCC_STATE_DIR/controller.log" 2>&1 &
+http_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# Started directly (not through `run`, which would fork a subshell) so that
+# $! is the controller itself and the SIGTERM at exit reaches it.
+printf '$ tenant-config-controller run --event-queue-url %s --secure-projection --http-addr 127.0.0.1:%s\n' "$queue_url" "$http_port"
+"$CONTROLLER" run --event-queue-url "$queue_url" --secure-projection --http-addr "127.0.0.1:$http_port" \
+  --log-level warn >"$TCC_STATE_DIR/controller.log" 2>&1 &
 controller_pid=$!
 echo "controller pid $controller_pid, log $TCC_STATE_DIR/controller.log"
 
@@ -139,6 +145,9 @@ for _ in $(seq 1 60); do
   sleep 0.5
 done
 run k get tcfg snoop -n acme-prod -o jsonpath='{.status.conditions[?(@.type=="Ready")].reason}: {.status.conditions[?(@.type=="Ready")].message}'; echo
+
+say "What the controller reports on /metrics (a few lines)"
+curl -s "http://127.0.0.1:$http_port/metrics" | grep -E '^tenant_config_(leader|tenant_configs|event_messages_total|event_to_projection_seconds_count|shared_cache_lookups_total|store_calls_total\{backend="DynamoDB",operation="UpdateItem")' || true
 
 say "A bad manifest is refused by the API server itself"
 printf '$ kubectl apply (an entry with key "db/password")\n'

@@ -43,6 +43,7 @@ demo_checks=(
   "acme-prod/payments-config: region=eu-central-1 reached the ConfigMap"
   "globex-prod/checkout: region=eu-central-1 reached the ConfigMap"
   "IncludeNotAllowed: include"
+  "tenant_config_leader 1"
   'The TenantConfig "bad" is invalid'
 )
 for line in "${demo_checks[@]}"; do
