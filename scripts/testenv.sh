@@ -88,28 +88,21 @@ build_helm() {
   touch "$HELM_BIN/.complete"
 }
 
-build_moto() {
-  if [[ -f $MOTO_VENV/.complete ]]; then return; fi
-  log "installing moto[server]==$MOTO_VERSION into a venv"
-  rm -rf "$MOTO_VENV"
-  python3 -m venv "$MOTO_VENV"
-  "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
-  touch "$MOTO_VENV/.complete"
-}
-
-build_cfn_lint() {
-  if [[ -f $CFN_LINT_VENV/.complete ]]; then return; fi
-  log "installing cfn-lint==$CFN_LINT_VERSION into a venv"
-  rm -rf "$CFN_LINT_VENV"
-  python3 -m venv "$CFN_LINT_VENV"
-  "$CFN_LINT_VENV/bin/pip" install --quiet --disable-pip-version-check "cfn-lint==$CFN_LINT_VERSION"
-  touch "$CFN_LINT_VENV/.complete"
+# A pinned Python tool in its own venv: venv dir, pip requirement.
+build_venv() {
+  local venv=$1 requirement=$2
+  if [[ -f $venv/.complete ]]; then return; fi
+  log "installing $requirement into a venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "$requirement"
+  touch "$venv/.complete"
 }
 
 build_all() {
   mkdir -p "$CACHE_DIR"
-  build_moto
-  build_cfn_lint
+  build_venv "$MOTO_VENV" "moto[server]==$MOTO_VERSION"
+  build_venv "$CFN_LINT_VENV" "cfn-lint==$CFN_LINT_VERSION"
   build_kubernetes
   build_helm
 }

@@ -4,7 +4,9 @@
 
 mod support;
 
-use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
+use support::eventually;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_ssm::types::ParameterType;
@@ -29,23 +31,6 @@ use tenant_config_controller::{
     store::{BackendContext, DEFAULT_MAX_ATTEMPTS, RateLimits},
     telemetry::Metrics,
 };
-
-const TIMEOUT: Duration = Duration::from_secs(60);
-
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 fn condition(tc: &TenantConfig, type_: &str) -> Option<(String, String)> {
     let c = tc.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;

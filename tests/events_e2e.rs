@@ -9,7 +9,9 @@
 
 mod support;
 
-use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
+use support::eventually;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
@@ -35,24 +37,8 @@ use tenant_config_controller::{
 };
 use tokio::task::JoinHandle;
 
-const TIMEOUT: Duration = Duration::from_secs(90);
 /// Tests take turns: each runs a controller that sees the whole cluster.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 struct Running {
     stop: tokio::sync::oneshot::Sender<()>,

@@ -7,9 +7,10 @@
 
 mod support;
 
+use support::eventually;
+
 use std::{
     collections::BTreeMap,
-    future::Future,
     io::{Read, Write},
     net::TcpStream,
     path::PathBuf,
@@ -31,23 +32,7 @@ use serde_json::json;
 use support::{EventQueue, aws_config, event_queue, install_crds, kube_client, unique};
 use tenant_config_controller::api::{ConfigStore, TenantConfig};
 
-const TIMEOUT: Duration = Duration::from_secs(90);
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -7,9 +7,11 @@
 pub mod fault_proxy;
 
 use std::{
+    future::Future,
     path::{Path, PathBuf},
     process::{Command, Output},
     sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
 };
 
 use aws_sdk_dynamodb::config::{
@@ -156,5 +158,25 @@ pub fn event_queue(id: &str, parameter_prefixes: &[&str], max_receive_count: u32
     EventQueue {
         queue_url: created["queueUrl"].as_str().unwrap().into(),
         dead_letter_queue_url: created["deadLetterQueueUrl"].as_str().unwrap().into(),
+    }
+}
+
+/// How long a test waits for the controller to converge before it fails.
+pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Polls `check` every 100 ms until it returns a value; fails the test after
+/// [`CONVERGE_TIMEOUT`] with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + CONVERGE_TIMEOUT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
