@@ -10,7 +10,8 @@ the moto process, and plays AWS's part:
   detail), or to an SQS queue as the bare stream record;
 * every successful PutParameter / DeleteParameter / DeleteParameters /
   LabelParameterVersion is put on the account's default event bus as a
-  `Parameter Store Change` event (source aws.ssm).
+  `Parameter Store Change` event (source aws.ssm);
+* and it closes a moto race that lost SQS messages sent during a delete.
 
 Delivery happens on one background thread, after the API call returned, in
 order, as in AWS (asynchronous, at most seconds late). Rules and targets are
@@ -34,7 +35,7 @@ from moto import server
 from moto.dynamodb.models.table import StreamShard
 from moto.events.models import events_backends
 from moto.pipes.models import pipes_backends
-from moto.sqs.models import sqs_backends
+from moto.sqs.models import Queue, sqs_backends
 from moto.ssm.models import SimpleSystemManagerBackend
 
 log = logging.getLogger("aws_emulator")
@@ -170,6 +171,23 @@ def label_parameter_version(self, name, *args, **kwargs):
     parameter_event(self, name, "LabelParameterVersion", existing_type(self, name), None)
     return result
 
+
+# --- moto SQS: DeleteMessage vs. a concurrent SendMessage -----------------------
+# moto's Queue.delete_message rebuilds the message list without the queue's lock,
+# while add_message appends under it: a message sent during a delete can vanish.
+# With events delivered from a background thread while the controller deletes,
+# that lost events (seen as changes that never arrived). AWS loses nothing here,
+# so the emulator takes the lock.
+
+original_queue_delete_message = Queue.delete_message
+
+
+def queue_delete_message(self, receipt_handle):
+    with self._messages_lock:
+        return original_queue_delete_message(self, receipt_handle)
+
+
+Queue.delete_message = queue_delete_message
 
 SimpleSystemManagerBackend.put_parameter = put_parameter
 SimpleSystemManagerBackend.delete_parameter = delete_parameter
