@@ -288,6 +288,19 @@ async fn metrics_move_and_readiness_follows_the_caches() {
     assert_eq!(p.metric("tenant_config_leader"), Some(1.0));
 
     // An out-of-band change: the event metrics move, the lag is observed.
+    // Let the follow-up reconciles of the first projection (its own status and
+    // ConfigMap changes) finish: a change made while one of them runs would be
+    // projected by it, not by the event this part measures.
+    let reconciles = || p.metric(r#"tenant_config_reconciles_total{result="success",error=""}"#).unwrap_or(0.0);
+    let mut last = reconciles();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = reconciles();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
     let acked = p.metric(r#"tenant_config_event_messages_total{outcome="acked"}"#).unwrap_or(0.0);
     w.ddb
         .update_item()
