@@ -144,12 +144,6 @@ impl Index {
         found.into_iter().map(|(ns, name)| ObjectRef::new(&name).within(&ns)).collect()
     }
 
-    /// Shared paths some TenantConfig includes that contain `name`.
-    pub fn included_paths_above(&self, name: &str) -> Vec<String> {
-        let maps = self.maps.read().unwrap();
-        maps.includes.keys().filter(|path| strip_path(name, path).is_some()).cloned().collect()
-    }
-
     /// Number of TenantConfigs indexed (for tests and metrics).
     pub fn len(&self) -> usize {
         self.maps.read().unwrap().objects.values().map(BTreeMap::len).sum()
@@ -275,7 +269,6 @@ mod tests {
         assert_eq!(names(index.objects_for(&tenant("globex", None, "payments"))), Vec::<String>::new());
         let shared = Target::Shared { store: "s".into(), name: "/shared/prod/timeout".into() };
         assert_eq!(names(index.objects_for(&shared)), ["acme/payments", "acme-prod/payments", "unlabelled/payments"]);
-        assert_eq!(index.included_paths_above("/shared/prod/timeout"), ["/shared", "/shared/prod"]);
 
         // Relabelling a namespace moves its objects to the other tenant.
         index.observe_namespace(&watcher::Event::Apply(namespace("acme-prod", &[(t, "globex"), (e, "prod")])));

@@ -169,7 +169,7 @@ impl Consumer {
             return Some(handle);
         }
         debug!(message_id = %id, objects = objects.len(), "event triggers reconciles");
-        self.tracker.expect(&objects, sent_at(&message, received));
+        self.tracker.expect(&objects, received, sent_at(&message, received));
         for obj in &objects {
             // The controller only stops reading when it shuts down.
             let _ = trigger.unbounded_send(obj.clone());

@@ -15,17 +15,19 @@ use tokio::sync::watch;
 
 use crate::{reconcile::Guarded, telemetry::Metrics};
 
-#[derive(Default)]
-struct ObjectState {
-    /// Start of the latest successful reconcile.
-    last_success_start: Option<Instant>,
-    /// Arrivals of messages waiting for this object, oldest first, for the lag
-    /// histogram (dropped once a successful reconcile covers them).
-    pending: Vec<Instant>,
+/// A message waiting for one object.
+#[derive(Clone, Copy)]
+struct Pending {
+    /// When the consumer received it: a success must start after this.
+    received: Instant,
+    /// When it entered the queue: the origin of the lag metric.
+    sent: Instant,
 }
 
 pub struct Tracker {
-    objects: Mutex<HashMap<ObjectRef<Guarded>, ObjectState>>,
+    /// Only objects with messages waiting: a success that covers them all
+    /// removes the entry, so the map stays as small as the work in flight.
+    pending: Mutex<HashMap<ObjectRef<Guarded>, Vec<Pending>>>,
     /// Bumped after every success, to wake waiters.
     progress: watch::Sender<u64>,
     metrics: Arc<Metrics>,
@@ -33,64 +35,60 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        Tracker { objects: Mutex::default(), progress: watch::Sender::new(0), metrics }
+        Tracker { pending: Mutex::default(), progress: watch::Sender::new(0), metrics }
     }
 
-    /// A message that arrived at `arrival` triggers `objects`.
-    pub fn expect(&self, objects: &[ObjectRef<Guarded>], arrival: Instant) {
-        let mut map = self.objects.lock().unwrap();
+    /// A message received at `received` (sent to the queue at `sent`) triggers `objects`.
+    pub fn expect(&self, objects: &[ObjectRef<Guarded>], received: Instant, sent: Instant) {
+        let mut map = self.pending.lock().unwrap();
         for obj in objects {
-            let state = map.entry(obj.clone()).or_default();
-            let at = state.pending.partition_point(|a| *a <= arrival);
-            state.pending.insert(at, arrival);
+            map.entry(obj.clone()).or_default().push(Pending { received, sent });
         }
     }
 
     /// The reconcile of `obj` that started at `started` wrote its projection:
     /// the oldest message it covers waited this long.
     pub fn projected(&self, obj: &ObjectRef<Guarded>, started: Instant) {
-        let map = self.objects.lock().unwrap();
-        if let Some(oldest) = map.get(obj).and_then(|s| s.pending.first()).filter(|a| **a <= started) {
+        let map = self.pending.lock().unwrap();
+        let covered = map.get(obj).into_iter().flatten().filter(|p| p.received <= started);
+        if let Some(oldest) = covered.map(|p| p.sent).min() {
             self.metrics.event_lag.observe(oldest.elapsed().as_secs_f64());
         }
     }
 
-    /// The reconcile of `obj` that started at `started` succeeded.
+    /// The reconcile of `obj` that started at `started` succeeded: every
+    /// message received before that start is handled for this object.
     pub fn succeeded(&self, obj: &ObjectRef<Guarded>, started: Instant) {
         {
-            let mut map = self.objects.lock().unwrap();
-            let state = map.entry(obj.clone()).or_default();
-            if state.last_success_start.is_none_or(|s| s < started) {
-                state.last_success_start = Some(started);
+            let mut map = self.pending.lock().unwrap();
+            if let Some(waiting) = map.get_mut(obj) {
+                waiting.retain(|p| p.received > started);
+                if waiting.is_empty() {
+                    map.remove(obj);
+                }
             }
-            state.pending.retain(|a| *a > started);
         }
         self.progress.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// The object is gone: nothing will ever reconcile it again.
-    pub fn forget(&self, obj: &ObjectRef<Guarded>) {
-        self.objects.lock().unwrap().remove(obj);
-        self.progress.send_modify(|n| *n = n.wrapping_add(1));
+    fn handled(&self, obj: &ObjectRef<Guarded>, received: Instant) -> bool {
+        !self.pending.lock().unwrap().get(obj).is_some_and(|waiting| waiting.iter().any(|p| p.received == received))
     }
 
-    fn handled(&self, obj: &ObjectRef<Guarded>, arrival: Instant) -> bool {
-        self.objects.lock().unwrap().get(obj).and_then(|s| s.last_success_start).is_some_and(|s| s >= arrival)
-    }
-
-    /// Waits until every object in `objects` was handled after `arrival`, or
-    /// `exists` says it no longer exists. False when `deadline` passes first.
+    /// Waits until every object in `objects` was handled for the message
+    /// received at `received`, or `exists` says it no longer exists. False when
+    /// `deadline` passes first.
     pub async fn wait(
         &self,
         objects: &[ObjectRef<Guarded>],
-        arrival: Instant,
+        received: Instant,
         deadline: Instant,
         exists: impl Fn(&ObjectRef<Guarded>) -> bool,
     ) -> bool {
         let mut progress = self.progress.subscribe();
         let mut remaining: Vec<&ObjectRef<Guarded>> = objects.iter().collect();
         loop {
-            remaining.retain(|obj| !self.handled(obj, arrival) && exists(obj));
+            remaining.retain(|obj| !self.handled(obj, received) && exists(obj));
             if remaining.is_empty() {
                 return true;
             }
@@ -121,7 +119,7 @@ mod tests {
         let before = Instant::now();
         tracker.succeeded(&a, before); // an older reconcile does not count
         let arrival = Instant::now();
-        tracker.expect(&[a.clone(), b.clone()], arrival);
+        tracker.expect(&[a.clone(), b.clone()], arrival, arrival);
         let soon = Instant::now() + Duration::from_millis(50);
         assert!(!tracker.wait(&[a.clone(), b.clone()], arrival, soon, |_| true).await);
 
@@ -145,7 +143,7 @@ mod tests {
     async fn a_deleted_object_does_not_hold_a_message() {
         let tracker = Tracker::new(Arc::new(Metrics::default()));
         let arrival = Instant::now();
-        tracker.expect(&[obj("gone")], arrival);
+        tracker.expect(&[obj("gone")], arrival, arrival);
         assert!(tracker.wait(&[obj("gone")], arrival, Instant::now() + Duration::from_secs(5), |_| false).await);
     }
 }
