@@ -6,6 +6,9 @@
 #   scripts/testenv.sh up       build if needed, start everything, write the env file
 #   scripts/testenv.sh down     stop exactly what `up` started (by PID), remove state
 #   scripts/testenv.sh status   show what runs
+#   scripts/testenv.sh restart-kube
+#                               stop kube-apiserver and etcd (SIGTERM, by PID) and start
+#                               them again with the same ports and data (reliability tests)
 #
 # The cache (TCC_CACHE_DIR, default .testenv/cache) is keyed by version, so a
 # second `up` starts in seconds. Runtime state lives in TCC_STATE_DIR (default
@@ -123,7 +126,8 @@ pid_alive() {
 start_bg() { # name, marker (a string of its command line), command...
   local name=$1 marker=$2; shift 2
   printf '%s' "$marker" >"$STATE_DIR/$name.cmd"
-  setsid "$@" >"$STATE_DIR/$name.log" 2>&1 </dev/null &
+  printf '%s\0' "$@" >"$STATE_DIR/$name.argv" # for restart-kube
+  setsid "$@" >>"$STATE_DIR/$name.log" 2>&1 </dev/null &
   echo $! >"$STATE_DIR/$name.pid"
 }
 
@@ -238,6 +242,25 @@ ENV
   log "env file: $ENV_FILE"
 }
 
+restart_kube() {
+  [[ -f $ENV_FILE ]] || die "not up"
+  # shellcheck source=/dev/null
+  source "$ENV_FILE"
+  local name argv etcd_url api_url
+  for name in kube-apiserver etcd; do stop_pid "$name"; done
+  for name in etcd kube-apiserver; do
+    mapfile -d '' argv <"$STATE_DIR/$name.argv"
+    start_bg "$name" "$(<"$STATE_DIR/$name.cmd")" "${argv[@]}"
+    if [[ $name == etcd ]]; then
+      etcd_url=$(tr '\0' '\n' <"$STATE_DIR/etcd.argv" | sed -n '/^--listen-client-urls$/{n;p}')
+      wait_for etcd 30 curl -sf "$etcd_url/health"
+    fi
+  done
+  api_url=$(sed -n 's/^ *server: //p' "$KUBECONFIG")
+  wait_for kube-apiserver 120 curl -sf --cacert "$STATE_DIR/pki/ca.crt" -H "Authorization: Bearer $TCC_ADMIN_TOKEN" "$api_url/readyz"
+  log "kube-apiserver and etcd restarted"
+}
+
 down() {
   local name
   for name in kube-apiserver etcd moto; do stop_pid "$name"; done
@@ -259,6 +282,7 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
+  restart-kube) restart_kube ;;
   env) echo "$ENV_FILE" ;;
-  *) echo "usage: $0 build|up|down|status|env" >&2; exit 2 ;;
+  *) echo "usage: $0 build|up|down|status|env|restart-kube" >&2; exit 2 ;;
 esac

@@ -11,18 +11,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::{
-    authentication::v1::{TokenRequest, TokenRequestSpec},
-    core::v1::{Namespace, Secret, ServiceAccount},
-};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
-    Api, Client, Config,
+    Api,
     api::{DeleteParams, ListParams, PostParams},
-    config::{KubeConfigOptions, Kubeconfig},
 };
 use serde_json::json;
 use serde_yaml::Value;
-use support::{env, event_queue, install_crds, kube_client, repo_root, unique};
+use support::{
+    env, event_queue, install_crds, kube_client,
+    process::{client_from, kubeconfig_as_service_account},
+    repo_root, unique,
+};
 use tenant_config_controller::api::{ConfigStore, TenantConfig};
 
 fn helm(args: &[&str]) -> (bool, String, String) {
@@ -161,13 +161,6 @@ fn wrong_values_fail_with_a_clear_message() {
     }
 }
 
-async fn client_with_token(token: &str) -> Client {
-    let mut kubeconfig = Kubeconfig::read_from(env("KUBECONFIG")).unwrap();
-    kubeconfig.auth_infos[0].auth_info.as_mut().unwrap().token = Some(token.to_string().into());
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.unwrap();
-    Client::try_from(config).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn installed_chart_rbac_is_sufficient_and_not_excessive() {
     install_crds();
@@ -189,22 +182,8 @@ async fn installed_chart_rbac_is_sufficient_and_not_excessive() {
     assert!(stdout.contains("events.queueUrl is empty"), "NOTES warn about the missing queue: {stdout}");
 
     // The chart's identity.
-    let sas = Api::<ServiceAccount>::namespaced(admin.clone(), &release_ns);
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }),
-        ..Default::default()
-    };
-    let token = sas
-        .create_token_request("tcc-tenant-config-controller", &PostParams::default(), &request)
-        .await
-        .expect("the chart created its ServiceAccount")
-        .status
-        .and_then(|s| s.token)
-        .unwrap();
-    let kubeconfig_path = std::env::temp_dir().join(format!("{id}.kubeconfig"));
-    let admin_kubeconfig = std::fs::read_to_string(env("KUBECONFIG")).unwrap();
-    std::fs::write(&kubeconfig_path, admin_kubeconfig.replace(&env("TCC_ADMIN_TOKEN"), &token)).unwrap();
-    let chart_client = client_with_token(&token).await;
+    let kubeconfig_path = kubeconfig_as_service_account(&admin, &release_ns, "tcc-tenant-config-controller").await;
+    let chart_client = client_from(&kubeconfig_path).await;
 
     // Not excessive: no Secrets without secure projection.
     let denied = Api::<Secret>::namespaced(chart_client.clone(), &release_ns).list(&ListParams::default()).await;

@@ -7,20 +7,18 @@
 
 mod support;
 
-use support::eventually;
+use support::{
+    eventually,
+    process::{Process, kubeconfig_as_service_account},
+};
 
 use std::{
     collections::BTreeMap,
-    io::{Read, Write},
-    net::TcpStream,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use aws_sdk_ssm::types::ParameterType;
 use k8s_openapi::api::{
-    authentication::v1::{TokenRequest, TokenRequestSpec},
     core::v1::{ConfigMap, Namespace, ServiceAccount},
     rbac::v1::ClusterRoleBinding,
 };
@@ -33,76 +31,6 @@ use support::{EventQueue, aws_config, event_queue, install_crds, kube_client, un
 use tenant_config_controller::api::{ConfigStore, TenantConfig};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// One controller process of the built binary.
-struct Process {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Process {
-    fn spawn(name: &str, args: &[&str], kubeconfig: Option<&str>) -> Process {
-        let port = free_port();
-        let log = std::env::temp_dir().join(format!("{}.log", unique(name)));
-        let file = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenant-config-controller"));
-        cmd.arg("run").args(["--http-addr", &format!("127.0.0.1:{port}")]).args(args);
-        if let Some(kubeconfig) = kubeconfig {
-            cmd.env("KUBECONFIG", kubeconfig);
-        }
-        let child = cmd.stdout(file.try_clone().unwrap()).stderr(file).stdin(Stdio::null()).spawn().expect("spawn");
-        Process { child, port, log }
-    }
-
-    fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let status = response.split_whitespace().nth(1)?.parse().ok()?;
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        Some((status, body))
-    }
-
-    /// The value of one metric line (name with labels exactly as exported).
-    fn metric(&self, series: &str) -> Option<f64> {
-        let (_, body) = self.get("/metrics")?;
-        body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "controller did not exit within {within:?}; log: {}", self.logs());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One test's stores, namespace and queue.
 struct World {
@@ -215,7 +143,7 @@ impl World {
 
     /// Deletes the test's objects with a controller running, then its stores.
     async fn finish(self) {
-        let mut cleaner = Process::spawn("cleanup", &["--leader-election", "false"], None);
+        let mut cleaner = Process::spawn("cleanup", &["--leader-election", "false"], &[]);
         let api = Api::<TenantConfig>::namespaced(self.client.clone(), &self.ns);
         api.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
         eventually("TenantConfigs deleted", || async {
@@ -247,19 +175,10 @@ async fn metrics_move_and_readiness_follows_the_caches() {
     let sas = Api::<ServiceAccount>::namespaced(w.client.clone(), &w.ns);
     let sa: ServiceAccount = serde_json::from_value(json!({ "metadata": { "name": sa_name } })).unwrap();
     sas.create(&PostParams::default(), &sa).await.unwrap();
-    let token_request = TokenRequest {
-        spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }),
-        ..Default::default()
-    };
-    let token = sas.create_token_request(&sa_name, &PostParams::default(), &token_request).await.unwrap();
-    let token = token.status.and_then(|s| s.token).expect("TokenRequest returns a token");
-    let admin_kubeconfig = std::fs::read_to_string(support::env("KUBECONFIG")).unwrap();
-    let admin_token = support::env("TCC_ADMIN_TOKEN");
-    let kubeconfig = std::env::temp_dir().join(format!("{}.kubeconfig", w.id));
-    std::fs::write(&kubeconfig, admin_kubeconfig.replace(&admin_token, &token)).unwrap();
+    let kubeconfig = kubeconfig_as_service_account(&w.client, &w.ns, &sa_name).await;
     let mut args = w.args();
     args.extend(["--leader-election".into(), "false".into()]);
-    let mut p = Process::spawn("ops-metrics", &strs(&args), Some(kubeconfig.to_str().unwrap()));
+    let mut p = Process::spawn("ops-metrics", &strs(&args), &[("KUBECONFIG", kubeconfig.to_str().unwrap())]);
     eventually("/healthz answers", || async { (p.get("/healthz")?.0 == 200).then_some(()) }).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(p.get("/readyz").unwrap().0, 503, "not ready before the caches sync");
@@ -339,10 +258,10 @@ async fn one_leader_at_a_time_and_prompt_handover() {
     let db = format!("{}-db", w.id);
     w.tenant_config("payments", json!({ "defaultTags": [db], "entries": [{ "key": "k", "value": "v" }] })).await;
 
-    let mut a = Process::spawn("ops-lease-a", &strs(&args), None);
+    let mut a = Process::spawn("ops-lease-a", &strs(&args), &[]);
     let leader_a = || async { (a.metric("tenant_config_leader")? == 1.0).then_some(()) };
     eventually("a leads", leader_a).await;
-    let mut b = Process::spawn("ops-lease-b", &strs(&args), None);
+    let mut b = Process::spawn("ops-lease-b", &strs(&args), &[]);
     eventually("b is up and standing by", || async { (b.get("/readyz")?.0 == 200).then_some(()) }).await;
     w.wait_ready(1).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -366,7 +285,7 @@ async fn one_leader_at_a_time_and_prompt_handover() {
     assert!(takeover < Duration::from_secs(6 + 4), "within the lease duration (+ a renew period): {takeover:?}");
 
     // SIGTERM releases the lease: a new standby takes over without waiting for expiry.
-    let c = Process::spawn("ops-lease-c", &strs(&args), None);
+    let c = Process::spawn("ops-lease-c", &strs(&args), &[]);
     eventually("c standing by", || async { (c.get("/readyz")?.0 == 200).then_some(()) }).await;
     b.signal("TERM");
     let terminated = Instant::now();
@@ -399,7 +318,7 @@ async fn sigterm_mid_run_leaves_nothing_half_done() {
         )
         .await;
     }
-    let mut first = Process::spawn("ops-term-1", &strs(&args), None);
+    let mut first = Process::spawn("ops-term-1", &strs(&args), &[]);
     eventually("busy: some parameters written", || async { (w.parameters().await >= 10).then_some(()) }).await;
     first.signal("TERM");
     let status = first.wait_exit(Duration::from_secs(30));
@@ -407,7 +326,7 @@ async fn sigterm_mid_run_leaves_nothing_half_done() {
     let written_before = w.parameters().await;
     assert!(written_before < 60, "stopped mid-run ({written_before} of 60 written)");
 
-    let second = Process::spawn("ops-term-2", &strs(&args), None);
+    let second = Process::spawn("ops-term-2", &strs(&args), &[]);
     w.wait_ready(30).await;
     assert_eq!(w.parameters().await, 60);
     let puts = eventually("second process metrics", || async {
@@ -435,7 +354,7 @@ async fn secure_values_never_reach_the_logs() {
     ]);
     let secret = "sEcReT-vAlUe-7d1f";
     let ssm_tag = format!("{}-ssm", w.id);
-    let mut p = Process::spawn("ops-secret", &strs(&args), None);
+    let mut p = Process::spawn("ops-secret", &strs(&args), &[]);
     w.tenant_config("payments", json!({
         "defaultTags": [ssm_tag], "entries": [{ "key": "password", "value": secret, "secure": true }, { "key": "user", "value": "u" }],
         "projection": { "secretName": "payments-secret" }

@@ -1,8 +1,10 @@
 //! A fault-injecting HTTP proxy in front of moto (DESIGN.md §9): moto never
 //! throttles or fails, AWS does. Requests are matched by operation (the
-//! `X-Amz-Target` header of the JSON protocols, e.g. `AmazonSSM.PutParameter`)
-//! and answered with a ThrottlingException (HTTP 400) or an HTTP 500 a chosen
-//! number of times or with a probability; everything else is forwarded.
+//! `X-Amz-Target` header of the JSON protocols, e.g. `AmazonSSM.PutParameter`:
+//! a rule names `PutParameter`, a whole service as `AmazonSSM.*`, or `*`) and
+//! answered with a ThrottlingException (HTTP 400), an HTTP 500 or a dropped
+//! connection, a chosen number of times or with a probability; everything
+//! else is forwarded.
 
 use std::{
     net::SocketAddr,
@@ -23,6 +25,8 @@ pub enum Fault {
     Throttle,
     /// HTTP 500 `InternalServerError`.
     ServerError,
+    /// The connection is closed without an answer, as when the endpoint is unreachable.
+    Unreachable,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -37,7 +41,7 @@ pub enum Times {
 
 #[derive(Debug, Clone)]
 struct Rule {
-    /// Operation name (`PutParameter`) or `*` for every operation.
+    /// Operation name (`PutParameter`), service (`AmazonSSM.*`) or `*` for every operation.
     operation: String,
     fault: Fault,
     times: Times,
@@ -48,7 +52,20 @@ struct State {
     rules: Vec<Rule>,
     injected: u64,
     forwarded: u64,
+    /// Every request seen, by `X-Amz-Target`.
+    seen: std::collections::BTreeMap<String, u64>,
     rng: u64,
+}
+
+impl Rule {
+    fn matches(&self, target: &str) -> bool {
+        let operation = target.rsplit('.').next().unwrap_or_default();
+        match self.operation.strip_suffix('*') {
+            Some("") => true,
+            Some(service) => target.starts_with(service),
+            None => self.operation == operation,
+        }
+    }
 }
 
 /// A running proxy; dropped, it stops serving.
@@ -101,6 +118,13 @@ impl FaultProxy {
     pub fn forwarded(&self) -> u64 {
         self.state.lock().unwrap().forwarded
     }
+
+    /// Requests seen so far (answered or faulted) whose target matches `pattern`
+    /// (same syntax as [`FaultProxy::inject`]).
+    pub fn seen(&self, pattern: &str) -> u64 {
+        let rule = Rule { operation: pattern.into(), fault: Fault::Throttle, times: Times::Always };
+        self.state.lock().unwrap().seen.iter().filter(|(t, _)| rule.matches(t)).map(|(_, n)| n).sum()
+    }
 }
 
 impl Drop for FaultProxy {
@@ -109,26 +133,21 @@ impl Drop for FaultProxy {
     }
 }
 
-/// `X-Amz-Target: AmazonSSM.PutParameter` → `PutParameter`.
-fn operation_of(req: &Request<Incoming>) -> String {
-    req.headers()
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|t| t.rsplit('.').next())
-        .unwrap_or_default()
-        .to_string()
+/// `X-Amz-Target: AmazonSSM.PutParameter`.
+fn target_of(req: &Request<Incoming>) -> String {
+    req.headers().get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
 }
 
 /// Decides, under the lock, whether this request gets a fault.
-fn pick_fault(state: &Mutex<State>, operation: &str) -> Option<Fault> {
+fn pick_fault(state: &Mutex<State>, target: &str) -> Option<Fault> {
     let mut s = state.lock().unwrap();
+    *s.seen.entry(target.to_string()).or_default() += 1;
     // xorshift: deterministic per proxy, no extra dependency.
     s.rng ^= s.rng << 13;
     s.rng ^= s.rng >> 7;
     s.rng ^= s.rng << 17;
     let roll = (s.rng % 10_000) as f64 / 10_000.0;
-    let rule =
-        s.rules.iter_mut().find(|r| (r.operation == "*" || r.operation == operation) && r.times != Times::Next(0))?;
+    let rule = s.rules.iter_mut().find(|r| r.matches(target) && r.times != Times::Next(0))?;
     let fault = match &mut rule.times {
         Times::Next(0) => return None,
         Times::Next(n) => {
@@ -149,12 +168,14 @@ async fn handle(
     state: Arc<Mutex<State>>,
     client: Client<HttpConnector, Full<Bytes>>,
     upstream: hyper::Uri,
-) -> Result<Response<Full<Bytes>>, hyper::Error> {
-    let operation = operation_of(&req);
-    if let Some(fault) = pick_fault(&state, &operation) {
+) -> Result<Response<Full<Bytes>>, Box<dyn std::error::Error + Send + Sync>> {
+    let target = target_of(&req);
+    if let Some(fault) = pick_fault(&state, &target) {
         let (status, code, message) = match fault {
             Fault::Throttle => (400, "ThrottlingException", "Rate exceeded"),
             Fault::ServerError => (500, "InternalServerError", "injected server error"),
+            // An error from the service makes hyper close the connection unanswered.
+            Fault::Unreachable => return Err("injected: unreachable".into()),
         };
         let body = format!(r#"{{"__type":"{code}","message":"{message}"}}"#);
         return Ok(Response::builder()

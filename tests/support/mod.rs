@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod fault_proxy;
+pub mod process;
 
 use std::{
     future::Future,

@@ -1,0 +1,113 @@
+//! The controller binary as a separate process, as it runs in a pod: its HTTP
+//! endpoint, signals and log file.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use super::unique;
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One controller process of the built binary.
+pub struct Process {
+    pub child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Process {
+    /// Starts `tenant-config-controller run` with its HTTP endpoint on a free
+    /// loopback port, `args`, and `env` on top of this process's environment.
+    pub fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> Process {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("{}.log", unique(name)));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenant-config-controller"));
+        cmd.arg("run").args(["--http-addr", &format!("127.0.0.1:{port}")]).args(args);
+        cmd.envs(env.iter().copied());
+        let child = cmd.stdout(file.try_clone().unwrap()).stderr(file).stdin(Stdio::null()).spawn().expect("spawn");
+        Process { child, port, log }
+    }
+
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let status = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Some((status, body))
+    }
+
+    /// The value of one metric line (name with labels exactly as exported).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics")?;
+        body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "controller did not exit within {within:?}; log: {}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A kubeconfig file for the local API server that authenticates as the
+/// ServiceAccount `namespace/name` (a TokenRequest token, valid one hour).
+pub async fn kubeconfig_as_service_account(client: &kube::Client, namespace: &str, name: &str) -> PathBuf {
+    use k8s_openapi::api::{
+        authentication::v1::{TokenRequest, TokenRequestSpec},
+        core::v1::ServiceAccount,
+    };
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }),
+        ..Default::default()
+    };
+    let token = kube::Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(name, &kube::api::PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("TokenRequest for {namespace}/{name}: {e}"))
+        .status
+        .and_then(|s| s.token)
+        .expect("TokenRequest returns a token");
+    let admin_kubeconfig = std::fs::read_to_string(super::env("KUBECONFIG")).unwrap();
+    let path = std::env::temp_dir().join(format!("{}.kubeconfig", unique(name)));
+    std::fs::write(&path, admin_kubeconfig.replace(&super::env("TCC_ADMIN_TOKEN"), &token)).unwrap();
+    path
+}
+
+/// A client that uses the given kubeconfig file.
+pub async fn client_from(kubeconfig: &std::path::Path) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
+    kube::Client::try_from(config).unwrap()
+}
