@@ -74,7 +74,7 @@ struct RunArgs {
     /// DynamoDB calls per second, process-wide (0 = unlimited).
     #[arg(long, env = "TENANT_CONFIG_DYNAMODB_RATE", default_value_t = 0)]
     dynamodb_rate: u32,
-    /// AWS SDK attempts per call (adaptive retry) before a throttle or 5xx is reported.
+    /// AWS SDK attempts per call (exponential backoff with jitter) before a throttle or 5xx is reported.
     #[arg(long, env = "TENANT_CONFIG_AWS_MAX_ATTEMPTS", default_value_t = DEFAULT_MAX_ATTEMPTS)]
     aws_max_attempts: u32,
     /// SQS queue URL of store-change events (EventBridge rules feed it). Without it, changes

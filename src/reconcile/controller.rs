@@ -29,7 +29,7 @@ use kube::{
     },
 };
 use serde_json::json;
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use super::{
     Guarded,
@@ -449,7 +449,10 @@ fn error_policy(tc: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
         *n
     };
     let base = Duration::from_secs(1) * 2u32.saturating_pow(failures.saturating_sub(1).min(9));
-    let capped = base.min(Duration::from_secs(300));
+    // Throttling says "slower", not "broken": a short cap keeps objects moving
+    // under sustained partial throttling (the rate limits pace the calls).
+    let cap = if error.metric_label() == "throttled" { 30 } else { 300 };
+    let capped = base.min(Duration::from_secs(cap));
     // Jitter up to +25% so objects that failed together do not retry together.
     let jitter = capped.mul_f64(f64::from(Timestamp::now().subsec_nanosecond().unsigned_abs() % 1000) / 4000.0);
     warn!(error = %error, label = error.metric_label(), failures, retry_in = ?capped + jitter, "reconcile failed; backing off");
@@ -531,16 +534,60 @@ async fn apply(
         Err(e) => return refuse(&tc, ctx, reason::NO_STORE_FOR_TAGS, e.to_string()).await,
     };
 
+    // Everything that can refuse the object is checked before the first store
+    // write: a refused object writes nothing anywhere.
+    let secret_name = tc.spec.projection.as_ref().and_then(|p| p.secret_name.clone());
+    let with_secret = ctx.settings.secure_projection && secret_name.is_some();
+    let spec_entries =
+        tc.spec.entries.iter().map(|e| (e.key.clone(), Value { value: e.value.clone(), secure: e.secure }));
+    // The projection holds at least the spec's own entries (one layer; its source is irrelevant).
+    let spec_only = Layer { source: Source::Shared { index: 0 }, entries: spec_entries.collect() };
+    if let Err(e) = projection::render(vec![spec_only], with_secret) {
+        return refuse(&tc, ctx, reason::VALIDATION_FAILED, format!("spec entries alone: {e}")).await;
+    }
+    let uid = tc.uid().unwrap_or_default();
+    let cm_name = tc.config_map_name().to_string();
+    let cm_api = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns);
+    let existing = cm_api.get_opt(&cm_name).await?;
+    if let Some(cm) = &existing
+        && !projection::owned_by(&cm.metadata, &uid)
+    {
+        let message =
+            format!("ConfigMap {cm_name} exists and is not managed by this TenantConfig; it is never overwritten");
+        return refuse(&tc, ctx, reason::CONFIG_MAP_CONFLICT, message).await;
+    }
+    let secret_api = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
+    let existing_secret = match (with_secret, &secret_name) {
+        (true, Some(secret_name)) => secret_api.get_opt(secret_name).await?,
+        _ => None,
+    };
+    if let (Some(s), Some(secret_name)) = (&existing_secret, &secret_name)
+        && !projection::owned_by(&s.metadata, &uid)
+    {
+        let message =
+            format!("Secret {secret_name} exists and is not managed by this TenantConfig; it is never overwritten");
+        return refuse(&tc, ctx, reason::CONFIG_MAP_CONFLICT, message).await;
+    }
+
     // Stores this object writes to now, plus those it managed before (keys
     // whose tags moved elsewhere must leave the old store).
     let previous: BTreeSet<String> = tc.status.iter().flat_map(|s| s.stores.iter().map(|s| s.name.clone())).collect();
+    // Until a reconcile of this generation has completed, status.stores may
+    // miss a store an interrupted reconcile (crash, kill) wrote to before the
+    // spec moved its keys away; such stores are swept for keys this object owns.
+    let settled = tc.status.as_ref().and_then(|s| s.observed_generation) == tc.metadata.generation;
     let mut summaries = Vec::new();
     let mut layers = Vec::new();
     let mut written = 0usize;
+    let mut targets = Vec::new();
+    let mut sweep = Vec::new();
     for store in store_objects.iter() {
         let name = store.name_any();
         let entries = routed.get(&name);
         if entries.is_none() && !previous.contains(&name) {
+            if !settled {
+                sweep.push((name.clone(), ctx.backend(&name, &store.spec)?));
+            }
             continue;
         }
         let backend = ctx.backend(&name, &store.spec)?;
@@ -552,7 +599,34 @@ async fn apply(
                 .map(|e| (e.key.clone(), Value { value: e.value.clone(), secure: e.secure }))
                 .collect(),
             policy: tc.spec.management_policy,
+            owned_before: settled && previous.contains(&name),
         };
+        if let Err(e) = backend.validate(&location, &desired) {
+            return refuse(&tc, ctx, store_failure_reason(&e), format!("store {name}: {e}")).await;
+        }
+        targets.push((name, backend, desired, entries.is_some()));
+    }
+    for (name, backend) in sweep {
+        match backend.delete_managed(&location, &owner).await {
+            Ok(deleted) if !deleted.is_empty() => {
+                written += deleted.len();
+                let note = format!("{name}: deleted {} key(s) left by an interrupted reconcile", deleted.len());
+                ctx.event(&tc, EventType::Normal, "StoreCleaned", note).await;
+            }
+            Ok(_) => {}
+            Err(e) if e.is_transient() => {
+                let why = store_failure_reason(&e);
+                let message = format!("store {name} (checked for keys left by an interrupted reconcile): {e}");
+                if write_status(&tc, ctx, Verdict::refused(why, message.clone())).await? {
+                    ctx.event(&tc, EventType::Warning, why, message).await;
+                }
+                return Err(e.into());
+            }
+            // A store this object cannot use (misconfigured, no access) holds nothing of its.
+            Err(e) => debug!(store = %name, error = %e, "sweep skipped a store"),
+        }
+    }
+    for (name, backend, desired, routed_here) in targets {
         let report = match backend.apply(&location, &desired).await {
             Ok(report) => report,
             Err(e) => {
@@ -593,7 +667,7 @@ async fn apply(
             )
             .await;
         }
-        if entries.is_some() {
+        if routed_here {
             summaries.push(StoreSummary {
                 name: name.clone(),
                 kind: backend.kind().into(),
@@ -628,8 +702,6 @@ async fn apply(
         info!(written, "stores updated");
     }
 
-    let secret_name = tc.spec.projection.as_ref().and_then(|p| p.secret_name.clone());
-    let with_secret = ctx.settings.secure_projection && secret_name.is_some();
     let rendered = match projection::render(layers, with_secret) {
         Ok(p) => p,
         Err(e) => {
@@ -645,29 +717,8 @@ async fn apply(
         }
     };
 
-    let uid = tc.uid().unwrap_or_default();
     let owner_ref = tc.controller_owner_ref(&()).expect("TenantConfig has a name and uid");
-    let cm_name = tc.config_map_name().to_string();
-    let cm_api = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns);
-    let existing = cm_api.get_opt(&cm_name).await?;
     let mut projected_now = false;
-    if let Some(cm) = &existing
-        && !projection::owned_by(&cm.metadata, &uid)
-    {
-        let message =
-            format!("ConfigMap {cm_name} exists and is not managed by this TenantConfig; it is never overwritten");
-        let verdict = Verdict {
-            ready: (false, reason::CONFIG_MAP_CONFLICT, message.clone()),
-            store_synced: (true, reason::RECONCILED, store_message),
-            projected: (false, reason::CONFIG_MAP_CONFLICT, message.clone()),
-            stores: Some(summaries),
-            projection: None,
-        };
-        if write_status(&tc, ctx, verdict).await? {
-            ctx.event(&tc, EventType::Warning, reason::CONFIG_MAP_CONFLICT, message).await;
-        }
-        return Ok(Action::await_change());
-    }
     // Up to date only if both the digest and the data match: a hand edit of the
     // data that leaves the annotation alone must still be reverted.
     let up_to_date = existing.as_ref().is_some_and(|cm| {
@@ -680,22 +731,7 @@ async fn apply(
         projected_now = true;
     }
     if let (true, Some(secret_name)) = (with_secret, &secret_name) {
-        let secret_api = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
-        let existing = secret_api.get_opt(secret_name).await?;
-        if let Some(s) = &existing
-            && !projection::owned_by(&s.metadata, &uid)
-        {
-            let message =
-                format!("Secret {secret_name} exists and is not managed by this TenantConfig; it is never overwritten");
-            write_status(
-                &tc,
-                ctx,
-                Verdict { stores: Some(summaries), ..Verdict::refused(reason::CONFIG_MAP_CONFLICT, message) },
-            )
-            .await?;
-            return Ok(Action::await_change());
-        }
-        let up_to_date = existing.as_ref().is_some_and(|s| {
+        let up_to_date = existing_secret.as_ref().is_some_and(|s| {
             let data: BTreeMap<String, String> =
                 s.data.iter().flatten().map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned())).collect();
             s.annotations().get(projection::DIGEST_ANNOTATION) == Some(&rendered.digest) && data == rendered.secret
@@ -811,7 +847,10 @@ async fn cleanup(tc: Arc<TenantConfig>, ctx: &Context) -> Result<Action, Error> 
             if let Ok(routed) = routing::route_entries(&tc.spec, &candidates) {
                 used.extend(routed.into_keys());
             }
-            for store in store_objects.iter().filter(|s| used.contains(&s.name_any())) {
+            // As in apply: an unsettled object may have written to stores its status does not name.
+            let settled = tc.status.as_ref().and_then(|s| s.observed_generation) == tc.metadata.generation;
+            let swept = |name: &str| !settled && !used.contains(name);
+            for store in store_objects.iter().filter(|s| used.contains(&s.name_any()) || swept(&s.name_any())) {
                 let name = store.name_any();
                 let backend = ctx.backend(&name, &store.spec)?;
                 match backend.delete_managed(&location, &owner).await {
@@ -824,6 +863,9 @@ async fn cleanup(tc: Arc<TenantConfig>, ctx: &Context) -> Result<Action, Error> 
                         ctx.event(&tc, EventType::Normal, "StoreCleaned", note).await;
                     }
                     Ok(_) => {}
+                    Err(e) if swept(&name) && !e.is_transient() => {
+                        debug!(store = %name, error = %e, "sweep skipped a store");
+                    }
                     Err(e) => {
                         let why = store_failure_reason(&e);
                         let message = format!("deletion waits for store {name}: {e}");

@@ -49,7 +49,9 @@ struct ItemRead {
 
 impl DynamoDbBackend {
     pub fn new(spec: &DynamoDbStore, ctx: &BackendContext) -> Self {
-        let mut config = aws_sdk_dynamodb::config::Builder::from(&ctx.sdk).retry_config(ctx.retry.clone());
+        let mut config = aws_sdk_dynamodb::config::Builder::from(&ctx.sdk)
+            .retry_config(ctx.retry.clone())
+            .retry_partition(super::retry_partition("tenant-config-dynamodb"));
         if let Some(region) = &spec.region {
             config = config.region(aws_sdk_dynamodb::config::Region::new(region.clone()));
         }
@@ -259,7 +261,7 @@ impl Backend for DynamoDbBackend {
         Ok(self.read_item(location).await?.state)
     }
 
-    async fn apply(&self, location: &Location, desired: &Desired) -> Result<ApplyReport, StoreError> {
+    fn validate(&self, location: &Location, desired: &Desired) -> Result<(), StoreError> {
         if let Some((key, _)) = desired.entries.iter().find(|(_, v)| v.secure) {
             return Err(LimitError::SecureNotSupported {
                 key: key.clone(),
@@ -268,6 +270,21 @@ impl Backend for DynamoDbBackend {
             }
             .into());
         }
+        // The item holds at least the desired entries and our bookkeeping.
+        let mut item = self.key_attributes(location);
+        let data = desired.entries.iter().map(|(k, v)| (k.clone(), AttributeValue::S(v.value.clone()))).collect();
+        item.insert(DATA.into(), AttributeValue::M(data));
+        item.insert(MANAGED_KEYS.into(), AttributeValue::Ss(desired.entries.keys().cloned().collect()));
+        item.insert(MANAGED_BY.into(), AttributeValue::S(desired.owner.clone()));
+        let size = item_size(&item);
+        if size > DYNAMODB_ITEM_MAX_BYTES {
+            return Err(LimitError::ItemTooLarge { location: self.describe(location), size }.into());
+        }
+        Ok(())
+    }
+
+    async fn apply(&self, location: &Location, desired: &Desired) -> Result<ApplyReport, StoreError> {
+        self.validate(location, desired)?;
         for attempt in 1..=MAX_ATTEMPTS {
             let ItemRead { state, raw } = self.read_item(location).await?;
             let plan = plan(&state, desired)

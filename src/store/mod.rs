@@ -65,6 +65,10 @@ pub struct Desired {
     pub owner: String,
     pub entries: BTreeMap<String, Value>,
     pub policy: ManagementPolicy,
+    /// The object's last completed reconcile applied to this store as its
+    /// owner. A backend may then take a store that already holds exactly the
+    /// desired entries as in sync without reading ownership again.
+    pub owned_before: bool,
 }
 
 /// The result of an apply.
@@ -92,6 +96,10 @@ pub trait Backend: Send + Sync {
     fn describe(&self, location: &Location) -> String;
     /// Reads everything at `location` (strongly consistent).
     async fn read(&self, location: &Location) -> Result<StoreState, StoreError>;
+    /// Checks, without any call, the limits `desired` must meet whatever the
+    /// store holds. The controller validates every store an object routes to
+    /// before it writes to any, so a refused object writes nothing anywhere.
+    fn validate(&self, location: &Location, desired: &Desired) -> Result<(), StoreError>;
     /// Reads, diffs and writes only the differences; retries a lost race by
     /// re-reading. Validates every limit before the first write.
     async fn apply(&self, location: &Location, desired: &Desired) -> Result<ApplyReport, StoreError>;
@@ -237,17 +245,31 @@ pub struct BackendContext {
     pub stats: Arc<CallStats>,
 }
 
+/// A retry partition of its own for one backend's client, without a retry
+/// quota. The SDK's default quota (500 tokens, 5 per retry, 1 back per success)
+/// drains under sustained partial throttling and then fails every throttled
+/// call on its first attempt; retries per call stay bounded by the attempt
+/// budget and the process-wide rate limits instead.
+pub(crate) fn retry_partition(name: &'static str) -> aws_sdk_dynamodb::config::retry::RetryPartition {
+    use aws_sdk_dynamodb::config::retry::{RetryPartition, TokenBucket};
+    RetryPartition::custom(name).token_bucket(TokenBucket::unlimited()).build()
+}
+
 /// SDK attempts per call (the first try included) before a throttle or 5xx is
 /// returned as an error; the reconcile then backs off on its own.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 4;
 
 impl BackendContext {
-    /// Adaptive retry (client-side rate adaptation on throttling) with the given
-    /// attempt budget, and the given per-API rate limits.
+    /// Standard retry (exponential backoff with jitter) with the given attempt
+    /// budget, and the given per-API rate limits. Not adaptive retry: its
+    /// client-side rate limiter keeps cutting the send rate while throttles
+    /// continue, and under a sustained 30% throttle (reliability suite) one
+    /// reconcile took over two minutes; the process-wide limits, set at AWS's
+    /// own, already pace the calls.
     pub fn new(sdk: aws_config::SdkConfig, limits: RateLimits, max_attempts: u32) -> Self {
         BackendContext {
             sdk,
-            retry: RetryConfig::adaptive().with_max_attempts(max_attempts),
+            retry: RetryConfig::standard().with_max_attempts(max_attempts),
             limiters: Arc::new(Limiters::new(limits)),
             stats: Arc::new(CallStats::default()),
         }

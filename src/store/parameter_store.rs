@@ -45,8 +45,30 @@ pub struct ParameterStoreBackend {
 }
 
 impl ParameterStoreBackend {
+    /// The tier each desired key needs, after checking every limit (names,
+    /// value sizes, SecureString without a KMS key).
+    fn tiers(&self, location: &Location, desired: &Desired) -> Result<BTreeMap<String, ParameterTier>, StoreError> {
+        let base = self.base_path(location);
+        let mut tiers = BTreeMap::new();
+        for (key, value) in &desired.entries {
+            check_parameter_name(&format!("{base}/{key}"))?;
+            tiers.insert(key.clone(), parameter_tier(key, &value.value, self.tier)?);
+            if value.secure && self.kms_key_id.is_none() {
+                return Err(LimitError::SecureNotSupported {
+                    key: key.clone(),
+                    store: self.path_prefix.clone(),
+                    why: "has no kmsKeyId for SecureString",
+                }
+                .into());
+            }
+        }
+        Ok(tiers)
+    }
+
     pub fn new(spec: &ParameterStoreStore, ctx: &BackendContext) -> Self {
-        let mut config = aws_sdk_ssm::config::Builder::from(&ctx.sdk).retry_config(ctx.retry.clone());
+        let mut config = aws_sdk_ssm::config::Builder::from(&ctx.sdk)
+            .retry_config(ctx.retry.clone())
+            .retry_partition(super::retry_partition("tenant-config-ssm"));
         if let Some(region) = &spec.region {
             config = config.region(aws_sdk_ssm::config::Region::new(region.clone()));
         }
@@ -255,23 +277,29 @@ impl Backend for ParameterStoreBackend {
         Ok(StoreState { entries, managed, managed_by, version: 0 })
     }
 
+    fn validate(&self, location: &Location, desired: &Desired) -> Result<(), StoreError> {
+        self.tiers(location, desired).map(drop)
+    }
+
     async fn apply(&self, location: &Location, desired: &Desired) -> Result<ApplyReport, StoreError> {
         let base = self.base_path(location);
         // Every limit is checked before the first call: nothing half-written.
-        let mut tiers = BTreeMap::new();
-        for (key, value) in &desired.entries {
-            check_parameter_name(&format!("{base}/{key}"))?;
-            tiers.insert(key.clone(), parameter_tier(key, &value.value, self.tier)?);
-            if value.secure && self.kms_key_id.is_none() {
-                return Err(LimitError::SecureNotSupported {
-                    key: key.clone(),
-                    store: self.path_prefix.clone(),
-                    why: "has no kmsKeyId for SecureString",
-                }
-                .into());
-            }
+        let tiers = self.tiers(location, desired)?;
+        let entries = self.values_under(&base).await?;
+        // Steady state (every resync): the path holds exactly what this owner
+        // wrote. Ownership (DescribeParameters) matters only for a change.
+        let in_sync = desired.owned_before
+            && entries.len() == desired.entries.len()
+            && desired.entries.iter().all(|(k, v)| entries.get(k) == Some(v));
+        if in_sync {
+            let managed = desired.entries.keys().cloned().collect();
+            let state = StoreState { entries, managed, managed_by: Some(desired.owner.clone()), version: 0 };
+            return Ok(ApplyReport { state, ..Default::default() });
         }
-        let current = self.read(location).await?;
+        // An empty path has no owner to ask about (every new object's first apply).
+        let (managed_by, managed) =
+            if entries.is_empty() { (None, BTreeSet::new()) } else { ownership(&self.owners_under(&base).await?) };
+        let current = StoreState { entries, managed, managed_by, version: 0 };
         let plan =
             plan(&current, desired).map_err(|e| StoreError::Conflict { location: base.clone(), owner: e.owner })?;
         // Keys we adopt without a value change still need our owner recorded.

@@ -103,6 +103,7 @@ mod tests {
             owner: "acme-prod/payments".into(),
             entries: entries.iter().map(|(k, v)| (k.to_string(), value(v))).collect(),
             policy,
+            owned_before: false,
         }
     }
 

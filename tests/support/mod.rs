@@ -167,12 +167,21 @@ pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Polls `check` every 100 ms until it returns a value; fails the test after
 /// [`CONVERGE_TIMEOUT`] with `what`.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + CONVERGE_TIMEOUT;
+    eventually_within(CONVERGE_TIMEOUT, what, check).await
+}
+
+/// [`eventually`] with another timeout.
+pub async fn eventually_within<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if let Some(v) = check().await {
             return v;

@@ -1,0 +1,1023 @@
+//! Reliability and security: the controller binary attacked the way production
+//! will — SIGKILL at random moments, throttling, store / API server / queue
+//! outages, hostile manifests and forged events, run as the chart's RBAC
+//! identity — against the real kube-apiserver and moto, with AWS traffic going
+//! through the fault proxy.
+//!
+//! Every scenario ends with a convergence check: each TenantConfig Ready for
+//! its current generation; the table, the parameter paths and the ConfigMaps
+//! hold exactly what the specs (and the out-of-band writes) say — no
+//! orphaned item or parameter, no managed key lost.
+//!
+//! Knobs (README "Reliability"): `TCC_RELIABILITY_SEED` replays the random kill
+//! moments; `TCC_OUTAGE_SECS` (default 60) sets the outage length;
+//! `TCC_SOAK=1` multiplies the objects and kills by 4.
+//!
+//! A controller sees the whole cluster, so these tests take turns.
+
+mod support;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_ssm::types::ParameterType;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+use support::{
+    EventQueue, aws_config, event_queue,
+    fault_proxy::{Fault, FaultProxy, Times},
+    install_crds, kube_client,
+    process::{Process, client_from, kubeconfig_as_service_account},
+    repo_root, unique,
+};
+use tenant_config_controller::api::{ConfigStore, TenantConfig};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const DDB: &str = "DynamoDB_20120810.*";
+const SSM: &str = "AmazonSSM.*";
+const SQS: &str = "AmazonSQS.*";
+
+fn soak() -> usize {
+    if std::env::var("TCC_SOAK").is_ok_and(|v| v == "1") { 4 } else { 1 }
+}
+
+fn outage() -> Duration {
+    Duration::from_secs(std::env::var("TCC_OUTAGE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60))
+}
+
+/// xorshift64*: reproducible randomness without another dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded() -> Rng {
+        let seed = std::env::var("TCC_RELIABILITY_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+        }) | 1;
+        eprintln!("TCC_RELIABILITY_SEED={seed}");
+        Rng(seed)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+/// What one TenantConfig should amount to: managed keys per backend, and keys
+/// written out of band next to them (kept by the stores, projected too).
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Expect {
+    db: BTreeMap<String, String>,
+    ssm: BTreeMap<String, String>,
+    foreign_db: BTreeMap<String, String>,
+    foreign_ssm: BTreeMap<String, String>,
+}
+
+impl Expect {
+    fn new(db: &[(&str, &str)], ssm: &[(&str, &str)]) -> Expect {
+        let map = |kv: &[(&str, &str)]| kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Expect { db: map(db), ssm: map(ssm), ..Default::default() }
+    }
+    fn projected(&self) -> BTreeMap<String, String> {
+        let mut all = self.foreign_ssm.clone();
+        all.extend(self.ssm.clone());
+        all.extend(self.foreign_db.clone());
+        all.extend(self.db.clone());
+        all
+    }
+}
+
+/// `(namespace, name)` → what it should amount to. The configType is the name.
+type Expected = BTreeMap<(String, String), Expect>;
+
+/// One scenario's stores, tenants, queue and fault proxy.
+struct World {
+    id: String,
+    client: Client,
+    ddb: aws_sdk_dynamodb::Client,
+    ssm: aws_sdk_ssm::Client,
+    sqs: aws_sdk_sqs::Client,
+    table: String,
+    prefix: String,
+    shared: String,
+    queue: EventQueue,
+    proxy: FaultProxy,
+    /// `(namespace, tenant)`
+    tenants: Vec<(String, String)>,
+}
+
+impl World {
+    async fn new(name: &str, tenants: usize) -> World {
+        install_crds();
+        let id = unique(name);
+        let (prefix, shared) = (format!("/{id}"), format!("/{id}-shared"));
+        let queue = event_queue(&id, &[&prefix, &shared], 3, 30);
+        let sdk = aws_config().await;
+        let client = kube_client().await;
+        let stores = [
+            ("db", json!({ "tags": [format!("{id}-db")], "dynamodb": { "tableName": format!("{id}-table") } })),
+            (
+                "ssm",
+                json!({ "tags": [format!("{id}-ssm")],
+                        "parameterStore": { "pathPrefix": prefix, "sharedPaths": [shared], "kmsKeyId": "alias/tc" } }),
+            ),
+        ];
+        for (suffix, spec) in stores {
+            create_store(&client, &format!("{id}-{suffix}"), spec).await;
+        }
+        let mut world = World {
+            client,
+            ddb: aws_sdk_dynamodb::Client::new(&sdk),
+            ssm: aws_sdk_ssm::Client::new(&sdk),
+            sqs: aws_sdk_sqs::Client::new(&sdk),
+            table: format!("{id}-table"),
+            proxy: FaultProxy::start(&support::env("AWS_ENDPOINT_URL")).await,
+            prefix,
+            shared,
+            queue,
+            tenants: Vec::new(),
+            id,
+        };
+        for n in 0..tenants {
+            let (ns, tenant) = (format!("{}-n{n}", world.id), format!("{}-t{n}", world.id));
+            create_namespace(&world.client, &ns, Some(&tenant)).await;
+            world.tenants.push((ns, tenant));
+        }
+        world
+    }
+
+    fn ns(&self, n: usize) -> &str {
+        &self.tenants[n].0
+    }
+
+    fn tenant_of(&self, ns: &str) -> &str {
+        &self.tenants.iter().find(|(n, _)| n == ns).expect("a world namespace").1
+    }
+
+    /// The controller binary, its AWS traffic through the fault proxy.
+    fn controller(&self, name: &str, args: &[&str], with_queue: bool, kubeconfig: Option<&str>) -> Process {
+        let mut all: Vec<&str> = Vec::new();
+        if !args.contains(&"--leader-election") {
+            all.extend(["--leader-election", "false"]);
+        }
+        if with_queue {
+            all.extend(["--event-queue-url", &self.queue.queue_url]);
+        }
+        all.extend(args);
+        let mut env = vec![("AWS_ENDPOINT_URL", self.proxy.url.as_str())];
+        if let Some(kubeconfig) = kubeconfig {
+            env.push(("KUBECONFIG", kubeconfig));
+        }
+        Process::spawn(name, &all, &env)
+    }
+
+    fn spec(&self, expect: &Expect) -> serde_json::Value {
+        let mut entries = Vec::new();
+        for (key, value) in &expect.db {
+            entries.push(json!({ "key": key, "value": value, "tags": [format!("{}-db", self.id)] }));
+        }
+        for (key, value) in &expect.ssm {
+            entries.push(json!({ "key": key, "value": value, "tags": [format!("{}-ssm", self.id)] }));
+        }
+        json!({ "entries": entries })
+    }
+
+    /// Creates or replaces the object's spec (server-side apply, as kubectl does).
+    async fn apply(&self, ns: &str, name: &str, expect: &Expect) {
+        let tc = json!({
+            "apiVersion": "tenantconfig.io/v1alpha1", "kind": "TenantConfig",
+            "metadata": { "name": name, "namespace": ns }, "spec": self.spec(expect)
+        });
+        Api::<TenantConfig>::namespaced(self.client.clone(), ns)
+            .patch(name, &PatchParams::apply("reliability-test").force(), &Patch::Apply(&tc))
+            .await
+            .unwrap_or_else(|e| panic!("apply {ns}/{name}: {e}"));
+    }
+
+    async fn items(&self) -> BTreeMap<(String, String), aws_sdk_dynamodb::types::AttributeValue> {
+        let mut items = BTreeMap::new();
+        let mut pages = self.ddb.scan().table_name(&self.table).consistent_read(true).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            for item in page.expect("scan").items() {
+                let key = |k: &str| item[k].as_s().unwrap().clone();
+                items.insert((key("pk"), key("sk")), AttributeValue::M(item.clone()));
+            }
+        }
+        items
+    }
+
+    async fn parameters(&self, path: &str) -> BTreeMap<String, String> {
+        let mut params = BTreeMap::new();
+        let mut pages =
+            self.ssm.get_parameters_by_path().path(path).recursive(true).with_decryption(true).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            for p in page.expect("GetParametersByPath").parameters() {
+                params.insert(p.name().unwrap().to_string(), p.value().unwrap_or_default().to_string());
+            }
+        }
+        params
+    }
+
+    async fn config_maps(&self, ns: &str) -> BTreeMap<String, ConfigMap> {
+        let list = Api::<ConfigMap>::namespaced(self.client.clone(), ns).list(&ListParams::default()).await.unwrap();
+        list.items.into_iter().map(|cm| (cm.metadata.name.clone().unwrap(), cm)).collect()
+    }
+
+    /// The first way in which the world differs from `expected`, if any.
+    async fn discrepancy(&self, expected: &Expected) -> Option<String> {
+        // Every object Ready for its current generation.
+        for ns in expected.keys().map(|(ns, _)| ns).collect::<BTreeSet<_>>() {
+            let tcs = Api::<TenantConfig>::namespaced(self.client.clone(), ns).list(&ListParams::default()).await;
+            let tcs = match tcs {
+                Ok(l) => l.items,
+                Err(e) => return Some(format!("listing TenantConfigs: {e}")),
+            };
+            for tc in &tcs {
+                let key = (ns.clone(), tc.metadata.name.clone().unwrap());
+                if !expected.contains_key(&key) {
+                    continue;
+                }
+                let status = tc.status.clone().unwrap_or_default();
+                let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+                if ready.is_none_or(|c| c.status != "True") || status.observed_generation != tc.metadata.generation {
+                    return Some(format!("{key:?} not Ready for its generation: {ready:?}"));
+                }
+            }
+            let names: BTreeSet<_> = tcs.iter().filter_map(|tc| tc.metadata.name.clone()).collect();
+            if let Some((_, missing)) = expected.keys().find(|(n, name)| n == ns && !names.contains(name)) {
+                return Some(format!("{ns}/{missing} does not exist"));
+            }
+        }
+        // The table: exactly the expected items, nothing lost, nothing orphaned.
+        let mut items = self.items().await;
+        for ((ns, name), expect) in expected {
+            let key = (format!("TENANT#{}", self.tenant_of(ns)), format!("CONFIG#{name}"));
+            let item = items.remove(&key);
+            let Some(AttributeValue::M(item)) = item else {
+                if expect.db.is_empty() && expect.foreign_db.is_empty() {
+                    continue;
+                }
+                return Some(format!("no item for {ns}/{name}"));
+            };
+            let data: BTreeMap<String, String> = item
+                .get("data")
+                .and_then(|d| d.as_m().ok())
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_s().cloned().unwrap_or_default())).collect())
+                .unwrap_or_default();
+            let mut want = expect.foreign_db.clone();
+            want.extend(expect.db.clone());
+            if data != want {
+                return Some(format!("item of {ns}/{name}: data {data:?}, expected {want:?}"));
+            }
+            let managed: BTreeSet<String> =
+                item.get("managedKeys").and_then(|m| m.as_ss().ok()).into_iter().flatten().cloned().collect();
+            if managed != expect.db.keys().cloned().collect() {
+                return Some(format!("item of {ns}/{name}: managedKeys {managed:?}"));
+            }
+            let owner = item.get("managedBy").and_then(|m| m.as_s().ok()).cloned();
+            if !expect.db.is_empty() && owner.as_deref() != Some(&format!("{ns}/{name}")) {
+                return Some(format!("item of {ns}/{name}: managedBy {owner:?}"));
+            }
+        }
+        if let Some(orphan) = items.keys().next() {
+            return Some(format!("orphaned item {orphan:?}"));
+        }
+        // The parameters: exactly the expected names and values.
+        let mut want = BTreeMap::new();
+        for ((ns, name), expect) in expected {
+            let base = format!("{}/{}/{name}", self.prefix, self.tenant_of(ns));
+            for (k, v) in expect.foreign_ssm.iter().chain(&expect.ssm) {
+                want.insert(format!("{base}/{k}"), v.clone());
+            }
+        }
+        let params = self.parameters(&self.prefix).await;
+        if params != want {
+            let extra: Vec<_> = params.iter().filter(|(k, v)| want.get(*k) != Some(v)).take(3).collect();
+            let lost: Vec<_> = want.iter().filter(|(k, v)| params.get(*k) != Some(v)).take(3).collect();
+            return Some(format!("parameters differ: unexpected {extra:?}, missing {lost:?}"));
+        }
+        // The ConfigMaps: exactly what the stores hold.
+        for ns in expected.keys().map(|(ns, _)| ns).collect::<BTreeSet<_>>() {
+            let mut cms = self.config_maps(ns).await;
+            for ((_, name), expect) in expected.iter().filter(|((n, _), _)| n == ns) {
+                let data = cms.remove(name).and_then(|cm| cm.data).unwrap_or_default();
+                if data != expect.projected() {
+                    return Some(format!("ConfigMap {ns}/{name}: {data:?}, expected {:?}", expect.projected()));
+                }
+            }
+            let ours = |cm: &ConfigMap| {
+                cm.metadata.labels.as_ref().and_then(|l| l.get("app.kubernetes.io/managed-by")).map(String::as_str)
+                    == Some("tenant-config-controller")
+            };
+            if let Some(orphan) = cms.values().find(|cm| ours(cm)) {
+                return Some(format!("orphaned ConfigMap {ns}/{:?}", orphan.metadata.name));
+            }
+        }
+        None
+    }
+
+    /// Waits until the world equals `expected`; fails with the last difference.
+    async fn converge(&self, expected: &Expected, within: Duration) -> Duration {
+        let started = Instant::now();
+        let mut last = None;
+        while started.elapsed() < within {
+            last = self.discrepancy(expected).await;
+            if last.is_none() {
+                return started.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        panic!("not converged within {within:?}: {}", last.unwrap_or_default());
+    }
+
+    async fn ready_count(&self, ns: &str) -> usize {
+        let Ok(list) = Api::<TenantConfig>::namespaced(self.client.clone(), ns).list(&ListParams::default()).await
+        else {
+            return 0;
+        };
+        list.items.iter().filter(|tc| reason_of(tc).is_some_and(|(s, _)| s == "True")).count()
+    }
+
+    /// Deletes every TenantConfig with a controller running, then proves the
+    /// stores hold nothing of them (keys other writers put there stay); removes
+    /// the stores.
+    async fn finish(self, kubeconfig: Option<&str>, expected: &Expected) {
+        self.proxy.clear();
+        let mut cleaner = self.controller("cleanup", &["--ssm-write-rate", "0"], false, kubeconfig);
+        for (ns, _) in &self.tenants {
+            let api = Api::<TenantConfig>::namespaced(self.client.clone(), ns);
+            api.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
+        }
+        for (ns, _) in &self.tenants {
+            let api = Api::<TenantConfig>::namespaced(self.client.clone(), ns);
+            // Deleting hundreds of objects takes minutes in the debug build on moto.
+            let within = Duration::from_secs(300);
+            support::eventually_within(within, &format!("TenantConfigs in {ns} deleted"), || async {
+                api.list(&ListParams::default()).await.ok()?.items.is_empty().then_some(())
+            })
+            .await;
+        }
+        let mut foreign_items = BTreeMap::new();
+        let mut foreign_params = BTreeMap::new();
+        for ((ns, name), e) in expected {
+            let key = (format!("TENANT#{}", self.tenant_of(ns)), format!("CONFIG#{name}"));
+            foreign_items.insert(key, e.foreign_db.clone());
+            for (k, v) in &e.foreign_ssm {
+                foreign_params.insert(format!("{}/{}/{name}/{k}", self.prefix, self.tenant_of(ns)), v.clone());
+            }
+        }
+        for (key, item) in self.items().await {
+            let item = item.as_m().unwrap();
+            let data: BTreeMap<String, String> = item
+                .get("data")
+                .and_then(|d| d.as_m().ok())
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_s().cloned().unwrap_or_default())).collect())
+                .unwrap_or_default();
+            let claimed = item.contains_key("managedKeys") || item.contains_key("managedBy");
+            let foreign = foreign_items.get(&key).cloned().unwrap_or_default();
+            assert!(!claimed && data == foreign, "item {key:?} after deleting every object: {item:?}");
+        }
+        let params = self.parameters(&self.prefix).await;
+        assert_eq!(params, foreign_params, "only other writers' parameters remain after deleting every object");
+        for suffix in ["db", "ssm"] {
+            let _ = Api::<ConfigStore>::all(self.client.clone())
+                .delete(&format!("{}-{suffix}", self.id), &DeleteParams::default())
+                .await;
+        }
+        cleaner.signal("TERM");
+        assert!(cleaner.wait_exit(Duration::from_secs(30)).success(), "cleanup controller: {}", cleaner.logs());
+    }
+}
+
+async fn create_store(client: &Client, name: &str, spec: serde_json::Value) {
+    let store: ConfigStore = serde_json::from_value(json!({
+        "apiVersion": "tenantconfig.io/v1alpha1", "kind": "ConfigStore", "metadata": { "name": name }, "spec": spec
+    }))
+    .unwrap();
+    Api::<ConfigStore>::all(client.clone()).create(&PostParams::default(), &store).await.unwrap();
+}
+
+async fn create_namespace(client: &Client, name: &str, tenant: Option<&str>) {
+    let labels = tenant.map(|t| json!({ "tenantconfig.io/tenant": t })).unwrap_or(json!({}));
+    let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": name, "labels": labels } })).unwrap();
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
+}
+
+/// `(status, reason)` of the Ready condition.
+fn reason_of(tc: &TenantConfig) -> Option<(String, String)> {
+    let c = tc.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")?;
+    Some((c.status.clone(), c.reason.clone()))
+}
+
+/// Store calls of one operation the controller reported (all outcomes).
+fn calls(p: &Process, operation: &str) -> f64 {
+    let Some((_, body)) = p.get("/metrics") else { return f64::NAN };
+    body.lines()
+        .filter(|l| {
+            l.starts_with("tenant_config_store_calls_total{") && l.contains(&format!("operation=\"{operation}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+const WRITES: [&str; 5] = ["UpdateItem", "DeleteItem", "PutParameter", "DeleteParameters", "AddTagsToResource"];
+
+// ------------------------------------------------------------------ faults --
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_loses_nothing() {
+    let _turn = SERIAL.lock().await;
+    let w = World::new("rel-kill", 5).await;
+    let (objects, kills) = (500 * soak(), 10 * soak());
+    let mut expected = Expected::new();
+    for i in 0..objects {
+        let e = Expect::new(&[("a", &format!("a{i}")), ("b", &format!("b{i}"))], &[("c", &format!("c{i}"))]);
+        let ns = w.ns(i % 5).to_string();
+        w.apply(&ns, &format!("c{i}"), &e).await;
+        expected.insert((ns, format!("c{i}")), e);
+    }
+    let mut rng = Rng::seeded();
+    // moto does not throttle; the SSM write limit is lifted so that the run is
+    // about kills, not about waiting for 3 PutParameter/s.
+    let args = ["--ssm-write-rate", "0"];
+    let mut controller = w.controller("rel-kill-0", &args, true, None);
+    let mut ready_at_kill = Vec::new();
+    for k in 1..=kills {
+        tokio::time::sleep(Duration::from_millis(300 + rng.below(2700))).await;
+        controller.signal("KILL");
+        controller.wait_exit(Duration::from_secs(10));
+        let mut ready = 0;
+        for n in 0..5 {
+            ready += w.ready_count(w.ns(n)).await;
+        }
+        ready_at_kill.push(ready);
+        if k == kills / 2 {
+            // Half-way, a fifth of the objects change shape: a key moves out,
+            // one comes in, the SSM key leaves (its parameter must go).
+            for (i, ((ns, name), e)) in expected.iter_mut().enumerate().filter(|(i, _)| i % 5 == 0) {
+                *e = Expect::new(&[("a", &format!("a{i}-v2")), ("d", &format!("d{i}"))], &[]);
+                w.apply(ns, name, e).await;
+            }
+        }
+        controller = w.controller(&format!("rel-kill-{k}"), &args, true, None);
+    }
+    eprintln!("Ready objects at each of the {kills} kills: {ready_at_kill:?}");
+    assert!(ready_at_kill[0] < objects, "the first kill must land mid-convergence: {ready_at_kill:?}");
+    let took = w.converge(&expected, Duration::from_secs(300)).await;
+    eprintln!("converged {took:?} after the last restart");
+    assert!(controller.child.try_wait().unwrap().is_none(), "the last controller still runs");
+    controller.signal("TERM");
+    controller.wait_exit(Duration::from_secs(30));
+    w.finish(None, &expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_percent_throttling_converges_with_bounded_retries() {
+    let _turn = SERIAL.lock().await;
+    let w = World::new("rel-throttle", 2).await;
+    let objects = 40 * soak();
+    // Two SDK attempts per call instead of four, so that throttles surface as
+    // conditions often enough to be seen (4 attempts hide 99% of them).
+    let mut controller =
+        w.controller("rel-throttle", &["--ssm-write-rate", "0", "--aws-max-attempts", "2"], true, None);
+    let mut expected = Expected::new();
+    let shape = |i: usize| Expect::new(&[("a", &format!("a{i}")), ("b", &format!("b{i}"))], &[("c", &format!("c{i}"))]);
+
+    // Baseline: the same work without faults.
+    for i in 0..objects {
+        w.apply(w.ns(0), &format!("c{i}"), &shape(i)).await;
+        expected.insert((w.ns(0).to_string(), format!("c{i}")), shape(i));
+    }
+    w.converge(&expected, Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // echo events of our own writes
+    let clean = w.proxy.seen(DDB) + w.proxy.seen(SSM);
+
+    w.proxy.inject(DDB, Fault::Throttle, Times::Probability(0.3));
+    w.proxy.inject(SSM, Fault::Throttle, Times::Probability(0.3));
+    let seen_reasons = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let watcher = {
+        let (client, ns, seen) = (w.client.clone(), w.ns(1).to_string(), seen_reasons.clone());
+        tokio::spawn(async move {
+            let api = Api::<TenantConfig>::namespaced(client, &ns);
+            loop {
+                if let Ok(list) = api.list(&ListParams::default()).await {
+                    seen.lock().unwrap().extend(list.items.iter().filter_map(reason_of).map(|(_, r)| r));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    for i in 0..objects {
+        w.apply(w.ns(1), &format!("c{i}"), &shape(i)).await;
+        expected.insert((w.ns(1).to_string(), format!("c{i}")), shape(i));
+    }
+    let took = w.converge(&expected, Duration::from_secs(240)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    watcher.abort();
+    let throttled_run = w.proxy.seen(DDB) + w.proxy.seen(SSM) - clean;
+    let throttled_calls: f64 = controller
+        .get("/metrics")
+        .unwrap()
+        .1
+        .lines()
+        .filter(|l| l.starts_with("tenant_config_store_calls_total{") && l.contains("outcome=\"throttled\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let reasons = seen_reasons.lock().unwrap().clone();
+    eprintln!(
+        "{objects} objects: clean {clean} store requests; at 30% throttling {throttled_run} requests \
+         ({} faults injected), converged in {took:?}; reasons seen: {reasons:?}",
+        w.proxy.injected()
+    );
+    assert!(reasons.contains("Throttled"), "conditions showed Throttled while it lasted: {reasons:?}");
+    assert!(throttled_calls > 0.0, "store_calls_total counts throttles");
+    // 30% failures cost 1/0.7 ≈ 1.43 attempts per call plus backed-off
+    // re-reconciles; more than 3× the clean run would mean retries run away.
+    assert!(throttled_run <= 3 * clean, "retries bounded: {throttled_run} requests under throttling vs {clean} clean");
+    w.proxy.clear();
+    controller.signal("TERM");
+    controller.wait_exit(Duration::from_secs(30));
+    w.finish(None, &expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_and_queue_outages_recover_without_a_crash_loop() {
+    let _turn = SERIAL.lock().await;
+    let w = World::new("rel-outage", 1).await;
+    let ns = w.ns(0).to_string();
+    let tenant = w.tenant_of(&ns).to_string();
+    let mut expected = Expected::new();
+    for i in 0..20 {
+        let e = Expect::new(&[("a", &format!("a{i}"))], &[("c", &format!("c{i}"))]);
+        w.apply(&ns, &format!("c{i}"), &e).await;
+        expected.insert((ns.clone(), format!("c{i}")), e);
+    }
+    // Resync 10 minutes: whatever arrives within the test arrived by event.
+    let mut controller = w.controller("rel-outage", &["--ssm-write-rate", "0"], true, None);
+    w.converge(&expected, Duration::from_secs(120)).await;
+    let pid = controller.child.id();
+
+    // 1. Both stores unreachable (connections dropped) while specs change.
+    let before = w.proxy.seen(DDB) + w.proxy.seen(SSM);
+    w.proxy.inject(DDB, Fault::Unreachable, Times::Always);
+    w.proxy.inject(SSM, Fault::Unreachable, Times::Always);
+    let outage_started = Instant::now();
+    let changed: Vec<String> = (0..5).map(|i| format!("c{i}")).collect();
+    for name in &changed {
+        let e = expected.get_mut(&(ns.clone(), name.clone())).unwrap();
+        e.db.insert("a".into(), format!("{name}-during-outage"));
+        w.apply(&ns, name, e).await;
+    }
+    let tcs = Api::<TenantConfig>::namespaced(w.client.clone(), &ns);
+    for name in &changed {
+        support::eventually(&format!("{name}: StoreUnavailable"), || async {
+            let tc = tcs.get(name).await.ok()?;
+            (reason_of(&tc)? == ("False".into(), "StoreUnavailable".into())).then_some(())
+        })
+        .await;
+    }
+    tokio::time::sleep(outage().saturating_sub(outage_started.elapsed())).await;
+    let during = w.proxy.seen(DDB) + w.proxy.seen(SSM) - before;
+    assert!(controller.child.try_wait().unwrap().is_none(), "no crash: {}", controller.logs());
+    assert_eq!(controller.get("/healthz").map(|r| r.0), Some(200));
+    w.proxy.clear();
+    let recovered = w.converge(&expected, Duration::from_secs(240)).await;
+    eprintln!(
+        "store outage {:?}: {during} store requests for {} changed objects while unreachable; \
+         converged {recovered:?} after it ended",
+        outage(),
+        changed.len()
+    );
+    // Backoff (1 s doubling, SDK retries inside) keeps an outage cheap: a
+    // retry loop without backoff makes thousands of requests a minute.
+    assert!(during < 600, "{during} requests during the outage");
+
+    // 2. The queue unreachable while stores change out of band: picked up after.
+    let polls = w.proxy.seen(SQS);
+    w.proxy.inject(SQS, Fault::Unreachable, Times::Always);
+    let outage_started = Instant::now();
+    // A long poll already forwarded still completes; the outage is on once the next one fails.
+    support::eventually("the next receive fails", || async { (w.proxy.seen(SQS) > polls).then_some(()) }).await;
+    for i in 5..8 {
+        let name = format!("c{i}");
+        let value = format!("oob-{i}");
+        w.ddb
+            .update_item()
+            .table_name(&w.table)
+            .key("pk", AttributeValue::S(format!("TENANT#{tenant}")))
+            .key("sk", AttributeValue::S(format!("CONFIG#{name}")))
+            .update_expression("SET #d.#k = :v")
+            .expression_attribute_names("#d", "data")
+            .expression_attribute_names("#k", "oob")
+            .expression_attribute_values(":v", AttributeValue::S(value.clone()))
+            .send()
+            .await
+            .unwrap();
+        expected.get_mut(&(ns.clone(), name)).unwrap().foreign_db.insert("oob".into(), value);
+    }
+    for i in 8..10 {
+        let name = format!("c{i}");
+        let value = format!("oob-{i}");
+        w.ssm
+            .put_parameter()
+            .name(format!("{}/{tenant}/{name}/oob", w.prefix))
+            .value(&value)
+            .r#type(ParameterType::String)
+            .send()
+            .await
+            .unwrap();
+        expected.get_mut(&(ns.clone(), name)).unwrap().foreign_ssm.insert("oob".into(), value);
+    }
+    tokio::time::sleep(outage().saturating_sub(outage_started.elapsed())).await;
+    let cms = w.config_maps(&ns).await;
+    let arrived =
+        (5..10).filter(|i| cms[&format!("c{i}")].data.as_ref().is_some_and(|d| d.contains_key("oob"))).count();
+    assert_eq!(arrived, 0, "nothing arrives while the queue is unreachable (resync is 10 minutes)");
+    assert!(controller.child.try_wait().unwrap().is_none(), "no crash: {}", controller.logs());
+    w.proxy.clear();
+    let recovered = w.converge(&expected, Duration::from_secs(120)).await;
+    eprintln!("queue outage {:?}: the 5 out-of-band changes arrived {recovered:?} after it ended", outage());
+    assert_eq!(controller.child.id(), pid, "one process throughout");
+
+    // 3. Events lost altogether (no queue at all): the resync covers the gap.
+    controller.signal("TERM");
+    controller.wait_exit(Duration::from_secs(30));
+    let controller = w.controller("rel-resync", &["--resync-interval", "15s"], false, None);
+    w.ddb
+        .update_item()
+        .table_name(&w.table)
+        .key("pk", AttributeValue::S(format!("TENANT#{tenant}")))
+        .key("sk", AttributeValue::S("CONFIG#c10".into()))
+        .update_expression("SET #d.#k = :v")
+        .expression_attribute_names("#d", "data")
+        .expression_attribute_names("#k", "lost")
+        .expression_attribute_values(":v", AttributeValue::S("by-resync".into()))
+        .send()
+        .await
+        .unwrap();
+    expected.get_mut(&(ns.clone(), "c10".into())).unwrap().foreign_db.insert("lost".into(), "by-resync".into());
+    let took = w.converge(&expected, Duration::from_secs(60)).await;
+    eprintln!("without any event, the resync (15 s) brought the change in {took:?}");
+    drop(controller);
+    w.finish(None, &expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_and_etcd_restart_mid_run() {
+    let _turn = SERIAL.lock().await;
+    let w = World::new("rel-apiserver", 2).await;
+    let mut expected = Expected::new();
+    let shape = |i: usize, v: &str| Expect::new(&[("a", &format!("a{i}{v}"))], &[("c", &format!("c{i}"))]);
+    for i in 0..40 {
+        w.apply(w.ns(i % 2), &format!("c{i}"), &shape(i, "")).await;
+        expected.insert((w.ns(i % 2).to_string(), format!("c{i}")), shape(i, ""));
+    }
+    // With leader election, as deployed: the Lease must survive the restart too.
+    let lease = format!("{}-lease", w.id);
+    let controller = w.controller(
+        "rel-apiserver",
+        &["--leader-election", "true", "--lease-name", &lease, "--ssm-write-rate", "0"],
+        true,
+        None,
+    );
+    support::eventually("some objects Ready", || async { (w.ready_count(w.ns(0)).await >= 5).then_some(()) }).await;
+    let restart = std::process::Command::new(repo_root().join("scripts/testenv.sh"))
+        .arg("restart-kube")
+        .env("TCC_STATE_DIR", support::env("TCC_TESTENV"))
+        .output()
+        .unwrap();
+    assert!(restart.status.success(), "restart-kube: {}", String::from_utf8_lossy(&restart.stderr));
+    // Work that arrives after the restart: new objects and changed ones.
+    for i in 40..60 {
+        w.apply(w.ns(i % 2), &format!("c{i}"), &shape(i, "")).await;
+        expected.insert((w.ns(i % 2).to_string(), format!("c{i}")), shape(i, ""));
+    }
+    for i in (0..40).step_by(4) {
+        w.apply(w.ns(i % 2), &format!("c{i}"), &shape(i, "-v2")).await;
+        expected.insert((w.ns(i % 2).to_string(), format!("c{i}")), shape(i, "-v2"));
+    }
+    let took = w.converge(&expected, Duration::from_secs(180)).await;
+    eprintln!("converged {took:?} after the API server came back");
+    let mut controller = controller;
+    assert!(controller.child.try_wait().unwrap().is_none(), "survived the restart: {}", controller.logs());
+    controller.signal("TERM");
+    assert!(controller.wait_exit(Duration::from_secs(30)).success());
+    w.finish(None, &expected).await;
+}
+
+// ------------------------------------------------- hostile input, isolation --
+
+/// How a hostile manifest must end.
+enum Outcome {
+    /// The API server refuses it; its message contains this.
+    Refused(&'static str),
+    /// Accepted, then `Ready=False` with this reason.
+    Condition(&'static str),
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_manifests_and_forged_events_write_nothing_and_cross_no_tenant() {
+    let _turn = SERIAL.lock().await;
+    let w = World::new("rel-hostile", 2).await;
+    let (ns_a, ns_b) = (w.ns(0).to_string(), w.ns(1).to_string());
+    let (tenant_a, tenant_b) = (w.tenant_of(&ns_a).to_string(), w.tenant_of(&ns_b).to_string());
+    let (db, ssm, big) = (format!("{}-db", w.id), format!("{}-ssm", w.id), format!("{}-big", w.id));
+    create_store(
+        &w.client,
+        &big,
+        json!({ "tags": [big], "parameterStore": { "pathPrefix": format!("{}-big", w.prefix), "tier": "Advanced" } }),
+    )
+    .await;
+    let unlabelled = format!("{}-nolabel", w.id);
+    create_namespace(&w.client, &unlabelled, None).await;
+
+    // The controller runs as the chart's ServiceAccount with the chart's RBAC.
+    let release = format!("r{}", std::process::id());
+    let release_ns = format!("{}-system", w.id);
+    let helm = |args: &[&str]| {
+        let out =
+            std::process::Command::new(support::env("HELM")).args(args).current_dir(repo_root()).output().unwrap();
+        assert!(out.status.success(), "helm {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    helm(&[
+        "install",
+        &release,
+        "charts/tenant-config-controller",
+        "--namespace",
+        &release_ns,
+        "--create-namespace",
+        "--set",
+        "replicaCount=1",
+        "--wait=false",
+    ]);
+    let sa = format!("{release}-tenant-config-controller");
+    let kubeconfig = kubeconfig_as_service_account(&w.client, &release_ns, &sa).await;
+    let kubeconfig = kubeconfig.to_str().unwrap().to_string();
+    let chart_identity = client_from(std::path::Path::new(&kubeconfig)).await;
+    let controller = w.controller("rel-hostile", &["--ssm-write-rate", "0"], true, Some(&kubeconfig));
+
+    // Tenant B's data, tenant A's legitimate objects (one named like B's).
+    w.ssm
+        .put_parameter()
+        .name(format!("{}/common/region", w.shared))
+        .value("eu")
+        .r#type(ParameterType::String)
+        .send()
+        .await
+        .unwrap();
+    let mut expected = Expected::new();
+    let orders_b = Expect::new(&[("x", "b-secret-1")], &[("y", "b-secret-2")]);
+    let orders_a = Expect::new(&[("x", "a-1")], &[]);
+    let claimed = Expect::new(&[("k", "first")], &[]);
+    w.apply(&ns_b, "orders", &orders_b).await;
+    w.apply(&ns_a, "orders", &orders_a).await;
+    w.apply(&ns_a, "claimed", &claimed).await;
+    expected.insert((ns_b.clone(), "orders".into()), orders_b);
+    expected.insert((ns_a.clone(), "orders".into()), orders_a);
+    expected.insert((ns_a.clone(), "claimed".into()), claimed);
+    w.converge(&expected, Duration::from_secs(90)).await;
+    // A ConfigMap that is not ours, where a hostile object wants to project.
+    let foreign: ConfigMap = serde_json::from_value(json!({
+        "metadata": { "name": "payments-config", "labels": { "team": "payments" } }, "data": { "owner": "humans" }
+    }))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(w.client.clone(), &ns_a).create(&PostParams::default(), &foreign).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await; // echo events of the seeding writes
+    let items_before = w.items().await;
+    let params_before = w.parameters(&w.prefix).await;
+    let big_before = w.parameters(&format!("{}-big", w.prefix)).await;
+    let (cms_a_before, cms_b_before) = (w.config_maps(&ns_a).await, w.config_maps(&ns_b).await);
+    let writes_before: f64 = WRITES.iter().map(|op| calls(&controller, op)).sum();
+
+    let entry = |key: &str, value: &str, tag: &str| json!({ "key": key, "value": value, "tags": [tag] });
+    let long = "k".repeat(129);
+    let many: Vec<_> = (0..257).map(|i| entry(&format!("k{i}"), "v", &db)).collect();
+    let over_item: Vec<_> = (0..60).map(|i| entry(&format!("k{i}"), &"x".repeat(8000), &db)).collect();
+    let over_projection: Vec<_> = (0..130).map(|i| entry(&format!("k{i}"), &"x".repeat(8100), &big)).collect();
+    let cases: Vec<(&str, serde_json::Value, Outcome)> = vec![
+        ("slash-key", json!({ "entries": [entry("a/b", "v", &db)] }), Outcome::Refused("spec.entries[0].key")),
+        ("dotdot-key", json!({ "entries": [entry("..", "v", &db)] }), Outcome::Refused("key must not be '.' or '..'")),
+        ("dot-key", json!({ "entries": [entry(".", "v", &db)] }), Outcome::Refused("key must not be '.' or '..'")),
+        ("empty-key", json!({ "entries": [entry("", "v", &db)] }), Outcome::Refused("spec.entries[0].key")),
+        ("long-key", json!({ "entries": [entry(&long, "v", &db)] }), Outcome::Refused("Too long")),
+        ("space-key", json!({ "entries": [entry("a b", "v", &db)] }), Outcome::Refused("spec.entries[0].key")),
+        (
+            "duplicate-keys",
+            json!({ "entries": [entry("a", "1", &db), entry("a", "2", &db)] }),
+            Outcome::Refused("Duplicate value"),
+        ),
+        (
+            "oversize-value",
+            json!({ "entries": [entry("a", &"v".repeat(8193), &ssm)] }),
+            Outcome::Refused("spec.entries[0].value"),
+        ),
+        ("too-many-entries", json!({ "entries": many }), Outcome::Refused("spec.entries")),
+        ("number-value", json!({ "entries": [{ "key": "a", "value": 5 }] }), Outcome::Refused("spec.entries[0].value")),
+        ("bad-tag", json!({ "entries": [entry("a", "v", "bad tag!")] }), Outcome::Refused("spec.entries[0].tags[0]")),
+        ("dotdot-config-type", json!({ "configType": "..", "entries": [] }), Outcome::Refused("configType must not")),
+        ("slash-config-type", json!({ "configType": "x/y" }), Outcome::Refused("spec.configType")),
+        (
+            "traversal-include",
+            json!({ "include": [{ "parameterPath": format!("{}/../{}/{tenant_b}", w.shared, w.prefix) }] }),
+            Outcome::Refused("must not contain '.' or '..' segments"),
+        ),
+        (
+            "relative-include",
+            json!({ "include": [{ "parameterPath": "tenant-config-shared/x" }] }),
+            Outcome::Refused("spec.include[0].parameterPath"),
+        ),
+        ("bad-policy", json!({ "managementPolicy": "Sometimes" }), Outcome::Refused("Unsupported value")),
+        ("bad-deletion-policy", json!({ "deletionPolicy": "Never" }), Outcome::Refused("Unsupported value")),
+        (
+            "bad-config-map-name",
+            json!({ "projection": { "configMapName": "Not_A_Name" } }),
+            Outcome::Refused("spec.projection.configMapName"),
+        ),
+        ("unknown-field", json!({ "tenant": tenant_b.clone() }), Outcome::Refused("unknown field \"spec.tenant\"")),
+        (
+            "other-tenants-path",
+            json!({ "include": [{ "parameterPath": format!("{}/{tenant_b}/orders", w.prefix) }] }),
+            Outcome::Condition("IncludeNotAllowed"),
+        ),
+        (
+            "lookalike-shared-path",
+            json!({ "include": [{ "parameterPath": format!("{}-evil/common", w.shared) }] }),
+            Outcome::Condition("IncludeNotAllowed"),
+        ),
+        (
+            "aws-reserved-path",
+            json!({ "include": [{ "parameterPath": "/aws/reference/secretsmanager/db" }] }),
+            Outcome::Condition("IncludeNotAllowed"),
+        ),
+        ("unknown-tags", json!({ "entries": [entry("a", "v", "no-such-tag")] }), Outcome::Condition("NoStoreForTags")),
+        (
+            "secure-without-kms",
+            json!({ "entries": [entry("a", "v", &db), { "key": "pw", "value": "s", "tags": [big], "secure": true }] }),
+            Outcome::Condition("ValidationFailed"),
+        ),
+        (
+            "secure-in-dynamodb",
+            json!({ "entries": [entry("b", "v", &ssm), { "key": "pw", "value": "s", "tags": [db], "secure": true }] }),
+            Outcome::Condition("ValidationFailed"),
+        ),
+        (
+            "value-over-standard-tier",
+            json!({ "entries": [entry("a", "v", &db), entry("b", &"v".repeat(5000), &ssm)] }),
+            Outcome::Condition("ValidationFailed"),
+        ),
+        ("item-over-400kb", json!({ "entries": over_item }), Outcome::Condition("ValidationFailed")),
+        ("projection-over-1mib", json!({ "entries": over_projection }), Outcome::Condition("ValidationFailed")),
+        (
+            "foreign-config-map",
+            json!({ "entries": [entry("a", "v", &db), entry("b", "v", &ssm)],
+                    "projection": { "configMapName": "payments-config" } }),
+            Outcome::Condition("ConfigMapConflict"),
+        ),
+        (
+            "claims-another-objects-location",
+            json!({ "configType": "claimed", "entries": [entry("k", "second", &db)] }),
+            Outcome::Condition("Conflict"),
+        ),
+    ];
+    assert!(cases.len() >= 25);
+    let mut accepted: Vec<(String, String, &str)> = Vec::new();
+    for (name, spec, outcome) in &cases {
+        let ns = ns_a.as_str();
+        let manifest = json!({
+            "apiVersion": "tenantconfig.io/v1alpha1", "kind": "TenantConfig",
+            "metadata": { "name": name, "namespace": ns }, "spec": spec
+        });
+        let out = support::kubectl(&["create", "-f", "-"], Some(&manifest.to_string()));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        match outcome {
+            Outcome::Refused(why) => {
+                assert!(!out.status.success(), "{name}: accepted, expected a refusal naming {why:?}");
+                assert!(stderr.contains(why), "{name}: the refusal names {why:?}: {stderr}");
+            }
+            Outcome::Condition(reason) => {
+                assert!(out.status.success(), "{name}: refused by the API server: {stderr}");
+                accepted.push((ns.to_string(), name.to_string(), reason));
+            }
+        }
+    }
+    // No tenant label: nothing can be written for it.
+    let no_tenant = json!({
+        "apiVersion": "tenantconfig.io/v1alpha1", "kind": "TenantConfig",
+        "metadata": { "name": "no-tenant", "namespace": unlabelled }, "spec": { "entries": [entry("a", "v", &db)] }
+    });
+    let out = support::kubectl(&["create", "-f", "-"], Some(&no_tenant.to_string()));
+    assert!(out.status.success());
+    accepted.push((unlabelled.clone(), "no-tenant".into(), "TenantUnknown"));
+    for (ns, name, reason) in &accepted {
+        let api = Api::<TenantConfig>::namespaced(w.client.clone(), ns);
+        support::eventually(&format!("{name}: Ready=False {reason}"), || async {
+            let got = reason_of(&api.get(name).await.ok()?)?;
+            (got == ("False".to_string(), reason.to_string())).then_some(())
+        })
+        .await;
+    }
+    eprintln!(
+        "{} manifests refused by the API server, {} refused by the controller",
+        cases.len() + 1 - accepted.len(),
+        accepted.len()
+    );
+
+    // Forged and malformed events: re-read, never trusted.
+    let arn = format!("arn:aws:dynamodb:us-east-1:123456789012:table/{}/stream/2026-11-01T00:00:00.000", w.table);
+    let image = |tenant: &str, data: serde_json::Value| json!({ "pk": { "S": format!("TENANT#{tenant}") }, "sk": { "S": "CONFIG#orders" }, "data": { "M": data } });
+    let record = |tenant: &str, data: serde_json::Value| {
+        json!({
+            "eventID": "1", "eventName": "MODIFY", "eventVersion": "1.1", "eventSource": "aws:dynamodb",
+            "awsRegion": "us-east-1", "eventSourceARN": arn,
+            "dynamodb": { "Keys": { "pk": { "S": format!("TENANT#{tenant}") }, "sk": { "S": "CONFIG#orders" } },
+                          "NewImage": image(tenant, data), "StreamViewType": "NEW_AND_OLD_IMAGES" }
+        })
+    };
+    let forged = [
+        // B's key, with a payload that would leak into B (or anyone) if trusted.
+        json!({ "version": "0", "id": "f1", "detail-type": "Event from aws:dynamodb", "source": format!("Pipe {}-pipe", w.id),
+                "time": "2026-11-26T08:17:45Z", "region": "us-east-1", "resources": [],
+                "detail": record(&tenant_b, json!({ "x": { "S": "forged" } })) })
+        .to_string(),
+        // A's key, carrying B's data.
+        record(&tenant_a, json!({ "x": { "S": "b-secret-1" }, "y": { "S": "b-secret-2" } })).to_string(),
+        // B's parameter, named by an SSM change event.
+        json!({ "version": "0", "id": "f3", "detail-type": "Parameter Store Change", "source": "aws.ssm",
+                "time": "2026-11-26T08:15:30Z", "region": "us-east-1", "resources": [],
+                "detail": { "operation": "Update", "name": format!("{}/{tenant_b}/orders/y", w.prefix), "type": "String" } })
+        .to_string(),
+    ];
+    let malformed = [
+        json!({ "version": "0", "id": "f4", "detail-type": "Parameter Store Change", "source": "aws.ssm",
+                "detail": { "operation": "Update", "name": format!("{}/{tenant_a}/../{tenant_b}/orders/y", w.prefix) } })
+        .to_string(),
+        format!("{{\"padding\":\"{}\"}}", "x".repeat(250 * 1024)),
+    ];
+    let metric = |series: &str| controller.metric(series).unwrap_or(0.0);
+    let acked_before = metric("tenant_config_event_messages_total{outcome=\"acked\"}");
+    let malformed_before = metric("tenant_config_event_messages_total{outcome=\"malformed\"}");
+    for body in forged.iter().chain(&malformed) {
+        w.sqs.send_message().queue_url(&w.queue.queue_url).message_body(body).send().await.unwrap();
+    }
+    support::eventually("forged events handled and malformed ones refused", || async {
+        let acked = metric("tenant_config_event_messages_total{outcome=\"acked\"}") - acked_before;
+        let refused = metric("tenant_config_event_messages_total{outcome=\"malformed\"}") - malformed_before;
+        (acked >= forged.len() as f64 && refused >= malformed.len() as f64).then_some(())
+    })
+    .await;
+    // Only the malformed ones remain (hidden until they reach the dead-letter queue).
+    support::eventually("the queue holds only the malformed messages", || async {
+        let attrs = w
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&w.queue.queue_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+            .send()
+            .await
+            .ok()?;
+        let attrs = attrs.attributes()?;
+        let count =
+            |name| attrs.get(&aws_sdk_sqs::types::QueueAttributeName::from(name)).and_then(|v| v.parse::<usize>().ok());
+        (count("ApproximateNumberOfMessages")? + count("ApproximateNumberOfMessagesNotVisible")? == malformed.len())
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Zero store writes since the seeding, by the controller's own count and by
+    // scanning the table and every parameter path; B's ConfigMaps untouched.
+    let writes_after: f64 = WRITES.iter().map(|op| calls(&controller, op)).sum();
+    assert_eq!(writes_after, writes_before, "no store write for any hostile manifest or forged event");
+    assert_eq!(w.items().await, items_before, "the table is unchanged");
+    assert_eq!(w.parameters(&w.prefix).await, params_before, "the parameters are unchanged");
+    assert_eq!(w.parameters(&format!("{}-big", w.prefix)).await, big_before, "the Advanced store is unchanged");
+    let data = |cms: BTreeMap<String, ConfigMap>| -> BTreeMap<String, _> {
+        cms.into_iter().map(|(n, cm)| (n, cm.data)).collect()
+    };
+    assert_eq!(data(w.config_maps(&ns_b).await), data(cms_b_before), "tenant B's ConfigMaps are untouched");
+    assert_eq!(data(w.config_maps(&ns_a).await), data(cms_a_before), "no ConfigMap appeared or changed in A");
+    assert_eq!(w.discrepancy(&expected).await, None, "the legitimate objects are as they were");
+    let foreign = Api::<ConfigMap>::namespaced(w.client.clone(), &ns_a).get("payments-config").await.unwrap();
+    assert_eq!(foreign.data.unwrap()["owner"], "humans", "the foreign ConfigMap is never overwritten");
+
+    // The chart's identity cannot reach around the controller either.
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(chart_identity, &ns_b);
+    assert!(secrets.list(&ListParams::default()).await.is_err(), "no Secrets without secure projection");
+
+    for (ns, name, _) in &accepted {
+        let _ = Api::<TenantConfig>::namespaced(w.client.clone(), ns).delete(name, &DeleteParams::default()).await;
+    }
+    drop(controller);
+    let _ = Api::<ConfigStore>::all(w.client.clone()).delete(&big, &DeleteParams::default()).await;
+    w.finish(Some(&kubeconfig), &expected).await;
+    helm(&["uninstall", &release, "--namespace", &release_ns]);
+}
