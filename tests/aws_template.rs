@@ -98,6 +98,7 @@ fn controller_role_grants_exactly_the_calls_the_controller_makes() {
         "ssm:DescribeParameters",
         "sqs:ReceiveMessage",
         "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
         "kms:Encrypt",
         "kms:Decrypt",
         "kms:GenerateDataKey",

@@ -30,6 +30,12 @@ use crate::{
 const WAIT_TIME_SECONDS: i32 = 20;
 const MAX_MESSAGES: i32 = 10;
 const DELETE_BATCH: usize = 10;
+/// A message whose objects are still being reconciled when 80% of its
+/// visibility timeout has passed is hidden for another timeout, up to this
+/// many times, before it is left for redelivery. A change to a shared path
+/// included by thousands of objects takes longer than one timeout; redelivered,
+/// it would trigger all of them again (seen in the scale benchmark).
+const MAX_VISIBILITY_EXTENSIONS: u32 = 10;
 
 #[derive(Clone, Debug)]
 pub struct ConsumerSettings {
@@ -175,11 +181,39 @@ impl Consumer {
             let _ = trigger.unbounded_send(obj.clone());
         }
         self.metrics.event_triggers.inc_by(objects.len() as u64);
-        let deadline = received + self.settings.visibility_timeout.mul_f64(0.8);
-        let (tracker, router) = (self.tracker.clone(), self.router.clone());
+        let (tracker, router, sqs, stats) =
+            (self.tracker.clone(), self.router.clone(), self.sqs.clone(), self.stats.clone());
+        let (queue_url, visibility) = (self.settings.queue_url.clone(), self.settings.visibility_timeout);
         waiting.push(Box::pin(async move {
-            let handled = tracker.wait(&objects, received, deadline, |obj| router.exists(obj)).await;
-            (handle, handled)
+            let mut deadline = received + visibility.mul_f64(0.8);
+            for extension in 1..=MAX_VISIBILITY_EXTENSIONS + 1 {
+                if tracker.wait(&objects, received, deadline, |obj| router.exists(obj)).await {
+                    return (handle, true);
+                }
+                if extension > MAX_VISIBILITY_EXTENSIONS {
+                    break;
+                }
+                let result = sqs
+                    .change_message_visibility()
+                    .queue_url(&queue_url)
+                    .receipt_handle(&handle)
+                    .visibility_timeout(i32::try_from(visibility.as_secs()).unwrap_or(i32::MAX))
+                    .send()
+                    .await;
+                match result {
+                    Ok(_) => {
+                        stats.record("sqs", "ChangeMessageVisibility", Outcome::Ok);
+                        debug!(message_id = %id, extension, "objects still reconciling; message kept hidden");
+                        deadline = Instant::now() + visibility.mul_f64(0.8);
+                    }
+                    Err(e) => {
+                        stats.record("sqs", "ChangeMessageVisibility", Outcome::Error);
+                        warn!(message_id = %id, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "could not extend a message's visibility; it will be redelivered");
+                        break;
+                    }
+                }
+            }
+            (handle, false)
         }));
         None
     }

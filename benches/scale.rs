@@ -1,0 +1,472 @@
+//! Scale, API cost, shared fan-out and memory, on the local stack.
+//!
+//! `scripts/bench.sh scale [--objects N] [--concurrency C] [--steady-resync D] [--cycles K]`
+//! runs it (release build) and prints markdown tables:
+//!
+//! 1. Cold convergence: N TenantConfigs (2 DynamoDB entries, 1 SSM entry and
+//!    one shared include each) from controller start to all Ready — and, in
+//!    the same run, the same raw writes done by a minimal client with the same
+//!    concurrency (ConfigMap server-side apply, UpdateItem, PutParameter,
+//!    status patch per object): the limit. Reported as product/limit.
+//! 2. Shared fan-out: the included parameter changes; time until all N
+//!    ConfigMaps show it and the number of GetParametersByPath walks of it.
+//! 3. Steady state: K resync intervals with nothing changing, each standing for
+//!    the production default of 10 minutes (the shared-cache age scaled alike):
+//!    AWS calls by operation and Kubernetes writes, set against a polling design
+//!    that re-reads every key every refresh.
+//! 4. Memory: the controller's peak and steady RSS.
+//!
+//! The controller is the release binary in its own process (for its RSS). moto
+//! does not throttle, so SSM writes are not rate limited here (`--ssm-write-rate
+//! 0`) in the product and in the limit alike; on AWS, PutParameter's 3/s
+//! default bounds cold convergence at ~3 objects/s per SSM entry.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_ssm::types::{ParameterType, Tag};
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::{
+    Api, Client,
+    api::{ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+use support::process::Process;
+use tenant_config_controller::api::{ConfigStore, TenantConfig};
+
+struct Args {
+    objects: usize,
+    concurrency: usize,
+    steady_resync: Duration,
+    cycles: u32,
+    /// Only cold convergence, its limit and memory (for large N).
+    cold_only: bool,
+}
+
+fn args() -> Args {
+    let mut args =
+        Args { objects: 1000, concurrency: 16, steady_resync: Duration::from_secs(20), cycles: 6, cold_only: false };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{a} needs a value"));
+        match a.as_str() {
+            "--objects" => args.objects = value().parse().expect("--objects N"),
+            "--concurrency" => args.concurrency = value().parse().expect("--concurrency C"),
+            "--steady-resync" => args.steady_resync = humantime::parse_duration(&value()).expect("--steady-resync 20s"),
+            "--cycles" => args.cycles = value().parse().expect("--cycles K"),
+            "--cold-only" => args.cold_only = true,
+            "--bench" => {}
+            other => panic!(
+                "unknown argument {other}; use --objects N --concurrency C --steady-resync D --cycles K --cold-only"
+            ),
+        }
+    }
+    args
+}
+
+/// The scenario's objects and stores.
+struct World {
+    id: String,
+    client: Client,
+    ddb: aws_sdk_dynamodb::Client,
+    ssm: aws_sdk_ssm::Client,
+    sqs: aws_sdk_sqs::Client,
+    prefix: String,
+    shared: String,
+    queue_url: String,
+    /// `(namespace, tenant)`
+    tenants: Vec<(String, String)>,
+    objects: usize,
+}
+
+impl World {
+    /// Object `i`: namespace, tenant, name.
+    fn object(&self, i: usize) -> (&str, &str, String) {
+        let (ns, tenant) = &self.tenants[i % self.tenants.len()];
+        (ns, tenant, format!("c{i}"))
+    }
+
+    async fn ready_count(&self) -> usize {
+        let mut ready = 0;
+        for (ns, _) in &self.tenants {
+            let list = Api::<TenantConfig>::namespaced(self.client.clone(), ns).list(&ListParams::default()).await;
+            ready += list.map(|l| l.items).unwrap_or_default().iter().filter(|tc| is_ready(tc)).count();
+        }
+        ready
+    }
+
+    async fn config_maps_with(&self, key: &str, value: &str) -> usize {
+        let mut n = 0;
+        for (ns, _) in &self.tenants {
+            let lp = ListParams::default().labels("app.kubernetes.io/managed-by=tenant-config-controller");
+            let list = Api::<ConfigMap>::namespaced(self.client.clone(), ns).list(&lp).await;
+            n += list
+                .map(|l| l.items)
+                .unwrap_or_default()
+                .iter()
+                .filter(|cm| cm.data.as_ref().and_then(|d| d.get(key)).map(String::as_str) == Some(value))
+                .count();
+        }
+        n
+    }
+
+    fn controller(&self, name: &str, args: &[&str], with_queue: bool) -> Process {
+        let mut all = vec!["--leader-election", "false", "--ssm-write-rate", "0", "--log-level", "warn"];
+        if with_queue {
+            all.extend(["--event-queue-url", &self.queue_url]);
+        }
+        all.extend(args);
+        Process::spawn(name, &all, &[])
+    }
+}
+
+fn is_ready(tc: &TenantConfig) -> bool {
+    tc.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// `(VmRSS, VmHWM)` of a process, in MiB.
+fn rss(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status.lines().find_map(|l| l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<f64>().ok())
+    };
+    (field("VmRSS:").unwrap_or(0.0) / 1024.0, field("VmHWM:").unwrap_or(0.0) / 1024.0)
+}
+
+/// Store calls by operation, from the controller's /metrics.
+fn store_calls(p: &Process) -> BTreeMap<String, f64> {
+    let mut calls = BTreeMap::new();
+    let body = p.get("/metrics").map(|r| r.1).unwrap_or_default();
+    for line in body.lines().filter(|l| l.starts_with("tenant_config_store_calls_total{")) {
+        let op = line.split("operation=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("?");
+        let n: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        *calls.entry(op.to_string()).or_default() += n;
+    }
+    calls
+}
+
+/// Waits until the controller's reconcile counter stayed still for `still`.
+async fn quiet(p: &Process, still: Duration) {
+    let mut last = (-1.0, Instant::now());
+    loop {
+        let n: f64 = p
+            .get("/metrics")
+            .map(|r| r.1)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("tenant_config_reconciles_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if n != last.0 {
+            last = (n, Instant::now());
+        } else if last.1.elapsed() >= still {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Mutating requests the API server served for the resources the controller writes.
+async fn kubernetes_writes(client: &Client) -> f64 {
+    let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = client.request_text(request).await.expect("API server /metrics");
+    text.lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter(|l| ["POST", "PUT", "PATCH", "DELETE", "APPLY"].iter().any(|v| l.contains(&format!("verb=\"{v}\""))))
+        .filter(|l| {
+            ["configmaps", "secrets", "tenantconfigs", "events"]
+                .iter()
+                .any(|r| l.contains(&format!("resource=\"{r}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+#[tokio::main]
+async fn main() {
+    let args = args();
+    support::install_crds();
+    let client = support::kube_client().await;
+    let sdk = support::aws_config().await;
+    let id = support::unique("scale");
+    let (prefix, shared) = (format!("/{id}"), format!("/{id}-shared"));
+    let queue = support::event_queue(&id, &[&prefix, &shared], 5, 60);
+    let tenants = (args.objects / 100).max(1);
+    let world = World {
+        client: client.clone(),
+        ddb: aws_sdk_dynamodb::Client::new(&sdk),
+        ssm: aws_sdk_ssm::Client::new(&sdk),
+        sqs: aws_sdk_sqs::Client::new(&sdk),
+        tenants: (0..tenants).map(|t| (format!("{id}-n{t}"), format!("{id}-t{t}"))).collect(),
+        queue_url: queue.queue_url.clone(),
+        objects: args.objects,
+        prefix,
+        shared,
+        id,
+    };
+    let id = &world.id;
+    for (name, spec) in [
+        (
+            format!("{id}-db"),
+            json!({ "tags": [format!("{id}-db")], "dynamodb": { "tableName": format!("{id}-table") } }),
+        ),
+        (
+            format!("{id}-ssm"),
+            json!({ "tags": [format!("{id}-ssm")], "parameterStore": { "pathPrefix": world.prefix, "sharedPaths": [world.shared] } }),
+        ),
+    ] {
+        let store: ConfigStore = serde_json::from_value(json!({
+            "apiVersion": "tenantconfig.io/v1alpha1", "kind": "ConfigStore", "metadata": { "name": name }, "spec": spec
+        }))
+        .unwrap();
+        Api::<ConfigStore>::all(client.clone()).create(&PostParams::default(), &store).await.unwrap();
+    }
+    for (ns, tenant) in &world.tenants {
+        let ns: Namespace = serde_json::from_value(
+            json!({ "metadata": { "name": ns, "labels": { "tenantconfig.io/tenant": tenant } } }),
+        )
+        .unwrap();
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
+    }
+    let put_shared = |value: &'static str| {
+        world
+            .ssm
+            .put_parameter()
+            .name(format!("{}/common/region", world.shared))
+            .value(value)
+            .r#type(ParameterType::String)
+            .overwrite(true)
+            .send()
+    };
+    put_shared("eu").await.unwrap();
+
+    // The objects exist before the controller starts: the clock measures the
+    // controller, not how fast this client can create objects.
+    let created = Instant::now();
+    stream::iter(0..args.objects)
+        .map(|i| {
+            let (ns, _, name) = world.object(i);
+            let tc: TenantConfig = serde_json::from_value(json!({
+                "apiVersion": "tenantconfig.io/v1alpha1", "kind": "TenantConfig", "metadata": { "name": name },
+                "spec": {
+                    "entries": [
+                        { "key": "a", "value": format!("a{i}"), "tags": [format!("{id}-db")] },
+                        { "key": "b", "value": format!("b{i}"), "tags": [format!("{id}-db")] },
+                        { "key": "c", "value": format!("c{i}"), "tags": [format!("{id}-ssm")] },
+                    ],
+                    "include": [{ "parameterPath": format!("{}/common", world.shared) }],
+                }
+            }))
+            .unwrap();
+            let api = Api::<TenantConfig>::namespaced(client.clone(), ns);
+            async move { api.create(&PostParams::default(), &tc).await.map(drop) }
+        })
+        .buffer_unordered(args.concurrency)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("create TenantConfigs");
+    let created = created.elapsed();
+    eprintln!("created {} TenantConfigs in {}", args.objects, secs(created));
+
+    // 1. Cold convergence, without the event queue: every write of the cold
+    // start echoes as an event, and moto's SQS costs O(queue length) per
+    // receive and delete — with thousands queued it, not the controller, set
+    // the pace. The echoes carry nothing new; they are purged afterwards.
+    let concurrency = args.concurrency.to_string();
+    let controller = world.controller("scale", &["--concurrency", &concurrency], false);
+    let pid = controller.child.id();
+    let started = Instant::now();
+    loop {
+        let ready = world.ready_count().await;
+        if ready == world.objects {
+            break;
+        }
+        assert!(controller.get("/healthz").is_some(), "the controller died: {}", controller.logs());
+        eprintln!("  {ready}/{} Ready after {}", world.objects, secs(started.elapsed()));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let product = started.elapsed();
+    let (_, peak_cold) = rss(pid);
+    quiet(&controller, Duration::from_secs(5)).await;
+    let (steady_after_cold, _) = rss(pid);
+    let cold_calls = store_calls(&controller);
+    eprintln!("all Ready in {}", secs(product));
+    controller.signal("TERM");
+    let mut controller = controller;
+    controller.wait_exit(Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_secs(2)).await; // the last echoes reach the queue
+    world.sqs.purge_queue().queue_url(&world.queue_url).send().await.expect("purge the cold start's echoes");
+
+    // The limit: the same writes by a minimal client, same concurrency.
+    let limit_table = format!("{id}-limit");
+    support::create_table(&world.ddb, &limit_table).await;
+    let limit_started = Instant::now();
+    stream::iter(0..args.objects)
+        .map(|i| {
+            let (ns, tenant, name) = world.object(i);
+            let (client, ddb, ssm, table) = (client.clone(), world.ddb.clone(), world.ssm.clone(), limit_table.clone());
+            let param = format!("{}-limit/{tenant}/{name}/c", world.prefix);
+            let (ns, tenant) = (ns.to_string(), tenant.to_string());
+            async move {
+                let cm = json!({
+                    "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": format!("limit-{name}") },
+                    "data": { "a": format!("a{i}"), "b": format!("b{i}"), "c": format!("c{i}"), "region": "eu" }
+                });
+                Api::<ConfigMap>::namespaced(client.clone(), &ns)
+                    .patch(&format!("limit-{name}"), &PatchParams::apply("limit").force(), &Patch::Apply(&cm))
+                    .await
+                    .unwrap();
+                let data = AttributeValue::M(
+                    [("a", format!("a{i}")), ("b", format!("b{i}"))]
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), AttributeValue::S(v)))
+                        .collect(),
+                );
+                ddb.update_item()
+                    .table_name(&table)
+                    .key("pk", AttributeValue::S(format!("TENANT#{tenant}")))
+                    .key("sk", AttributeValue::S(format!("CONFIG#{name}")))
+                    .update_expression("SET #d = :d, managedKeys = :m, managedBy = :o, version = :v")
+                    .expression_attribute_names("#d", "data")
+                    .expression_attribute_values(":d", data)
+                    .expression_attribute_values(":m", AttributeValue::Ss(vec!["a".into(), "b".into()]))
+                    .expression_attribute_values(":o", AttributeValue::S(format!("{ns}/{name}")))
+                    .expression_attribute_values(":v", AttributeValue::N("1".into()))
+                    .condition_expression("attribute_not_exists(pk)")
+                    .send()
+                    .await
+                    .unwrap();
+                let tag = Tag::builder().key("tenantconfig.io/tenant").value(&tenant).build().unwrap();
+                ssm.put_parameter()
+                    .name(param)
+                    .value(format!("c{i}"))
+                    .r#type(ParameterType::String)
+                    .description(format!("managed-by:{ns}/{name}"))
+                    .tags(tag)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = json!({ "status": { "projectedKeys": 5, "configMap": format!("limit-{name}") } });
+                Api::<TenantConfig>::namespaced(client, &ns)
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                    .await
+                    .unwrap();
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .collect::<Vec<()>>()
+        .await;
+    let limit = limit_started.elapsed();
+
+    let n = args.objects as f64;
+    println!("\n### {} TenantConfigs ({} tenants, concurrency {})\n", args.objects, tenants, args.concurrency);
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| cold convergence (controller start → all Ready) | {} ({:.1} objects/s) |",
+        secs(product),
+        n / product.as_secs_f64()
+    );
+    println!("| limit: same writes by a minimal client | {} ({:.1} objects/s) |", secs(limit), n / limit.as_secs_f64());
+    println!("| **product / limit** | **{:.2}** |", limit.as_secs_f64() / product.as_secs_f64());
+    println!(
+        "| store calls during cold convergence | {} |",
+        cold_calls.iter().map(|(op, c)| format!("{op} {c:.0}")).collect::<Vec<_>>().join(", ")
+    );
+    println!(
+        "| controller RSS: peak during cold convergence / steady after it | {peak_cold:.0} MiB / {steady_after_cold:.0} MiB |"
+    );
+    if args.cold_only {
+        return;
+    }
+
+    // 2. Shared fan-out, through the event path.
+    let controller = world.controller("scale-events", &["--concurrency", &concurrency], true);
+    let pid = controller.child.id();
+    quiet(&controller, Duration::from_secs(5)).await; // its start-up pass
+    let cache_misses =
+        |p: &Process| p.metric("tenant_config_shared_cache_lookups_total{result=\"miss\"}").unwrap_or(0.0);
+    let (misses_before, walks_before) =
+        (cache_misses(&controller), store_calls(&controller).get("GetParametersByPath").copied().unwrap_or(0.0));
+    put_shared("eu-central-1").await.unwrap();
+    let changed = Instant::now();
+    while world.config_maps_with("region", "eu-central-1").await < world.objects {
+        assert!(changed.elapsed() < Duration::from_secs(600), "fan-out did not finish in 10 minutes");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let fan_out = changed.elapsed();
+    quiet(&controller, Duration::from_secs(5)).await;
+    let shared_walks = cache_misses(&controller) - misses_before;
+    let all_walks = store_calls(&controller).get("GetParametersByPath").copied().unwrap_or(0.0) - walks_before;
+    let unhandled = controller.metric("tenant_config_event_messages_total{outcome=\"unhandled\"}").unwrap_or(0.0);
+    let extensions = store_calls(&controller).get("ChangeMessageVisibility").copied().unwrap_or(0.0);
+    let (_, peak_fan_out) = rss(pid);
+    controller.signal("TERM");
+    let mut controller = controller;
+    controller.wait_exit(Duration::from_secs(60));
+
+    // 3. Steady state: K resyncs with nothing changing.
+    let resync = humantime::format_duration(args.steady_resync).to_string();
+    let max_age = humantime::format_duration(args.steady_resync / 2).to_string();
+    let steady = world.controller(
+        "scale-steady",
+        &["--concurrency", &concurrency, "--resync-interval", &resync, "--shared-cache-max-age", &max_age],
+        true,
+    );
+    quiet(&steady, Duration::from_secs(3)).await; // the start-up pass
+    let calls_before = store_calls(&steady);
+    let writes_before = kubernetes_writes(&client).await;
+    let window = args.steady_resync * args.cycles;
+    tokio::time::sleep(window).await;
+    let calls_after = store_calls(&steady);
+    let kube_writes = kubernetes_writes(&client).await - writes_before;
+    let (steady_rss, peak_steady) = rss(steady.child.id());
+    steady.signal("TERM");
+    let mut steady = steady;
+    steady.wait_exit(Duration::from_secs(60));
+    let per_hour = 6.0 / f64::from(args.cycles); // each interval stands for 10 minutes
+    let steady_calls: BTreeMap<String, f64> = calls_after
+        .iter()
+        .map(|(op, n)| (op.clone(), (n - calls_before.get(op).copied().unwrap_or(0.0)) * per_hour))
+        .filter(|(_, n)| *n > 0.0)
+        .collect();
+    let product_per_hour: f64 = steady_calls.values().sum();
+
+    println!("| shared fan-out: change → all {} ConfigMaps | {} |", args.objects, secs(fan_out));
+    println!(
+        "| shared fan-out: walks of the shared path | {shared_walks:.0} (all GetParametersByPath: {all_walks:.0}) |"
+    );
+    println!(
+        "| shared fan-out: the event's visibility extended / left unhandled | {extensions:.0} / {unhandled:.0} times |"
+    );
+    println!("| controller RSS: peak during fan-out | {peak_fan_out:.0} MiB |");
+    println!("| controller RSS: after {} resyncs | {steady_rss:.0} MiB (peak {peak_steady:.0} MiB) |", args.cycles);
+    println!(
+        "\nSteady state, 1 simulated hour ({} resyncs at {resync}, each standing for 10 min): \
+         Kubernetes writes **{kube_writes:.0}**.\n",
+        args.cycles
+    );
+    println!("| design | AWS calls / hour | ratio to this controller |");
+    println!("|---|---|---|");
+    let by_op = steady_calls.iter().map(|(op, c)| format!("{op} {c:.0}")).collect::<Vec<_>>().join(", ");
+    // 180 long polls an hour (20 s each) when nothing arrives.
+    let receives = 180.0;
+    let ours = product_per_hour + receives;
+    println!("| this controller, resync 10 min | {ours:.0} ({by_op}, ReceiveMessage {receives:.0}) | 1.00 |");
+    let keys = 4.0 * n; // 3 entries + 1 included parameter per object
+    for (label, refresh) in [("1 h", 3600.0), ("15 min", 900.0), ("1 min", 60.0)] {
+        let polling = keys * 3600.0 / refresh;
+        println!("| polling, one GetParameter per key every {label} | {polling:.0} | {:.2} |", polling / ours);
+    }
+}
