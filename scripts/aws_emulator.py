@@ -217,7 +217,8 @@ SimpleSystemManagerBackend.delete_parameters = delete_parameters
 SimpleSystemManagerBackend.label_parameter_version = label_parameter_version
 
 if __name__ == "__main__":
-    # `kill -USR1 <pid>` writes every thread's stack to the log (for hangs).
+    # `kill -USR1 <pid>` writes every thread's stack to the log (for hangs). It
+    # once killed a busy server mid-dump; py-spy (pip) samples a live one safely.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     threading.Thread(target=deliver_forever, name="event-delivery", daemon=True).start()
