@@ -96,12 +96,17 @@ pub enum Error {
 }
 
 impl Error {
-    /// Low-cardinality label for metrics.
+    /// Low-cardinality label for metrics: the cause, also when the finalizer
+    /// helper wraps it (every apply and cleanup runs inside it).
     pub fn metric_label(&self) -> &'static str {
+        use kube::runtime::finalizer::Error as Finalizer;
         match self {
             Error::Store(e) => e.metric_label(),
             Error::Kube(_) => "kube",
-            Error::Finalizer(_) => "finalizer",
+            Error::Finalizer(e) => match &**e {
+                Finalizer::ApplyFailed(inner) | Finalizer::CleanupFailed(inner) => inner.metric_label(),
+                _ => "finalizer",
+            },
             Error::MissingNamespace => "missing_namespace",
         }
     }
@@ -922,4 +927,20 @@ async fn cleanup(tc: Arc<TenantConfig>, ctx: &Context) -> Result<Action, Error> 
     }
     ctx.metrics.set_ready(&format!("{ns}/{}", tc.name_any()), None);
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::finalizer::Error as Finalizer;
+
+    #[test]
+    fn metric_label_names_the_cause_inside_the_finalizer() {
+        let throttled = StoreError::Throttled { backend: "DynamoDB", operation: "UpdateItem", message: "x".into() };
+        let apply = Error::Finalizer(Box::new(Finalizer::ApplyFailed(Error::Store(throttled))));
+        assert_eq!(apply.metric_label(), "throttled");
+        let cleanup = Error::Finalizer(Box::new(Finalizer::CleanupFailed(Error::MissingNamespace)));
+        assert_eq!(cleanup.metric_label(), "missing_namespace");
+        assert_eq!(Error::Finalizer(Box::new(Finalizer::UnnamedObject)).metric_label(), "finalizer");
+    }
 }
