@@ -19,16 +19,11 @@ use kube::{
 use serde_json::json;
 use serde_yaml::Value;
 use support::{
-    env, event_queue, install_crds, kube_client,
+    event_queue, helm, install_crds, kube_client,
     process::{client_from, kubeconfig_as_service_account},
-    repo_root, unique,
+    unique,
 };
 use tenant_config_controller::api::{ConfigStore, TenantConfig};
-
-fn helm(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env("HELM")).args(args).current_dir(repo_root()).output().expect("helm runs");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
 
 const CHART: &str = "charts/tenant-config-controller";
 

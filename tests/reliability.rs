@@ -420,13 +420,7 @@ fn reason_of(tc: &TenantConfig) -> Option<(String, String)> {
 
 /// Store calls of one operation the controller reported (all outcomes).
 fn calls(p: &Process, operation: &str) -> f64 {
-    let Some((_, body)) = p.get("/metrics") else { return f64::NAN };
-    body.lines()
-        .filter(|l| {
-            l.starts_with("tenant_config_store_calls_total{") && l.contains(&format!("operation=\"{operation}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    p.metric_sum("tenant_config_store_calls_total", &[&format!("operation=\"{operation}\"")])
 }
 
 const WRITES: [&str; 5] = ["UpdateItem", "DeleteItem", "PutParameter", "DeleteParameters", "AddTagsToResource"];
@@ -524,14 +518,7 @@ async fn thirty_percent_throttling_converges_with_bounded_retries() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     watcher.abort();
     let throttled_run = w.proxy.seen(DDB) + w.proxy.seen(SSM) - clean;
-    let throttled_calls: f64 = controller
-        .get("/metrics")
-        .unwrap()
-        .1
-        .lines()
-        .filter(|l| l.starts_with("tenant_config_store_calls_total{") && l.contains("outcome=\"throttled\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let throttled_calls = controller.metric_sum("tenant_config_store_calls_total", &["outcome=\"throttled\""]);
     let reasons = seen_reasons.lock().unwrap().clone();
     eprintln!(
         "{objects} objects: clean {clean} store requests; at 30% throttling {throttled_run} requests \
@@ -744,9 +731,8 @@ async fn hostile_manifests_and_forged_events_write_nothing_and_cross_no_tenant()
     let release = format!("r{}", std::process::id());
     let release_ns = format!("{}-system", w.id);
     let helm = |args: &[&str]| {
-        let out =
-            std::process::Command::new(support::env("HELM")).args(args).current_dir(repo_root()).output().unwrap();
-        assert!(out.status.success(), "helm {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let (ok, _, stderr) = support::helm(args);
+        assert!(ok, "helm {args:?}: {stderr}");
     };
     helm(&[
         "install",

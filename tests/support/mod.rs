@@ -60,6 +60,12 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().expect("kubectl finishes")
 }
 
+/// Runs the testenv's helm in the repository root: (success, stdout, stderr).
+pub fn helm(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env("HELM")).args(args).current_dir(repo_root()).output().expect("helm runs");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
 /// Installs the committed CRDs with kubectl and waits until they are served.
 pub fn install_crds() {
     let crds: PathBuf = repo_root().join("crds");

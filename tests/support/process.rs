@@ -53,6 +53,18 @@ impl Process {
         body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
     }
 
+    /// The sum of every series of metric `name` whose labels contain all of
+    /// `labels` (e.g. `operation="PutParameter"`); 0 when none, NaN when the
+    /// endpoint does not answer.
+    pub fn metric_sum(&self, name: &str, labels: &[&str]) -> f64 {
+        let Some((_, body)) = self.get("/metrics") else { return f64::NAN };
+        let prefix = format!("{name}{{");
+        body.lines()
+            .filter(|l| l.starts_with(&prefix) && labels.iter().all(|label| l.contains(label)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
