@@ -211,6 +211,35 @@ SQSBackend.is_message_valid_based_on_retention_period = is_message_valid_based_o
 Message.visible = property(lambda self: time.time() * 1000.0 > self.visible_at)
 Message.delayed = property(lambda self: time.time() * 1000.0 < self.delayed_until)
 
+# --- moto SSM: DescribeParameters cost ------------------------------------------
+# With a Path filter moto still visits every parameter in the account, and for
+# each one looks it up twice and copies its tags (`_match_filters`): O(all
+# parameters) of slow Python per call, and again for every page. AWS indexes by
+# path. At 10,000 parameters one call took 82 ms (2.3 ms with this patch, one
+# path's parameters): moto, not the caller, set the pace of the scale benchmark.
+# Same answer: names outside the path are skipped before the per-parameter work.
+
+original_describe_parameters = SimpleSystemManagerBackend.describe_parameters
+
+
+def describe_parameters(self, filters, parameter_filters):
+    paths = [f for f in parameter_filters or [] if f.get("Key") == "Path"]
+    values = paths[0].get("Values", []) if len(paths) == 1 else []
+    if filters or not values or any(v.strip("/") == "" for v in values):
+        return original_describe_parameters(self, filters, parameter_filters)
+    # A name under a path starts with "/<path>/" (moto compares the same way).
+    prefixes = tuple("/" + v.strip("/") + "/" for v in values)
+    self._validate_parameter_filters(parameter_filters, by_path=False)
+    result = []
+    # The original's loop (no `filters` here), over names under the path only.
+    for name in [n for n in list(self._parameters) if ("/" + n.lstrip("/")).startswith(prefixes)]:
+        parameter = self.get_parameter(name)
+        if parameter is not None and self._match_filters(parameter, parameter_filters):
+            result.append(parameter)
+    return result
+
+
+SimpleSystemManagerBackend.describe_parameters = describe_parameters
 SimpleSystemManagerBackend.put_parameter = put_parameter
 SimpleSystemManagerBackend.delete_parameter = delete_parameter
 SimpleSystemManagerBackend.delete_parameters = delete_parameters
