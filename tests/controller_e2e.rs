@@ -422,6 +422,14 @@ async fn controller_end_to_end() {
     )
     .await;
     wait_reason(&client, &ns_a, "keeper", "True", "Reconciled").await;
+    // The conflicting claimant goes first: once the owner is gone it could
+    // claim the released item, which is not what this part checks.
+    let same_tenant = Api::<TenantConfig>::namespaced(client.clone(), &ns_same_tenant);
+    same_tenant.delete("payments", &DeleteParams::default()).await.unwrap();
+    eventually("the claimant deleted", || async {
+        same_tenant.get_opt("payments").await.unwrap().is_none().then_some(())
+    })
+    .await;
     for name in ["payments", "keeper"] {
         tcs.delete(name, &DeleteParams::default()).await.unwrap();
     }

@@ -18,7 +18,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams},
+    api::{DeleteParams, PartialObjectMeta, Patch, PatchParams},
     runtime::{
         Controller, WatchStreamExt,
         controller::{self, Action},
@@ -33,6 +33,7 @@ use tracing::{debug, info, instrument, warn};
 
 use super::{
     Guarded,
+    echo::OwnWrites,
     identity::{self, IdentityError},
     projection::{self, Layer, Source},
 };
@@ -128,6 +129,8 @@ pub struct Context {
     pub tracker: Arc<Tracker>,
     pub shared_cache: Arc<SharedCache>,
     pub metrics: Arc<Metrics>,
+    /// ConfigMap writes of this controller whose watch event is still to come.
+    own_writes: Arc<OwnWrites>,
     /// True once every watch has listed once.
     caches_synced: tokio::sync::watch::Receiver<bool>,
 }
@@ -230,7 +233,7 @@ pub async fn run(
     let (tc_index, tc_sync) = (index.clone(), sync.clone());
     let tenant_configs = reflector::reflector(
         tc_writer,
-        watcher(Api::<Guarded>::all(client.clone()), watch.clone()).inspect_ok(move |event| {
+        watcher(Api::<Guarded>::all(client.clone()), watch.clone()).modify(slim_for_cache).inspect_ok(move |event| {
             tc_index.observe_tenant_config(event);
             tc_sync.observe(2, matches!(event, watcher::Event::InitDone));
         }),
@@ -265,11 +268,25 @@ pub async fn run(
     let resync = resync_ticks(settings.resync_interval);
     let in_namespace = objects.clone();
     let all_objects = objects.clone();
+    // Owned ConfigMaps: metadata is enough to find the owner, and the
+    // controller's own writes coming back are not a reason to reconcile.
+    let own_writes = Arc::new(OwnWrites::default());
+    let echoes = own_writes.clone();
+    let config_maps = watcher(
+        Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
+        watch.clone().labels(&format!("{}={}", projection::MANAGED_BY_LABEL, projection::MANAGER)),
+    )
+    .default_backoff()
+    .try_filter(move |event| {
+        let echo = echoes.is_echo(event);
+        if echo {
+            debug!("own ConfigMap write came back; not reconciling again");
+        }
+        futures::future::ready(!echo)
+    })
+    .touched_objects();
     let controller = Controller::for_stream(tenant_configs, objects)
-        .owns(
-            Api::<ConfigMap>::all(client.clone()),
-            watch.clone().labels(&format!("{}={}", projection::MANAGED_BY_LABEL, projection::MANAGER)),
-        )
+        .owns_stream(config_maps)
         .with_config(controller::Config::default().concurrency(settings.concurrency));
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), Reporter { controller: FIELD_MANAGER.into(), instance: None }),
@@ -283,6 +300,7 @@ pub async fn run(
         tracker,
         shared_cache,
         metrics,
+        own_writes,
         caches_synced: sync.receiver(),
     });
     let controller = controller
@@ -446,6 +464,15 @@ impl Drop for ReconcileTimer<'_> {
     }
 }
 
+/// Drops what the controller never reads from a cached TenantConfig: the
+/// server-side-apply bookkeeping and kubectl's client-side copy of the last
+/// applied manifest, which together can outweigh the object itself (the
+/// cache holds every TenantConfig of the cluster).
+fn slim_for_cache(tc: &mut Guarded) {
+    tc.managed_fields_mut().clear();
+    tc.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
+}
+
 /// What makes an object worth reconciling when it changes: its spec (the
 /// generation), its finalizers and its deletion — not the status this
 /// controller writes, which would re-trigger every object after each reconcile
@@ -596,6 +623,7 @@ async fn apply(
     // miss a store an interrupted reconcile (crash, kill) wrote to before the
     // spec moved its keys away; such stores are swept for keys this object owns.
     let settled = tc.status.as_ref().and_then(|s| s.observed_generation) == tc.metadata.generation;
+    let never_reconciled = tc.status.as_ref().and_then(|s| s.observed_generation).is_none();
     let mut summaries = Vec::new();
     let mut layers = Vec::new();
     let mut written = 0usize;
@@ -620,6 +648,7 @@ async fn apply(
                 .collect(),
             policy: tc.spec.management_policy,
             owned_before: settled && previous.contains(&name),
+            never_reconciled,
         };
         if let Err(e) = backend.validate(&location, &desired) {
             return refuse(&tc, ctx, store_failure_reason(&e), format!("store {name}: {e}")).await;
@@ -754,7 +783,8 @@ async fn apply(
     });
     if !up_to_date {
         let cm = projection::config_map(&cm_name, &ns, &identity.tenant, &rendered, owner_ref.clone());
-        cm_api.patch(&cm_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&cm)).await?;
+        let written = cm_api.patch(&cm_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&cm)).await?;
+        ctx.own_writes.wrote(&written);
         projected_now = true;
     }
     if let (true, Some(secret_name)) = (with_secret, &secret_name) {
@@ -915,6 +945,7 @@ async fn cleanup(tc: Arc<TenantConfig>, ctx: &Context) -> Result<Action, Error> 
     {
         cm_api.delete(tc.config_map_name(), &DeleteParams::default()).await?;
     }
+    ctx.own_writes.forget(&ObjectRef::<ConfigMap>::new(tc.config_map_name()).within(&ns));
     if let Some(secret_name) = tc.spec.projection.as_ref().and_then(|p| p.secret_name.as_deref())
         && ctx.settings.secure_projection
     {

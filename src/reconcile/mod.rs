@@ -2,6 +2,7 @@
 //! IO steps.
 
 pub mod controller;
+pub mod echo;
 pub mod identity;
 pub mod projection;
 
