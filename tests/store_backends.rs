@@ -49,6 +49,7 @@ fn desired(owner: &str, entries: &[(&str, &str)]) -> Desired {
         entries: entries.iter().map(|(k, v)| (k.to_string(), Value { value: v.to_string(), secure: false })).collect(),
         policy: ManagementPolicy::Enforce,
         owned_before: false,
+        never_reconciled: false,
     }
 }
 
@@ -205,6 +206,51 @@ async fn parameter_store_steady_state_reads_once() {
     // Not owned before (a new claimant): never taken as in sync on values alone.
     let other = Desired { owner: "acme-prod/other".into(), ..want.clone() };
     assert!(matches!(ssm.apply(&location("acme"), &other).await, Err(store::StoreError::Conflict { .. })));
+}
+
+/// A never-reconciled object's first DynamoDB write is a guarded create with no
+/// read; where the item exists after all (other writers' keys, another owner)
+/// the create fails on its condition and the normal read-and-plan path decides.
+#[tokio::test]
+async fn dynamodb_first_write_creates_without_reading_and_falls_back_when_the_item_exists() {
+    let env = env().await;
+    let (backend, table) = dynamodb_backend(&env).await;
+    let fresh = |owner: &str, entries: &[(&str, &str)]| Desired { never_reconciled: true, ..desired(owner, entries) };
+    let calls = |op| env.ctx.stats.count("DynamoDB", op, Outcome::Ok);
+    let total = || env.ctx.stats.total("DynamoDB");
+
+    // Nothing there: one call, the create.
+    let before = total();
+    let report = backend.apply(&location("fresh"), &fresh("acme-prod/payments", &[("a", "1")])).await.unwrap();
+    assert_eq!(total() - before, 1, "a create and nothing else");
+    assert_eq!(values(&report.state), BTreeMap::from([("a", "1")]));
+    assert_eq!(report.state.managed_by.as_deref(), Some("acme-prod/payments"));
+    assert_eq!(report.state.version, 1);
+    // The next ordinary apply agrees with what the create reported.
+    let again = backend.apply(&location("fresh"), &desired("acme-prod/payments", &[("a", "1")])).await.unwrap();
+    assert!(!again.wrote_anything());
+
+    // Another writer's item is already there: its keys survive and show in the state.
+    env.ddb
+        .put_item()
+        .table_name(&table)
+        .item("pk", AttributeValue::S("TENANT#other".into()))
+        .item("sk", AttributeValue::S("CONFIG#payments".into()))
+        .item("data", AttributeValue::M([("foreign".to_string(), AttributeValue::S("kept".into()))].into()))
+        .send()
+        .await
+        .unwrap();
+    let reads = calls("GetItem");
+    let report = backend.apply(&location("other"), &fresh("acme-prod/payments", &[("a", "1")])).await.unwrap();
+    assert_eq!(values(&report.state), BTreeMap::from([("a", "1"), ("foreign", "kept")]));
+    assert_eq!(calls("GetItem") - reads, 1, "the failed create was followed by a read");
+
+    // Owned by another TenantConfig: a conflict, and nothing of the newcomer written.
+    let claim = backend.apply(&location("fresh"), &fresh("acme-prod/intruder", &[("a", "2"), ("z", "9")])).await;
+    assert!(matches!(claim, Err(StoreError::Conflict { .. })), "{claim:?}");
+    let state = backend.read(&location("fresh")).await.unwrap();
+    assert_eq!(values(&state), BTreeMap::from([("a", "1")]));
+    assert_eq!(state.managed_by.as_deref(), Some("acme-prod/payments"));
 }
 
 #[tokio::test]

@@ -285,8 +285,17 @@ impl Backend for DynamoDbBackend {
 
     async fn apply(&self, location: &Location, desired: &Desired) -> Result<ApplyReport, StoreError> {
         self.validate(location, desired)?;
+        // A first write to a location that most likely has no item yet is
+        // tried as a create (guarded by attribute_not_exists) without reading
+        // first. Only when there is something to write: a no-op planned
+        // against an assumed-empty item would report a state never read.
+        let mut assume_absent = desired.never_reconciled && !desired.entries.is_empty();
         for attempt in 1..=MAX_ATTEMPTS {
-            let ItemRead { state, raw } = self.read_item(location).await?;
+            let ItemRead { state, raw } = if std::mem::take(&mut assume_absent) {
+                ItemRead { state: StoreState::default(), raw: None }
+            } else {
+                self.read_item(location).await?
+            };
             let plan = plan(&state, desired)
                 .map_err(|e| StoreError::Conflict { location: self.describe(location), owner: e.owner })?;
             if plan.is_noop() {
