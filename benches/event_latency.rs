@@ -26,6 +26,7 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 use serde_json::json;
+use support::process::CpuSnapshot;
 use tenant_config_controller::{
     api::{ConfigStore, TenantConfig},
     events::sqs::ConsumerSettings,
@@ -36,6 +37,8 @@ use tenant_config_controller::{
 };
 
 const OBJECTS_PER_BACKEND: usize = 10;
+/// Changes that may miss the 60 s deadline before a phase gives up (each costs a minute).
+const MAX_MISSES: usize = 3;
 
 struct Args {
     changes: usize,
@@ -204,6 +207,7 @@ async fn main() {
 
     let world = Arc::new(world);
     let mut rows = Vec::new();
+    let mut cpu_rows = Vec::new();
     for (scenario, rate) in [("idle", 0), ("background", args.background_rate)] {
         // Background: out-of-band writes to the other half of the objects.
         let (bg_stop, mut bg_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -237,6 +241,8 @@ async fn main() {
             })
         };
         let mut latencies: HashMap<&str, Vec<Duration>> = HashMap::new();
+        let mut missed: HashMap<&str, usize> = HashMap::new();
+        let cpu_before = CpuSnapshot::take(None, "controller + benchmark (one process)");
         let phase_started = Instant::now();
         for i in 0..args.changes {
             let backend = if i.is_multiple_of(2) { "DynamoDB" } else { "ParameterStore" };
@@ -248,44 +254,68 @@ async fn main() {
             let deadline = written + Duration::from_secs(60);
             let arrived = loop {
                 if let Some(at) = seen.lock().unwrap().get(&(cm.clone(), value.clone())) {
-                    break *at;
+                    break Some(*at);
                 }
                 if Instant::now() >= deadline {
-                    let events: Vec<String> =
-                        metrics.encode().lines().filter(|l| l.contains("event_")).map(String::from).collect();
-                    panic!("change {i} ({backend}, {cm}={value}) did not arrive within 60 s; {events:#?}");
+                    break None;
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
             };
-            latencies.entry(backend).or_default().push(arrived.saturating_duration_since(written));
+            match arrived {
+                Some(at) => latencies.entry(backend).or_default().push(at.saturating_duration_since(written)),
+                None => {
+                    // Reported in the table, not hidden: the stack is past what it can carry.
+                    *missed.entry(backend).or_default() += 1;
+                    let events: Vec<String> =
+                        metrics.encode().lines().filter(|l| l.contains("event_")).map(String::from).collect();
+                    eprintln!("change {i} ({backend}, {cm}={value}) did not arrive within 60 s; {events:#?}");
+                    if missed.values().sum::<usize>() >= MAX_MISSES {
+                        eprintln!("{MAX_MISSES} changes missed: this phase stops here");
+                        break;
+                    }
+                }
+            }
         }
         let phase = phase_started.elapsed();
+        let cpu = CpuSnapshot::take(None, "controller + benchmark (one process)").since(&cpu_before, phase);
         let _ = bg_stop.send(());
         let background_writes = background.await.unwrap();
         let achieved = background_writes as f64 / phase.as_secs_f64();
         for backend in ["DynamoDB", "ParameterStore"] {
             let mut l = latencies.remove(backend).unwrap_or_default();
             l.sort();
+            let arrived = l.len();
+            if l.is_empty() {
+                l.push(Duration::ZERO); // only misses: the percentiles below say 0 ms, the miss column says why
+            }
             rows.push(format!(
-                "| {scenario}{} | {backend} | {} | {} | {} | {} | {} |",
+                "| {scenario}{} | {backend} | {} | {} | {} | {} | {} | {} |",
                 if rate > 0 {
                     format!(" (target {rate}/s, achieved {achieved:.0}/s, {background_writes} writes)")
                 } else {
                     String::new()
                 },
-                l.len(),
+                arrived,
+                missed.get(backend).copied().unwrap_or(0),
                 ms(percentile(&l, 50.0)),
                 ms(percentile(&l, 95.0)),
                 ms(percentile(&l, 99.0)),
                 ms(*l.last().unwrap()),
             ));
         }
+        cpu_rows.push(format!("| {scenario} | {cpu} |"));
     }
 
     println!("\nStore write → ConfigMap updated (watch), through the event path:\n");
-    println!("| load | backend | changes | p50 | p95 | p99 | max |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| load | backend | changes arrived | not within 60 s | p50 | p95 | p99 | max |");
+    println!("|---|---|---|---|---|---|---|---|");
     for row in rows {
+        println!("{row}");
+    }
+    println!("\nCPU used during each phase:\n");
+    println!("| load | CPU seconds by process |");
+    println!("|---|---|");
+    for row in cpu_rows {
         println!("{row}");
     }
 

@@ -123,3 +123,54 @@ pub async fn client_from(kubeconfig: &std::path::Path) -> kube::Client {
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
     kube::Client::try_from(config).unwrap()
 }
+
+/// CPU seconds (user + system, all threads) a process has used so far.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let ticks: Vec<f64> = rest.split_whitespace().skip(11).take(2).filter_map(|f| f.parse().ok()).collect();
+    ticks.iter().sum::<f64>() / 100.0 // USER_HZ is 100 on Linux
+}
+
+/// CPU used by each process of the stack, for "where did the time go".
+#[derive(Clone)]
+pub struct CpuSnapshot(Vec<(String, f64)>);
+
+impl CpuSnapshot {
+    /// The local stack's servers, the controller (when it runs in its own
+    /// process) and this process, named `this_process`.
+    pub fn take(controller: Option<u32>, this_process: &str) -> Self {
+        let dir = super::env("TCC_STATE_DIR");
+        let mut all: Vec<(String, f64)> = ["moto", "kube-apiserver", "etcd"]
+            .iter()
+            .map(|name| {
+                let pid = std::fs::read_to_string(format!("{dir}/{name}.pid")).ok().and_then(|p| p.trim().parse().ok());
+                (name.to_string(), pid.map(cpu_seconds).unwrap_or(f64::NAN))
+            })
+            .collect();
+        if let Some(pid) = controller {
+            all.push(("controller".into(), cpu_seconds(pid)));
+        }
+        all.push((this_process.into(), cpu_seconds(std::process::id())));
+        CpuSnapshot(all)
+    }
+
+    /// "moto 41.0 s, kube-apiserver 12.3 s, ..." used since `earlier`.
+    pub fn since(&self, earlier: &CpuSnapshot, wall: Duration) -> String {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .zip(&earlier.0)
+            .map(|((name, now), (_, then))| format!("{name} {:.0} s", now - then))
+            .collect();
+        let total: f64 = self.0.iter().zip(&earlier.0).map(|((_, now), (_, then))| now - then).sum();
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        format!(
+            "{} (of {:.0} core-s: {:.0}% busy)",
+            parts.join(", "),
+            wall.as_secs_f64() * cores,
+            100.0 * total / (wall.as_secs_f64() * cores)
+        )
+    }
+}
