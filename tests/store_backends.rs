@@ -49,7 +49,7 @@ fn desired(owner: &str, entries: &[(&str, &str)]) -> Desired {
         entries: entries.iter().map(|(k, v)| (k.to_string(), Value { value: v.to_string(), secure: false })).collect(),
         policy: ManagementPolicy::Enforce,
         owned_before: false,
-        never_reconciled: false,
+        expect_absent: false,
     }
 }
 
@@ -215,7 +215,7 @@ async fn parameter_store_steady_state_reads_once() {
 async fn dynamodb_first_write_creates_without_reading_and_falls_back_when_the_item_exists() {
     let env = env().await;
     let (backend, table) = dynamodb_backend(&env).await;
-    let fresh = |owner: &str, entries: &[(&str, &str)]| Desired { never_reconciled: true, ..desired(owner, entries) };
+    let fresh = |owner: &str, entries: &[(&str, &str)]| Desired { expect_absent: true, ..desired(owner, entries) };
     let calls = |op| env.ctx.stats.count("DynamoDB", op, Outcome::Ok);
     let total = || env.ctx.stats.total("DynamoDB");
 

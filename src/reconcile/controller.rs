@@ -42,7 +42,7 @@ use crate::{
         ConfigStore, ConfigStoreSpec, DeletionPolicy, StoreSummary, TenantConfig, TenantConfigStatus,
         conditions::{self, PROJECTED, READY, STORE_SYNCED, reason},
     },
-    events::{EventRouter, index::Index, sqs, tracker::Tracker},
+    events::{EventRouter, envelope::Target, index::Index, sqs, tracker::Tracker},
     server::Probes,
     store::{
         self, Backend, BackendContext, Desired, Location, StoreError, Value,
@@ -129,6 +129,8 @@ pub struct Context {
     pub tracker: Arc<Tracker>,
     pub shared_cache: Arc<SharedCache>,
     pub metrics: Arc<Metrics>,
+    /// Which objects claim which locations (kept by the watches).
+    index: Arc<Index>,
     /// ConfigMap writes of this controller whose watch event is still to come.
     own_writes: Arc<OwnWrites>,
     /// True once every watch has listed once.
@@ -300,6 +302,7 @@ pub async fn run(
         tracker,
         shared_cache,
         metrics,
+        index: index.clone(),
         own_writes,
         caches_synced: sync.receiver(),
     });
@@ -623,7 +626,19 @@ async fn apply(
     // miss a store an interrupted reconcile (crash, kill) wrote to before the
     // spec moved its keys away; such stores are swept for keys this object owns.
     let settled = tc.status.as_ref().and_then(|s| s.observed_generation) == tc.metadata.generation;
-    let never_reconciled = tc.status.as_ref().and_then(|s| s.observed_generation).is_none();
+    // A location another object claims holds something: no create attempt,
+    // which would be a (failing) write call on behalf of a conflicting claim.
+    let claimed_by_another = ctx
+        .index
+        .objects_for(&Target::Tenant {
+            store: String::new(),
+            tenant: location.tenant.clone(),
+            environment: location.environment.clone(),
+            config_type: location.config_type.clone(),
+        })
+        .iter()
+        .any(|other| other.name != tc.name_any() || other.namespace.as_deref() != Some(ns.as_str()));
+    let expect_absent = tc.status.as_ref().and_then(|s| s.observed_generation).is_none() && !claimed_by_another;
     let mut summaries = Vec::new();
     let mut layers = Vec::new();
     let mut written = 0usize;
@@ -648,7 +663,7 @@ async fn apply(
                 .collect(),
             policy: tc.spec.management_policy,
             owned_before: settled && previous.contains(&name),
-            never_reconciled,
+            expect_absent,
         };
         if let Err(e) = backend.validate(&location, &desired) {
             return refuse(&tc, ctx, store_failure_reason(&e), format!("store {name}: {e}")).await;

@@ -289,7 +289,7 @@ impl Backend for DynamoDbBackend {
         // tried as a create (guarded by attribute_not_exists) without reading
         // first. Only when there is something to write: a no-op planned
         // against an assumed-empty item would report a state never read.
-        let mut assume_absent = desired.never_reconciled && !desired.entries.is_empty();
+        let mut assume_absent = desired.expect_absent && !desired.entries.is_empty();
         for attempt in 1..=MAX_ATTEMPTS {
             let ItemRead { state, raw } = if std::mem::take(&mut assume_absent) {
                 ItemRead { state: StoreState::default(), raw: None }

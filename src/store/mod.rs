@@ -69,11 +69,12 @@ pub struct Desired {
     /// owner. A backend may then take a store that already holds exactly the
     /// desired entries as in sync without reading ownership again.
     pub owned_before: bool,
-    /// The object has never completed a reconcile, so the location most likely
-    /// holds nothing of it yet. A backend may then try to create before it
-    /// reads (a cold start of N objects saves N reads); when something is
-    /// there after all, the create fails on its condition and it reads.
-    pub never_reconciled: bool,
+    /// Nothing of this object is expected at the location: it has never
+    /// completed a reconcile and no other TenantConfig claims the location. A
+    /// backend may then try to create before it reads (a cold start of N
+    /// objects saves N reads); when something is there after all, the create
+    /// fails on its condition and it reads.
+    pub expect_absent: bool,
 }
 
 /// The result of an apply.

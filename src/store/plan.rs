@@ -104,7 +104,7 @@ mod tests {
             entries: entries.iter().map(|(k, v)| (k.to_string(), value(v))).collect(),
             policy,
             owned_before: false,
-            never_reconciled: false,
+            expect_absent: false,
         }
     }
 
