@@ -4,18 +4,19 @@
 #   ./scripts/bench.sh latency [--changes N] [--background-rate R]
 #       store write → ConfigMap updated through the event path, idle and under
 #       R background changes/s (defaults: 500 changes, 50/s)
-#   ./scripts/bench.sh scale [--objects N] [--concurrency C] [--steady-resync D] [--cycles K] [--cold-only]
+#   ./scripts/bench.sh scale [--objects N] [--concurrency C] [--steady-resync D] [--cycles K] [--cold-only] [--settle D]
 #       cold convergence against the raw-write limit, shared fan-out, steady-state
 #       AWS/Kubernetes calls against polling, controller memory (defaults: 1000
 #       objects, concurrency 16, 3 resyncs of 60s each standing for 10 minutes;
-#       --cold-only: convergence, limit and memory only, for large N)
+#       --cold-only: convergence, limit and memory only, for large N;
+#       --settle D: the cold-start controller idles D before its steady RSS is read)
 #
 # Runs on its own stack (.testenv/bench) and stops it afterwards.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 what=${1:-}
-[[ -n $what ]] || { sed -n '2,13p' "$0" >&2; exit 2; }
+[[ -n $what ]] || { sed -n '2,14p' "$0" >&2; exit 2; }
 shift
 case "$what" in
   latency) bench=event_latency ;;
