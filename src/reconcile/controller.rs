@@ -625,20 +625,23 @@ async fn apply(
     // Until a reconcile of this generation has completed, status.stores may
     // miss a store an interrupted reconcile (crash, kill) wrote to before the
     // spec moved its keys away; such stores are swept for keys this object owns.
-    let settled = tc.status.as_ref().and_then(|s| s.observed_generation) == tc.metadata.generation;
-    // A location another object claims holds something: no create attempt,
-    // which would be a (failing) write call on behalf of a conflicting claim.
-    let claimed_by_another = ctx
-        .index
-        .objects_for(&Target::Tenant {
-            store: String::new(),
-            tenant: location.tenant.clone(),
-            environment: location.environment.clone(),
-            config_type: location.config_type.clone(),
-        })
-        .iter()
-        .any(|other| other.name != tc.name_any() || other.namespace.as_deref() != Some(ns.as_str()));
-    let expect_absent = tc.status.as_ref().and_then(|s| s.observed_generation).is_none() && !claimed_by_another;
+    let observed = tc.status.as_ref().and_then(|s| s.observed_generation);
+    let settled = observed == tc.metadata.generation;
+    // A never-reconciled object may create before it reads — unless another
+    // object claims the location (then it holds something, and a create would
+    // be a failing write call on behalf of a conflicting claim). The index is
+    // asked only for never-reconciled objects, not on every resync.
+    let expect_absent = observed.is_none()
+        && !ctx
+            .index
+            .objects_for(&Target::Tenant {
+                store: String::new(),
+                tenant: location.tenant.clone(),
+                environment: location.environment.clone(),
+                config_type: location.config_type.clone(),
+            })
+            .iter()
+            .any(|other| other.name != tc.name_any() || other.namespace.as_deref() != Some(ns.as_str()));
     let mut summaries = Vec::new();
     let mut layers = Vec::new();
     let mut written = 0usize;
