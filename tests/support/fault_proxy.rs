@@ -3,8 +3,9 @@
 //! `X-Amz-Target` header of the JSON protocols, e.g. `AmazonSSM.PutParameter`:
 //! a rule names `PutParameter`, a whole service as `AmazonSSM.*`, or `*`) and
 //! answered with a ThrottlingException (HTTP 400), an HTTP 500 or a dropped
-//! connection, a chosen number of times or with a probability; everything
-//! else is forwarded.
+//! connection — either instead of forwarding or after forwarding (the write is
+//! applied, its answer lost) — a chosen number of times or with a probability;
+//! everything else is forwarded.
 
 use std::{
     net::SocketAddr,
@@ -27,6 +28,26 @@ pub enum Fault {
     ServerError,
     /// The connection is closed without an answer, as when the endpoint is unreachable.
     Unreachable,
+    /// The request is forwarded and applied, then its answer is lost: the
+    /// caller gets an HTTP 500 `InternalServerError` for a write that happened.
+    AppliedThenServerError,
+    /// The request is forwarded and applied, then the connection is closed
+    /// before the answer: the caller cannot tell whether the write happened.
+    AppliedThenDropped,
+    /// The request is forwarded after this delay and answered normally: a slow store.
+    Slow(std::time::Duration),
+}
+
+impl Fault {
+    /// Whether the request still reaches the upstream.
+    fn forwards(self) -> bool {
+        matches!(self, Fault::AppliedThenServerError | Fault::AppliedThenDropped | Fault::Slow(_))
+    }
+
+    /// Whether the upstream's answer is replaced by the fault's.
+    fn loses_answer(self) -> bool {
+        matches!(self, Fault::AppliedThenServerError | Fault::AppliedThenDropped)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -140,23 +161,33 @@ fn target_of(req: &Request<Incoming>) -> String {
 
 /// Decides, under the lock, whether this request gets a fault.
 fn pick_fault(state: &Mutex<State>, target: &str) -> Option<Fault> {
-    let mut s = state.lock().unwrap();
+    let mut guard = state.lock().unwrap();
+    let s = &mut *guard;
     *s.seen.entry(target.to_string()).or_default() += 1;
-    // xorshift: deterministic per proxy, no extra dependency.
-    s.rng ^= s.rng << 13;
-    s.rng ^= s.rng >> 7;
-    s.rng ^= s.rng << 17;
-    let roll = (s.rng % 10_000) as f64 / 10_000.0;
-    let rule = s.rules.iter_mut().find(|r| r.matches(target) && r.times != Times::Next(0))?;
-    let fault = match &mut rule.times {
-        Times::Next(0) => return None,
-        Times::Next(n) => {
-            *n -= 1;
-            Some(rule.fault)
+    // The first matching rule that fires wins; each probability rule rolls on
+    // its own, so several fault kinds can share one operation.
+    let mut fault = None;
+    for rule in s.rules.iter_mut().filter(|r| r.matches(target)) {
+        let fires = match &mut rule.times {
+            Times::Next(0) => false,
+            Times::Next(n) => {
+                *n -= 1;
+                true
+            }
+            Times::Always => true,
+            Times::Probability(p) => {
+                // xorshift: deterministic per proxy, no extra dependency.
+                s.rng ^= s.rng << 13;
+                s.rng ^= s.rng >> 7;
+                s.rng ^= s.rng << 17;
+                ((s.rng % 10_000) as f64 / 10_000.0) < *p
+            }
+        };
+        if fires {
+            fault = Some(rule.fault);
+            break;
         }
-        Times::Always => Some(rule.fault),
-        Times::Probability(p) => (roll < *p).then_some(rule.fault),
-    };
+    }
     if fault.is_some() {
         s.injected += 1;
     }
@@ -170,20 +201,11 @@ async fn handle(
     upstream: hyper::Uri,
 ) -> Result<Response<Full<Bytes>>, Box<dyn std::error::Error + Send + Sync>> {
     let target = target_of(&req);
-    if let Some(fault) = pick_fault(&state, &target) {
-        let (status, code, message) = match fault {
-            Fault::Throttle => (400, "ThrottlingException", "Rate exceeded"),
-            Fault::ServerError => (500, "InternalServerError", "injected server error"),
-            // An error from the service makes hyper close the connection unanswered.
-            Fault::Unreachable => return Err("injected: unreachable".into()),
-        };
-        let body = format!(r#"{{"__type":"{code}","message":"{message}"}}"#);
-        return Ok(Response::builder()
-            .status(status)
-            .header("content-type", "application/x-amz-json-1.1")
-            .header("x-amzn-errortype", code)
-            .body(Full::new(Bytes::from(body)))
-            .unwrap());
+    let fault = pick_fault(&state, &target);
+    match fault {
+        Some(fault) if !fault.forwards() => return fault_response(fault),
+        Some(Fault::Slow(delay)) => tokio::time::sleep(delay).await,
+        _ => {}
     }
     state.lock().unwrap().forwarded += 1;
     let (mut parts, body) = req.into_parts();
@@ -198,5 +220,26 @@ async fn handle(
     };
     let (parts, body) = response.into_parts();
     let body = body.collect().await?.to_bytes();
+    if let Some(fault) = fault.filter(|f| f.loses_answer()) {
+        // The upstream has applied the request; its answer goes nowhere.
+        return fault_response(fault);
+    }
     Ok(Response::from_parts(parts, Full::new(body)))
+}
+
+/// The answer a fault gives; an `Err` makes hyper close the connection unanswered.
+fn fault_response(fault: Fault) -> Result<Response<Full<Bytes>>, Box<dyn std::error::Error + Send + Sync>> {
+    let (status, code, message) = match fault {
+        Fault::Throttle => (400, "ThrottlingException", "Rate exceeded"),
+        Fault::ServerError | Fault::AppliedThenServerError => (500, "InternalServerError", "injected server error"),
+        Fault::Unreachable | Fault::AppliedThenDropped => return Err("injected: connection dropped".into()),
+        Fault::Slow(_) => unreachable!("a slow request is answered by the upstream"),
+    };
+    let body = format!(r#"{{"__type":"{code}","message":"{message}"}}"#);
+    Ok(Response::builder()
+        .status(status)
+        .header("content-type", "application/x-amz-json-1.1")
+        .header("x-amzn-errortype", code)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap())
 }
