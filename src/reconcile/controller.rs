@@ -36,6 +36,7 @@ use super::{
     echo::OwnWrites,
     identity::{self, IdentityError},
     projection::{self, Layer, Source},
+    status,
 };
 use crate::{
     api::{
@@ -54,6 +55,8 @@ use crate::{
 
 pub const FINALIZER: &str = "tenantconfig.io/cleanup";
 pub const FIELD_MANAGER: &str = "tenant-config-controller";
+/// How long a reconcile waits for the caches' first listing before it backs off.
+const CACHE_SYNC_WAIT: Duration = Duration::from_secs(30);
 
 /// Controller settings (flags).
 #[derive(Clone, Debug)]
@@ -94,6 +97,10 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("TenantConfig has no namespace")]
     MissingNamespace,
+    #[error("the ConfigStore, Namespace and TenantConfig caches have not listed yet")]
+    CachesNotSynced,
+    #[error("ConfigStore {store} is named in status but does not exist")]
+    StoreMissing { store: String },
 }
 
 impl Error {
@@ -109,6 +116,8 @@ impl Error {
                 _ => "finalizer",
             },
             Error::MissingNamespace => "missing_namespace",
+            Error::CachesNotSynced => "caches_not_synced",
+            Error::StoreMissing { .. } => "store_missing",
         }
     }
 }
@@ -213,32 +222,30 @@ pub async fn run(
     let sync = Arc::new(CacheSync::new(probes.clone()));
     let (stores, store_writer) = reflector::store();
     let store_sync = sync.clone();
-    let store_events = reflector::reflector(
-        store_writer,
-        watcher(Api::<ConfigStore>::all(client.clone()), watch.clone())
-            .inspect_ok(move |event| store_sync.observe(0, matches!(event, watcher::Event::InitDone))),
-    )
-    .default_backoff()
-    .touched_objects();
+    let store_events =
+        cached(store_writer, watcher(Api::<ConfigStore>::all(client.clone()), watch.clone()), move |event| {
+            store_sync.observe(0, matches!(event, watcher::Event::InitDone))
+        })
+        .default_backoff()
+        .touched_objects();
     let (namespaces, ns_writer) = reflector::store();
     let (ns_index, ns_sync) = (index.clone(), sync.clone());
-    let namespace_events = reflector::reflector(
-        ns_writer,
-        watcher(Api::<Namespace>::all(client.clone()), watch.clone()).inspect_ok(move |event| {
+    let namespace_events =
+        cached(ns_writer, watcher(Api::<Namespace>::all(client.clone()), watch.clone()), move |event| {
             ns_index.observe_namespace(event);
             ns_sync.observe(1, matches!(event, watcher::Event::InitDone));
-        }),
-    )
-    .default_backoff()
-    .touched_objects();
+        })
+        .default_backoff()
+        .touched_objects();
     let (objects, tc_writer) = reflector::store();
     let (tc_index, tc_sync) = (index.clone(), sync.clone());
-    let tenant_configs = reflector::reflector(
+    let tenant_configs = cached(
         tc_writer,
-        watcher(Api::<Guarded>::all(client.clone()), watch.clone()).modify(slim_for_cache).inspect_ok(move |event| {
+        watcher(Api::<Guarded>::all(client.clone()), watch.clone()).modify(slim_for_cache),
+        move |event| {
             tc_index.observe_tenant_config(event);
             tc_sync.observe(2, matches!(event, watcher::Event::InitDone));
-        }),
+        },
     )
     .default_backoff()
     .applied_objects()
@@ -330,6 +337,21 @@ pub async fn run(
             }
         })
         .inspect(|_| info!("controller stopped"));
+    // kube-runtime holds the reconcile runner until the TenantConfig cache is
+    // ready; a shutdown that comes first also ends the watch that would make
+    // it ready, and the controller then waited forever (a pod stopped during
+    // startup sat out its grace period). Before the caches synced no reconcile
+    // has passed its cache wait, so there is nothing to finish.
+    let mut synced_at_shutdown = sync.receiver();
+    let shutdown_before_sync = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.await;
+            if *synced_at_shutdown.borrow_and_update() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
     let work = async move {
         match consumer {
             Some(consumer) => {
@@ -343,8 +365,30 @@ pub async fn run(
             }
         }
     };
-    work.await;
+    tokio::select! {
+        _ = work => {}
+        _ = shutdown_before_sync => info!("shutdown before the caches synced: nothing in flight to finish"),
+    }
     probes.caches_synced.store(false, std::sync::atomic::Ordering::Release);
+}
+
+/// A reflector whose `observe` sees each watch event only after the cache has
+/// applied it, so whoever `observe` tells that a listing is complete finds
+/// that listing in the cache. Observing the watcher's own stream instead runs
+/// before the reflector swaps the listing in: a reconcile woken by "synced" on
+/// the other worker thread could read an empty ConfigStore cache, clean up no
+/// store and release its finalizer, leaving the object's items behind.
+fn cached<K, S>(
+    writer: reflector::store::Writer<K>,
+    watch: S,
+    mut observe: impl FnMut(&watcher::Event<K>),
+) -> impl futures::Stream<Item = watcher::Result<watcher::Event<K>>>
+where
+    K: kube::runtime::reflector::Lookup + Clone,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+    S: futures::Stream<Item = watcher::Result<watcher::Event<K>>>,
+{
+    reflector::reflector(writer, watch).inspect_ok(move |event| observe(event))
 }
 
 /// Whether the ConfigStore, Namespace and TenantConfig watches have each listed
@@ -438,9 +482,13 @@ async fn reconcile_valid(
     key: &ObjectRef<Guarded>,
     started: Instant,
 ) -> Result<Action, Error> {
-    // Routing needs the complete set of stores and namespaces.
+    // Routing and cleanup need the complete set of stores and namespaces: a
+    // decision taken on a partial cache (no store known → nothing to clean up)
+    // is never taken; the object is retried with backoff instead.
     let mut synced = ctx.caches_synced.clone();
-    let _ = tokio::time::timeout(Duration::from_secs(30), synced.wait_for(|s| *s)).await;
+    if !matches!(tokio::time::timeout(CACHE_SYNC_WAIT, synced.wait_for(|s| *s)).await, Ok(Ok(_))) {
+        return Err(Error::CachesNotSynced);
+    }
     let ns = tc.namespace().ok_or(Error::MissingNamespace)?;
     let api = Api::<TenantConfig>::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, tc, |event| async {
@@ -622,11 +670,12 @@ async fn apply(
     // Stores this object writes to now, plus those it managed before (keys
     // whose tags moved elsewhere must leave the old store).
     let previous: BTreeSet<String> = tc.status.iter().flat_map(|s| s.stores.iter().map(|s| s.name.clone())).collect();
-    // Until a reconcile of this generation has completed, status.stores may
-    // miss a store an interrupted reconcile (crash, kill) wrote to before the
-    // spec moved its keys away; such stores are swept for keys this object owns.
+    // Until a reconcile of this generation has got through its store writes,
+    // status.stores may miss a store an interrupted or failed reconcile (crash,
+    // lost answer, throttled sweep) wrote to before the spec moved its keys
+    // away; such stores are swept for keys this object owns.
     let observed = tc.status.as_ref().and_then(|s| s.observed_generation);
-    let settled = observed == tc.metadata.generation;
+    let settled = status::stores_recorded(tc.status.as_ref(), tc.metadata.generation);
     // A never-reconciled object may create before it reads — unless another
     // object claims the location (then it holds something, and a create would
     // be a failing write call on behalf of a conflicting claim). The index is
@@ -738,6 +787,9 @@ async fn apply(
             )
             .await;
         }
+        // A store the object only used before (its keys just left) is not a
+        // layer: the next reconcile would not read it, and the ConfigMap must
+        // not depend on which reconcile wrote it last.
         if routed_here {
             summaries.push(StoreSummary {
                 name: name.clone(),
@@ -745,11 +797,11 @@ async fn apply(
                 location: backend.describe(&location),
                 keys: report.state.managed.len() as i32,
             });
+            layers.push(Layer {
+                source: Source::Store { rank: projection::store_rank(backend.kind()), name },
+                entries: report.state.entries,
+            });
         }
-        layers.push(Layer {
-            source: Source::Store { rank: projection::store_rank(backend.kind()), name },
-            entries: report.state.entries,
-        });
     }
     if !store_notes.is_empty() {
         ctx.event(&tc, EventType::Normal, "StoreWritten", store_notes.join("; ")).await;
@@ -919,15 +971,30 @@ async fn cleanup(tc: Arc<TenantConfig>, ctx: &Context) -> Result<Action, Error> 
                 .iter()
                 .map(|s| Candidate { name: s.metadata.name.as_deref().unwrap_or_default(), spec: &s.spec })
                 .collect();
+            // A store the status names but the cache does not know (its
+            // ConfigStore was deleted) may still hold this object's keys:
+            // releasing the finalizer would leave them behind for good.
+            if let Some(missing) = used.iter().find(|name| !store_objects.iter().any(|s| s.name_any() == **name)) {
+                let message = format!(
+                    "deletion waits for ConfigStore {missing}: the status names it but it does not exist; \
+                     recreate it, or remove the finalizer {FINALIZER} to abandon what it holds"
+                );
+                write_status(&tc, ctx, Verdict::refused(reason::STORE_UNAVAILABLE, message)).await?;
+                return Err(Error::StoreMissing { store: missing.clone() });
+            }
             if let Ok(routed) = routing::route_entries(&tc.spec, &candidates) {
                 used.extend(routed.into_keys());
             }
             // As in apply: an unsettled object may have written to stores its
-            // status does not name. Setting deletionTimestamp bumped the generation.
-            let observed = tc.status.as_ref().and_then(|s| s.observed_generation);
-            let settled =
-                observed.is_some_and(|o| Some(o) == tc.metadata.generation || Some(o + 1) == tc.metadata.generation);
+            // status does not name.
+            let settled = status::stores_recorded_before_deletion(tc.status.as_ref(), tc.metadata.generation);
             let swept = |name: &str| !settled && !used.contains(name);
+            info!(
+                stores = ?used,
+                sweep_others = !settled,
+                known_stores = store_objects.len(),
+                "cleanup: removing this object's keys"
+            );
             for store in store_objects.iter().filter(|s| used.contains(&s.name_any()) || swept(&s.name_any())) {
                 let name = store.name_any();
                 let backend = ctx.backend(&name, &store.spec)?;
@@ -982,6 +1049,41 @@ async fn cleanup(tc: Arc<TenantConfig>, ctx: &Context) -> Result<Action, Error> 
 mod tests {
     use super::*;
     use kube::runtime::finalizer::Error as Finalizer;
+
+    /// The interleaving behind the throttled-delete orphan: readiness was
+    /// declared from the watcher's stream before the reflector had swapped the
+    /// listing into the cache, so a reconcile woken by it could find no
+    /// ConfigStore, clean up nothing and release its finalizer.
+    #[tokio::test]
+    async fn a_listing_is_in_the_cache_before_anyone_hears_it_is_complete() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        let (reader, writer) = reflector::store::<ConfigMap>();
+        let cm = |name: &str| ConfigMap {
+            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+            ..Default::default()
+        };
+        let listing = futures::stream::iter([
+            Ok(watcher::Event::Init),
+            Ok(watcher::Event::InitApply(cm("a"))),
+            Ok(watcher::Event::InitApply(cm("b"))),
+            Ok(watcher::Event::InitDone),
+        ]);
+        let cached_when_done = Arc::new(Mutex::new(None));
+        let seen = cached_when_done.clone();
+        let events: Vec<_> = cached(writer, listing, move |event| {
+            if matches!(event, watcher::Event::InitDone) {
+                *seen.lock().unwrap() = Some(reader.state().len());
+            }
+        })
+        .collect()
+        .await;
+        assert_eq!(events.len(), 4, "every event passes through");
+        assert_eq!(
+            *cached_when_done.lock().unwrap(),
+            Some(2),
+            "both objects were cached when the listing was complete"
+        );
+    }
 
     #[test]
     fn metric_label_names_the_cause_inside_the_finalizer() {

@@ -5,6 +5,7 @@ pub mod controller;
 pub mod echo;
 pub mod identity;
 pub mod projection;
+pub mod status;
 
 use kube::core::DeserializeGuard;
 

@@ -285,6 +285,13 @@ impl Backend for DynamoDbBackend {
 
     async fn apply(&self, location: &Location, desired: &Desired) -> Result<ApplyReport, StoreError> {
         self.validate(location, desired)?;
+        if desired.entries.is_empty() {
+            // Nothing of this object belongs here any more (its keys moved to
+            // another store): release the item as a deletion does, instead of
+            // leaving an item that claims a location its owner no longer uses.
+            let (deleted, state) = self.release(location, &desired.owner).await?;
+            return Ok(ApplyReport { deleted, state, ..Default::default() });
+        }
         // A first write to a location that most likely has no item yet is
         // tried as a create (guarded by attribute_not_exists) without reading
         // first. Only when there is something to write: a no-op planned
@@ -377,10 +384,24 @@ impl Backend for DynamoDbBackend {
     }
 
     async fn delete_managed(&self, location: &Location, owner: &str) -> Result<BTreeSet<String>, StoreError> {
+        Ok(self.release(location, owner).await?.0)
+    }
+
+    async fn read_shared(&self, _path: &str) -> Result<BTreeMap<String, Value>, StoreError> {
+        Err(StoreError::Unsupported { backend: KIND, what: "shared paths" })
+    }
+}
+
+impl DynamoDbBackend {
+    /// Removes `owner`'s managed keys and its claim (the whole item when no
+    /// other writer's key remains). Returns the deleted keys and what the
+    /// location holds afterwards. A retried delete whose first attempt was
+    /// applied finds the item changed, re-reads and sees nothing of ours.
+    async fn release(&self, location: &Location, owner: &str) -> Result<(BTreeSet<String>, StoreState), StoreError> {
         for _ in 1..=MAX_ATTEMPTS {
             let ItemRead { state, raw } = self.read_item(location).await?;
             if raw.is_none() || state.managed_by.as_deref() != Some(owner) {
-                return Ok(BTreeSet::new()); // nothing of ours here
+                return Ok((BTreeSet::new(), state)); // nothing of ours here
             }
             let deleted: BTreeSet<String> =
                 state.managed.iter().filter(|k| state.entries.contains_key(*k)).cloned().collect();
@@ -420,16 +441,18 @@ impl Backend for DynamoDbBackend {
                     .map_err(|e| lost_race_or(e).map(|e| StoreError::from_sdk(KIND, "DeleteItem", e)))
             };
             match result {
-                Ok(()) => return Ok(deleted),
+                Ok(()) => {
+                    let mut remaining = state;
+                    remaining.entries.retain(|k, _| !deleted.contains(k));
+                    remaining.managed.clear();
+                    remaining.managed_by = None;
+                    return Ok((deleted, remaining));
+                }
                 Err(None) => continue,
                 Err(Some(e)) => return Err(e),
             }
         }
         Err(StoreError::Contended { location: self.describe(location), attempts: MAX_ATTEMPTS })
-    }
-
-    async fn read_shared(&self, _path: &str) -> Result<BTreeMap<String, Value>, StoreError> {
-        Err(StoreError::Unsupported { backend: KIND, what: "shared paths" })
     }
 }
 
