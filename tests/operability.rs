@@ -337,6 +337,20 @@ async fn sigterm_mid_run_leaves_nothing_half_done() {
     .await;
     assert_eq!(puts as usize, 60 - written_before, "the restart wrote exactly what was pending");
     drop(second);
+
+    // SIGTERM while still starting (before the caches have listed), as when a
+    // pod is stopped right after it started: a prompt, clean exit.
+    for (n, leader_election) in [(3, "false"), (4, "true")] {
+        let mut args = w.args();
+        args.extend(["--leader-election".into(), leader_election.into()]);
+        let mut early = Process::spawn(&format!("ops-term-{n}"), &strs(&args), &[]);
+        std::thread::sleep(Duration::from_millis(30));
+        early.signal("TERM");
+        let started = std::time::Instant::now();
+        let status = early.wait_exit(Duration::from_secs(10));
+        assert!(status.success(), "exit 0 on an early SIGTERM; log: {}", early.logs());
+        println!("SIGTERM 30 ms after start (leader election {leader_election}): exited in {:?}", started.elapsed());
+    }
     w.finish().await;
 }
 

@@ -19,6 +19,7 @@ mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -87,11 +88,18 @@ impl Expect {
         let map = |kv: &[(&str, &str)]| kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Expect { db: map(db), ssm: map(ssm), ..Default::default() }
     }
+    /// A store's layer (other writers' keys included) is projected only while
+    /// the object has entries there.
     fn projected(&self) -> BTreeMap<String, String> {
-        let mut all = self.foreign_ssm.clone();
-        all.extend(self.ssm.clone());
-        all.extend(self.foreign_db.clone());
-        all.extend(self.db.clone());
+        let mut all = BTreeMap::new();
+        if !self.ssm.is_empty() {
+            all.extend(self.foreign_ssm.clone());
+            all.extend(self.ssm.clone());
+        }
+        if !self.db.is_empty() {
+            all.extend(self.foreign_db.clone());
+            all.extend(self.db.clone());
+        }
         all
     }
 }
@@ -203,6 +211,47 @@ impl World {
             .unwrap_or_else(|e| panic!("apply {ns}/{name}: {e}"));
     }
 
+    /// Another writer puts `key` into the object's DynamoDB item (creating it
+    /// if absent), directly, not through the fault proxy.
+    async fn put_foreign_db(&self, ns: &str, name: &str, key: &str, value: &str) {
+        let set =
+            if self.items().await.contains_key(&(format!("TENANT#{}", self.tenant_of(ns)), format!("CONFIG#{name}"))) {
+                "SET #d.#k = :v"
+            } else {
+                "SET #d = :m"
+            };
+        let mut request = self
+            .ddb
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(format!("TENANT#{}", self.tenant_of(ns))))
+            .key("sk", AttributeValue::S(format!("CONFIG#{name}")))
+            .update_expression(set)
+            .expression_attribute_names("#d", "data");
+        request = if set.contains(":m") {
+            let map = std::collections::HashMap::from([(key.to_string(), AttributeValue::S(value.into()))]);
+            request.expression_attribute_values(":m", AttributeValue::M(map))
+        } else {
+            request
+                .expression_attribute_names("#k", key)
+                .expression_attribute_values(":v", AttributeValue::S(value.into()))
+        };
+        request.send().await.unwrap_or_else(|e| panic!("foreign write to {ns}/{name}: {e}"));
+    }
+
+    /// Another writer puts parameter `key` under the object's path.
+    async fn put_foreign_ssm(&self, ns: &str, name: &str, key: &str, value: &str) {
+        self.ssm
+            .put_parameter()
+            .name(format!("{}/{}/{name}/{key}", self.prefix, self.tenant_of(ns)))
+            .value(value)
+            .r#type(ParameterType::String)
+            .overwrite(true)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("foreign parameter for {ns}/{name}: {e}"));
+    }
+
     async fn items(&self) -> BTreeMap<(String, String), aws_sdk_dynamodb::types::AttributeValue> {
         let mut items = BTreeMap::new();
         let mut pages = self.ddb.scan().table_name(&self.table).consistent_read(true).into_paginator().send();
@@ -287,6 +336,9 @@ impl World {
             if !expect.db.is_empty() && owner.as_deref() != Some(&format!("{ns}/{name}")) {
                 return Some(format!("item of {ns}/{name}: managedBy {owner:?}"));
             }
+            if expect.db.is_empty() && owner.is_some() {
+                return Some(format!("item of {ns}/{name} still claimed by {owner:?} with no managed key"));
+            }
         }
         if let Some(orphan) = items.keys().next() {
             return Some(format!("orphaned item {orphan:?}"));
@@ -353,19 +405,8 @@ impl World {
     async fn finish(self, kubeconfig: Option<&str>, expected: &Expected) {
         self.proxy.clear();
         let mut cleaner = self.controller("cleanup", &["--ssm-write-rate", "0"], false, kubeconfig);
-        for (ns, _) in &self.tenants {
-            let api = Api::<TenantConfig>::namespaced(self.client.clone(), ns);
-            api.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
-        }
-        for (ns, _) in &self.tenants {
-            let api = Api::<TenantConfig>::namespaced(self.client.clone(), ns);
-            // Deleting hundreds of objects takes minutes in the debug build on moto.
-            let within = Duration::from_secs(300);
-            support::eventually_within(within, &format!("TenantConfigs in {ns} deleted"), || async {
-                api.list(&ListParams::default()).await.ok()?.items.is_empty().then_some(())
-            })
-            .await;
-        }
+        // Deleting hundreds of objects takes minutes in the debug build on moto.
+        delete_all(&self, Duration::from_secs(300)).await;
         let mut foreign_items = BTreeMap::new();
         let mut foreign_params = BTreeMap::new();
         for ((ns, name), e) in expected {
@@ -497,19 +538,7 @@ async fn thirty_percent_throttling_converges_with_bounded_retries() {
 
     w.proxy.inject(DDB, Fault::Throttle, Times::Probability(0.3));
     w.proxy.inject(SSM, Fault::Throttle, Times::Probability(0.3));
-    let seen_reasons = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
-    let watcher = {
-        let (client, ns, seen) = (w.client.clone(), w.ns(1).to_string(), seen_reasons.clone());
-        tokio::spawn(async move {
-            let api = Api::<TenantConfig>::namespaced(client, &ns);
-            loop {
-                if let Ok(list) = api.list(&ListParams::default()).await {
-                    seen.lock().unwrap().extend(list.items.iter().filter_map(reason_of).map(|(_, r)| r));
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let (watcher, seen_reasons) = watch_reasons(&w, w.ns(1));
     for i in 0..objects {
         w.apply(w.ns(1), &format!("c{i}"), &shape(i)).await;
         expected.insert((w.ns(1).to_string(), format!("c{i}")), shape(i));
@@ -536,12 +565,263 @@ async fn thirty_percent_throttling_converges_with_bounded_retries() {
     w.finish(None, &expected).await;
 }
 
+/// Every `Ready` reason the objects of `ns` show while the returned task runs.
+fn watch_reasons(w: &World, ns: &str) -> (tokio::task::JoinHandle<()>, Arc<Mutex<BTreeSet<String>>>) {
+    let seen = Arc::new(Mutex::new(BTreeSet::new()));
+    let (client, ns, into) = (w.client.clone(), ns.to_string(), seen.clone());
+    let task = tokio::spawn(async move {
+        let api = Api::<TenantConfig>::namespaced(client, &ns);
+        loop {
+            if let Ok(list) = api.list(&ListParams::default()).await {
+                into.lock().unwrap().extend(list.items.iter().filter_map(reason_of).map(|(_, r)| r));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    (task, seen)
+}
+
+/// Deletes every TenantConfig of the world and waits until they are gone.
+async fn delete_all(w: &World, within: Duration) {
+    for (ns, _) in &w.tenants {
+        let api = Api::<TenantConfig>::namespaced(w.client.clone(), ns);
+        api.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
+    }
+    for (ns, _) in &w.tenants {
+        let api = Api::<TenantConfig>::namespaced(w.client.clone(), ns);
+        support::eventually_within(within, &format!("TenantConfigs in {ns} deleted"), || async {
+            api.list(&ListParams::default()).await.ok()?.items.is_empty().then_some(())
+        })
+        .await;
+    }
+}
+
+/// AWS applied the write, then its answer was lost (an HTTP 500 after the
+/// write, or the connection dropped after it) — on 30% of every store write
+/// and of the queue's acknowledgements, while 100 objects are created, change
+/// shape and are deleted. A retried conditional write meets its own first
+/// attempt and must recognise it, never report a Conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_percent_of_answers_lost_after_the_write_loses_nothing() {
+    let _turn = SERIAL.lock().await;
+    let w = World::new("rel-lost", 2).await;
+    let objects = 100 * soak();
+    // Two SDK attempts: lost answers reach the reconciler often, and the SDK's
+    // own retries meet writes that already happened.
+    let mut controller = w.controller("rel-lost", &["--ssm-write-rate", "0", "--aws-max-attempts", "2"], true, None);
+    let lossy: Vec<&str> = WRITES.iter().copied().chain(["DeleteMessageBatch", "ChangeMessageVisibility"]).collect();
+    for op in &lossy {
+        w.proxy.inject(op, Fault::AppliedThenServerError, Times::Probability(0.15));
+        w.proxy.inject(op, Fault::AppliedThenDropped, Times::Probability(0.15 / 0.85));
+    }
+    let (watcher_0, reasons_0) = watch_reasons(&w, w.ns(0));
+    let (watcher_1, reasons_1) = watch_reasons(&w, w.ns(1));
+    let index = |name: &str| name.trim_start_matches('c').parse::<usize>().unwrap();
+    let mut expected = Expected::new();
+    for i in 0..objects {
+        let (ns, name) = (w.ns(i % 2).to_string(), format!("c{i}"));
+        let mut e = Expect::new(&[("a", &format!("a{i}")), ("b", &format!("b{i}"))], &[("c", &format!("c{i}"))]);
+        if i % 4 == 0 {
+            // Other writers were there first; their keys must survive all of it.
+            w.put_foreign_db(&ns, &name, "x", &format!("x{i}")).await;
+            w.put_foreign_ssm(&ns, &name, "y", &format!("y{i}")).await;
+            e.foreign_db.insert("x".into(), format!("x{i}"));
+            e.foreign_ssm.insert("y".into(), format!("y{i}"));
+        }
+        w.apply(&ns, &name, &e).await;
+        expected.insert((ns, name), e);
+    }
+    let created = w.converge(&expected, Duration::from_secs(300)).await;
+
+    // Every object changes shape: b leaves, d arrives, a moves to Parameter
+    // Store; every fifth moves all its DynamoDB keys away (its claim on the
+    // item must go, and the item with it unless another writer's key is there).
+    for ((ns, name), e) in expected.iter_mut() {
+        let i = index(name);
+        let (db, ssm) = (format!("d{i}"), (format!("c{i}"), format!("a{i}-v2")));
+        let mut changed = if i % 5 == 0 {
+            Expect::new(&[], &[("a", &ssm.1), ("c", &ssm.0), ("d", &db)])
+        } else {
+            Expect::new(&[("d", &db)], &[("a", &ssm.1), ("c", &ssm.0)])
+        };
+        changed.foreign_db = e.foreign_db.clone();
+        changed.foreign_ssm = e.foreign_ssm.clone();
+        *e = changed;
+        w.apply(ns, name, e).await;
+    }
+    let changed = w.converge(&expected, Duration::from_secs(300)).await;
+
+    // Out-of-band changes still arrive by event while acknowledgements are lost.
+    for i in (1..objects).step_by(10) {
+        let (ns, name) = (w.ns(i % 2).to_string(), format!("c{i}"));
+        w.put_foreign_ssm(&ns, &name, "z", &format!("z{i}")).await;
+        expected.get_mut(&(ns, name)).unwrap().foreign_ssm.insert("z".into(), format!("z{i}"));
+    }
+    let by_event = w.converge(&expected, Duration::from_secs(120)).await;
+
+    let deleting = Instant::now();
+    delete_all(&w, Duration::from_secs(300)).await;
+    let deleted = deleting.elapsed();
+    watcher_0.abort();
+    watcher_1.abort();
+    let reasons: BTreeSet<String> = reasons_0.lock().unwrap().union(&reasons_1.lock().unwrap()).cloned().collect();
+    let faults: Vec<String> = lossy.iter().map(|op| format!("{op} {}", w.proxy.seen(op))).collect();
+    eprintln!(
+        "{objects} objects with 30% of write answers lost: created in {created:?}, changed in {changed:?}, \
+         out-of-band changes by event in {by_event:?}, deleted in {deleted:?}; {} faults injected over requests \
+         [{}]; reasons seen: {reasons:?}",
+        w.proxy.injected(),
+        faults.join(", ")
+    );
+    assert!(!reasons.contains("Conflict"), "a retried write of our own is never a Conflict: {reasons:?}");
+    assert!(controller.child.try_wait().unwrap().is_none(), "no crash: {}", controller.logs());
+    controller.signal("TERM");
+    controller.wait_exit(Duration::from_secs(30));
+    // Everything was deleted under faults; `finish` proves the stores hold
+    // nothing of the objects and every other writer's key.
+    w.finish(None, &expected).await;
+}
+
+/// A scripted interleaving: the first write is applied but its answer lost,
+/// the spec then moves the key to the other store, and the sweep of the first
+/// store fails too. The failed reconcile's status already carries the new
+/// generation; its retry must still sweep (it once trusted the status and left
+/// the item behind for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_interrupted_by_a_failure_is_retried() {
+    let _turn = SERIAL.lock().await;
+    let w = World::new("rel-sweep", 1).await;
+    let ns = w.ns(0).to_string();
+    let tcs = Api::<TenantConfig>::namespaced(w.client.clone(), &ns);
+    let mut controller = w.controller("rel-sweep", &["--ssm-write-rate", "0", "--aws-max-attempts", "1"], false, None);
+    // Generation 1 routes `a` to DynamoDB: the create lands, its answer is lost,
+    // and every read fails from then on, so the object cannot learn it succeeded.
+    w.proxy.inject("UpdateItem", Fault::AppliedThenServerError, Times::Next(1));
+    w.proxy.inject("GetItem", Fault::Throttle, Times::Always);
+    w.apply(&ns, "moved", &Expect::new(&[("a", "1")], &[])).await;
+    support::eventually("the first write applied", || async { (w.items().await.len() == 1).then_some(()) }).await;
+    // Generation 2 moves `a` to Parameter Store; the sweep of DynamoDB fails.
+    let moved = Expect::new(&[], &[("a", "1")]);
+    w.apply(&ns, "moved", &moved).await;
+    support::eventually("a failed reconcile of generation 2", || async {
+        let tc = tcs.get("moved").await.ok()?;
+        let status = tc.status.as_ref()?;
+        (status.observed_generation == Some(2) && reason_of(&tc)?.0 == "False").then_some(())
+    })
+    .await;
+    w.proxy.clear();
+    let expected = Expected::from([((ns.clone(), "moved".to_string()), moved)]);
+    let took = w.converge(&expected, Duration::from_secs(60)).await;
+    eprintln!("the interrupted sweep was retried; converged {took:?} after the store recovered");
+    controller.signal("TERM");
+    controller.wait_exit(Duration::from_secs(30));
+    w.finish(None, &expected).await;
+}
+
+/// Deletion while a first reconcile is still retrying, while its writes are
+/// in flight, after writes whose answers were lost, and while a store is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_races_leave_nothing_behind_and_never_hang() {
+    let _turn = SERIAL.lock().await;
+    let w = World::new("rel-delete", 1).await;
+    let ns = w.ns(0).to_string();
+    let tcs = Api::<TenantConfig>::namespaced(w.client.clone(), &ns);
+    let mut controller = w.controller("rel-delete", &["--ssm-write-rate", "0", "--aws-max-attempts", "1"], false, None);
+    let shape = |i: usize| Expect::new(&[("a", &format!("a{i}"))], &[("c", &format!("c{i}"))]);
+    let stores_empty = || async {
+        let (items, params) = (w.items().await, w.parameters(&w.prefix).await);
+        assert!(items.is_empty(), "items left behind: {:?}", items.keys().collect::<Vec<_>>());
+        assert!(params.is_empty(), "parameters left behind: {params:?}");
+    };
+    let apply_batch = |prefix: &'static str| {
+        let (w, ns) = (&w, ns.clone());
+        async move {
+            for i in 0..10 {
+                w.apply(&ns, &format!("{prefix}{i}"), &shape(i)).await;
+            }
+        }
+    };
+
+    // 1. Deleted before any write reached a store: every write is throttled,
+    //    so each first reconcile is still retrying when the deletion comes.
+    w.proxy.inject("UpdateItem", Fault::Throttle, Times::Always);
+    w.proxy.inject("PutParameter", Fault::Throttle, Times::Always);
+    apply_batch("never").await;
+    for i in 0..10 {
+        support::eventually(&format!("never{i} Throttled"), || async {
+            let tc = tcs.get(&format!("never{i}")).await.ok()?;
+            (reason_of(&tc)?.1 == "Throttled").then_some(())
+        })
+        .await;
+    }
+    let started = Instant::now();
+    delete_all(&w, Duration::from_secs(60)).await;
+    eprintln!("10 objects deleted mid-retry, writes still throttled, in {:?}", started.elapsed());
+    w.proxy.clear();
+    stores_empty().await;
+
+    // 2. Deleted while the first writes are in flight on a slow store: they
+    //    land after the deletion request.
+    w.proxy.inject("UpdateItem", Fault::Slow(Duration::from_secs(3)), Times::Always);
+    w.proxy.inject("PutParameter", Fault::Slow(Duration::from_secs(3)), Times::Always);
+    let before = w.proxy.seen("UpdateItem");
+    apply_batch("slow").await;
+    support::eventually("10 writes in flight", || async { (w.proxy.seen("UpdateItem") >= before + 10).then_some(()) })
+        .await;
+    delete_all(&w, Duration::from_secs(90)).await;
+    w.proxy.clear();
+    stores_empty().await;
+
+    // 3. Deleted after writes that were applied but answered with an error:
+    //    the stores hold the keys, the objects never saw a success.
+    w.proxy.inject("UpdateItem", Fault::AppliedThenServerError, Times::Always);
+    w.proxy.inject("PutParameter", Fault::AppliedThenDropped, Times::Always);
+    apply_batch("lost").await;
+    support::eventually("every first write applied", || async { (w.items().await.len() == 10).then_some(()) }).await;
+    delete_all(&w, Duration::from_secs(90)).await;
+    w.proxy.clear();
+    stores_empty().await;
+
+    // 4. A store down during deletion holds the finalizer with a clear
+    //    condition, and the deletion finishes when the store returns.
+    let mut expected = Expected::new();
+    apply_batch("down").await;
+    for i in 0..10 {
+        expected.insert((ns.clone(), format!("down{i}")), shape(i));
+    }
+    w.converge(&expected, Duration::from_secs(60)).await;
+    w.proxy.inject(DDB, Fault::Unreachable, Times::Always);
+    tcs.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
+    for i in 0..10 {
+        support::eventually(&format!("down{i} waits for its store"), || async {
+            let tc = tcs.get(&format!("down{i}")).await.ok()?;
+            let ready = tc.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")?.clone();
+            (ready.reason == "StoreUnavailable" && ready.message.contains("deletion waits")).then_some(())
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        tcs.list(&ListParams::default()).await.unwrap().items.len(),
+        10,
+        "finalizers hold while the store is down"
+    );
+    assert_eq!(w.items().await.len(), 10, "nothing is deleted while the store is unreachable");
+    w.proxy.clear();
+    delete_all(&w, Duration::from_secs(120)).await;
+    stores_empty().await;
+
+    assert!(controller.child.try_wait().unwrap().is_none(), "no crash: {}", controller.logs());
+    controller.signal("TERM");
+    controller.wait_exit(Duration::from_secs(30));
+    w.finish(None, &Expected::new()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_and_queue_outages_recover_without_a_crash_loop() {
     let _turn = SERIAL.lock().await;
     let w = World::new("rel-outage", 1).await;
     let ns = w.ns(0).to_string();
-    let tenant = w.tenant_of(&ns).to_string();
     let mut expected = Expected::new();
     for i in 0..20 {
         let e = Expect::new(&[("a", &format!("a{i}"))], &[("c", &format!("c{i}"))]);
@@ -595,33 +875,13 @@ async fn store_and_queue_outages_recover_without_a_crash_loop() {
     // A long poll already forwarded still completes; the outage is on once the next one fails.
     support::eventually("the next receive fails", || async { (w.proxy.seen(SQS) > polls).then_some(()) }).await;
     for i in 5..8 {
-        let name = format!("c{i}");
-        let value = format!("oob-{i}");
-        w.ddb
-            .update_item()
-            .table_name(&w.table)
-            .key("pk", AttributeValue::S(format!("TENANT#{tenant}")))
-            .key("sk", AttributeValue::S(format!("CONFIG#{name}")))
-            .update_expression("SET #d.#k = :v")
-            .expression_attribute_names("#d", "data")
-            .expression_attribute_names("#k", "oob")
-            .expression_attribute_values(":v", AttributeValue::S(value.clone()))
-            .send()
-            .await
-            .unwrap();
+        let (name, value) = (format!("c{i}"), format!("oob-{i}"));
+        w.put_foreign_db(&ns, &name, "oob", &value).await;
         expected.get_mut(&(ns.clone(), name)).unwrap().foreign_db.insert("oob".into(), value);
     }
     for i in 8..10 {
-        let name = format!("c{i}");
-        let value = format!("oob-{i}");
-        w.ssm
-            .put_parameter()
-            .name(format!("{}/{tenant}/{name}/oob", w.prefix))
-            .value(&value)
-            .r#type(ParameterType::String)
-            .send()
-            .await
-            .unwrap();
+        let (name, value) = (format!("c{i}"), format!("oob-{i}"));
+        w.put_foreign_ssm(&ns, &name, "oob", &value).await;
         expected.get_mut(&(ns.clone(), name)).unwrap().foreign_ssm.insert("oob".into(), value);
     }
     tokio::time::sleep(outage().saturating_sub(outage_started.elapsed())).await;
@@ -639,18 +899,7 @@ async fn store_and_queue_outages_recover_without_a_crash_loop() {
     controller.signal("TERM");
     controller.wait_exit(Duration::from_secs(30));
     let controller = w.controller("rel-resync", &["--resync-interval", "15s"], false, None);
-    w.ddb
-        .update_item()
-        .table_name(&w.table)
-        .key("pk", AttributeValue::S(format!("TENANT#{tenant}")))
-        .key("sk", AttributeValue::S("CONFIG#c10".into()))
-        .update_expression("SET #d.#k = :v")
-        .expression_attribute_names("#d", "data")
-        .expression_attribute_names("#k", "lost")
-        .expression_attribute_values(":v", AttributeValue::S("by-resync".into()))
-        .send()
-        .await
-        .unwrap();
+    w.put_foreign_db(&ns, "c10", "lost", "by-resync").await;
     expected.get_mut(&(ns.clone(), "c10".into())).unwrap().foreign_db.insert("lost".into(), "by-resync".into());
     let took = w.converge(&expected, Duration::from_secs(60)).await;
     eprintln!("without any event, the resync (15 s) brought the change in {took:?}");
