@@ -99,6 +99,8 @@ pub struct Metrics {
     pub event_lag: Histogram,
     /// Shared-path reads served from the cache or filled.
     pub shared_cache: Family<CacheLabels, Counter>,
+    /// Error-policy retries that had not run when due and were triggered again.
+    pub missed_retries: Counter,
 }
 
 impl Default for Metrics {
@@ -130,6 +132,12 @@ impl Default for Metrics {
         registry.register("tenant_configs", "TenantConfigs by Ready condition", objects.clone());
         let leader = Gauge::default();
         registry.register("leader", "1 while this process is the active controller", leader.clone());
+        let missed_retries = Counter::default();
+        registry.register(
+            "missed_retries",
+            "Retries after a failed reconcile that had not run a second after they were due, triggered again",
+            missed_retries.clone(),
+        );
         Metrics {
             registry,
             event_messages,
@@ -141,6 +149,7 @@ impl Default for Metrics {
             reconcile_duration,
             objects,
             leader,
+            missed_retries,
             readiness: Mutex::default(),
         }
     }
@@ -152,6 +161,10 @@ impl Metrics {
         let mut metrics = Metrics::default();
         metrics.registry.register_collector(Box::new(StoreCalls(stats)));
         metrics
+    }
+
+    pub fn count_missed_retry(&self) {
+        self.missed_retries.inc();
     }
 
     pub fn reconciled(&self, error: Option<&'static str>, seconds: f64) {
