@@ -3,8 +3,12 @@
 # proxy), kubectl and helm of matching versions, and moto's AWS emulators.
 #
 #   scripts/testenv.sh build    build/install what is missing into the cache
-#   scripts/testenv.sh up       build if needed, start everything, write the env file
-#   scripts/testenv.sh down     stop exactly what `up` started (by PID), remove state
+#   scripts/testenv.sh up [--node]
+#                               build if needed, start everything, write the env file;
+#                               --node adds a real node (containerd, kubelet, controller
+#                               manager, scheduler, local images): scripts/testenv-node.sh
+#   scripts/testenv.sh down     stop exactly what `up` started (by PID), undo the node's
+#                               host changes and check that nothing is left, remove state
 #   scripts/testenv.sh status   show what runs
 #   scripts/testenv.sh restart-kube
 #                               stop kube-apiserver and etcd (SIGTERM, by PID) and start
@@ -33,17 +37,20 @@ ENV_FILE=$STATE_DIR/env
 log() { printf '[testenv] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# shellcheck source=scripts/testenv-node.sh
+source "$ROOT/scripts/testenv-node.sh"
+
 # ---------------------------------------------------------------- build ------
 
 # k8s.io/kubernetes cannot be `go install`ed: its go.mod replaces every staging
 # module with ./staging/src/k8s.io/<name>. A wrapper module pins the same
-# modules at their published v0.Y.Z tags instead (DESIGN.md §9).
-build_kubernetes() {
-  if [[ -f $K8S_BIN/.complete ]]; then return; fi
-  command -v go >/dev/null || die "go is required to build kube-apiserver"
+# modules at their published v0.Y.Z tags instead (DESIGN.md §9). Written once;
+# every Kubernetes binary builds from it.
+k8s_wrapper_module() {
   local work=$CACHE_DIR/build/k8s-$KUBE_VERSION
-  rm -rf "$work" && mkdir -p "$work" "$K8S_BIN"
-  log "building kube-apiserver, kubectl $KUBE_VERSION and etcd $ETCD_VERSION (cold: several minutes)"
+  if [[ -f $work/.ready ]]; then printf '%s' "$work"; return; fi
+  command -v go >/dev/null || die "go is required to build Kubernetes $KUBE_VERSION"
+  rm -rf "$work" && mkdir -p "$work"
   local modjson moddir staging_version
   modjson=$(cd "$work" && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$KUBE_VERSION")
   moddir=$(printf '%s' "$modjson" | sed -n 's/.*"Dir": "\(.*\)",*/\1/p')
@@ -63,22 +70,38 @@ build_kubernetes() {
     sed -n 's#^[[:space:]]*\(k8s\.io/[a-z0-9-]*\) => \./staging/src/k8s\.io/[a-z0-9-]*$#  \1 => \1 '"$staging_version"'#p' "$moddir/go.mod"
     echo ")"
   } >"$work/go.mod"
-  (
-    cd "$work"
-    export GOWORK=off GOFLAGS=-mod=mod
-    go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBE_VERSION" "k8s.io/kubernetes/cmd/kubectl@$KUBE_VERSION" "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
-    # Stamp the version as Kubernetes' own build does (hack/lib/version.sh);
-    # without it both binaries report v0.0.0-master and version checks fail.
-    local minor=${KUBE_VERSION#v1.} ldflags="-s -w" pkg
-    minor=${minor%%.*}
-    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-      ldflags+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-      ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-    done
-    go build -trimpath -ldflags "$ldflags" -o "$K8S_BIN/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
-    go build -trimpath -ldflags "$ldflags" -o "$K8S_BIN/kubectl" k8s.io/kubernetes/cmd/kubectl
-    go build -trimpath -ldflags "-s -w" -o "$K8S_BIN/etcd" go.etcd.io/etcd/server/v3
-  )
+  (cd "$work" && GOWORK=off GOFLAGS=-mod=mod go get "k8s.io/kubernetes@$KUBE_VERSION" "go.etcd.io/etcd/server/v3@$ETCD_VERSION") >&2
+  touch "$work/.ready"
+  printf '%s' "$work"
+}
+
+# Builds k8s.io/kubernetes/cmd/<name> for each name not built yet.
+build_kubernetes_binaries() {
+  local work name minor=${KUBE_VERSION#v1.} ldflags="-s -w" pkg
+  minor=${minor%%.*}
+  # Stamp the version as Kubernetes' own build does (hack/lib/version.sh);
+  # without it the binaries report v0.0.0-master and version checks fail.
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  mkdir -p "$K8S_BIN"
+  for name in "$@"; do
+    [[ -f $K8S_BIN/.built-$name ]] && continue
+    work=$(k8s_wrapper_module)
+    log "building $name $KUBE_VERSION (cold: minutes)"
+    (cd "$work" && GOWORK=off GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldflags" -o "$K8S_BIN/$name" "k8s.io/kubernetes/cmd/$name")
+    touch "$K8S_BIN/.built-$name"
+  done
+}
+
+build_kubernetes() {
+  if [[ -f $K8S_BIN/.complete ]]; then return; fi
+  log "building kube-apiserver, kubectl $KUBE_VERSION and etcd $ETCD_VERSION (cold: several minutes)"
+  build_kubernetes_binaries kube-apiserver kubectl
+  local work
+  work=$(k8s_wrapper_module)
+  (cd "$work" && GOWORK=off GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w" -o "$K8S_BIN/etcd" go.etcd.io/etcd/server/v3)
   touch "$K8S_BIN/.complete"
   log "built into $K8S_BIN"
 }
@@ -153,7 +176,8 @@ make_certs() {
   openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=tcc-testenv-ca" \
     -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
   openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout "$d/apiserver.key" -out "$d/apiserver.csr" 2>/dev/null
-  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n' >"$d/san.ext"
+  # The node's pods reach the API server at the bridge gateway (testenv-node.sh).
+  printf 'subjectAltName=IP:127.0.0.1,IP:%s,DNS:localhost,DNS:kubernetes.default.svc\n' "$NODE_GATEWAY" >"$d/san.ext"
   openssl x509 -req -in "$d/apiserver.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 30 \
     -extfile "$d/san.ext" -out "$d/apiserver.crt" 2>/dev/null
   openssl genrsa -out "$d/sa.key" 2048 2>/dev/null
@@ -161,11 +185,15 @@ make_certs() {
 }
 
 up() {
-  if [[ -f $ENV_FILE ]] && pid_alive etcd && pid_alive kube-apiserver && pid_alive moto; then
+  local with_node=false
+  [[ ${1:-} != --node ]] || with_node=true
+  if [[ -f $ENV_FILE ]] && pid_alive etcd && pid_alive kube-apiserver && pid_alive moto \
+    && { ! $with_node || grep -q '^export TCC_NODE=1' "$ENV_FILE"; }; then
     log "already up; env file: $ENV_FILE"; return 0
   fi
   [[ ! -d $STATE_DIR ]] || down
   build_all
+  if $with_node; then build_node; fi
   command -v openssl >/dev/null || die "openssl is required (Debian package openssl)"
   mkdir -p "$STATE_DIR"
   trap 'log "up failed; stopping what it started"; down' EXIT # cleared on success
@@ -237,6 +265,7 @@ export AWS_REGION=us-east-1
 export AWS_DEFAULT_REGION=us-east-1
 export AWS_EC2_METADATA_DISABLED=true
 ENV
+  if $with_node; then node_up "$api_port" "$moto_port"; fi
   trap - EXIT
   log "up in $((SECONDS - started))s: kube-apiserver https://127.0.0.1:$api_port, moto http://127.0.0.1:$moto_port"
   log "env file: $ENV_FILE"
@@ -262,15 +291,21 @@ restart_kube() {
 }
 
 down() {
-  local name
+  local name rc=0
+  node_down || rc=1
   for name in kube-apiserver etcd moto; do stop_pid "$name"; done
+  if [[ $rc -ne 0 ]]; then
+    log "error: the node left host changes behind (listed above); state kept in $STATE_DIR"
+    return 1
+  fi
   rm -rf "$STATE_DIR"
   log "down"
 }
 
 status() {
   local name rc=0
-  for name in etcd kube-apiserver moto; do
+  for name in etcd kube-apiserver moto containerd kubelet kube-controller-manager kube-scheduler; do
+    [[ -f $STATE_DIR/$name.cmd ]] || [[ $name == etcd || $name == kube-apiserver || $name == moto ]] || continue
     if pid_alive "$name"; then echo "$name: running (pid $(<"$STATE_DIR/$name.pid"))"; else echo "$name: stopped"; rc=1; fi
   done
   [[ ! -f $ENV_FILE ]] || echo "env file: $ENV_FILE"
@@ -278,11 +313,11 @@ status() {
 }
 
 case "${1:-}" in
-  build) build_all ;;
-  up) up ;;
+  build) build_all; [[ ${2:-} != --node ]] || build_node ;;
+  up) up "${2:-}" ;;
   down) down ;;
   status) status ;;
   restart-kube) restart_kube ;;
   env) echo "$ENV_FILE" ;;
-  *) echo "usage: $0 build|up|down|status|env|restart-kube" >&2; exit 2 ;;
+  *) echo "usage: $0 build [--node]|up [--node]|down|status|env|restart-kube" >&2; exit 2 ;;
 esac

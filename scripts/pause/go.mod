@@ -1,0 +1,3 @@
+module tenant-config-controller/testenv-pause
+
+go 1.26
