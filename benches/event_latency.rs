@@ -26,7 +26,7 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 use serde_json::json;
-use support::process::CpuSnapshot;
+use support::{percentile, process::CpuSnapshot};
 use tenant_config_controller::{
     api::{ConfigStore, TenantConfig},
     events::sqs::ConsumerSettings,
@@ -103,11 +103,6 @@ impl World {
             }
         }
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn ms(d: Duration) -> String {

@@ -10,24 +10,28 @@
 #       objects, concurrency 16, 3 resyncs of 60s each standing for 10 minutes;
 #       --cold-only: convergence, limit and memory only, for large N;
 #       --settle D: the cold-start controller idles D before its steady RSS is read)
+#   ./scripts/bench.sh freshness [--samples N] [--spacing S]
+#       store write → ConfigMap → the mounted file inside a pod, on the local
+#       node with kubelet defaults (defaults: 20 objects, changes 3s apart)
 #
-# Runs on its own stack (.testenv/bench) and stops it afterwards.
+# Runs on its own stack (.testenv/bench; freshness adds the node) and stops it afterwards.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 what=${1:-}
-[[ -n $what ]] || { sed -n '2,14p' "$0" >&2; exit 2; }
+[[ -n $what ]] || { sed -n '2,17p' "$0" >&2; exit 2; }
 shift
 case "$what" in
   latency) bench=event_latency ;;
   scale) bench=scale ;;
+  freshness) bench=pod_freshness; node=--node ;;
   *) echo "unknown benchmark: $what" >&2; exit 2 ;;
 esac
 export TCC_STATE_DIR=${TCC_STATE_DIR:-$ROOT/.testenv/bench}
 echo "building (release) ..." >&2
 cargo bench --locked --no-run --bench "$bench" >&2
 trap 'scripts/testenv.sh down >&2' EXIT
-scripts/testenv.sh up >&2
+scripts/testenv.sh up ${node:-} >&2
 # shellcheck source=/dev/null
 source "$(scripts/testenv.sh env)"
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); $(date -u +%Y-%m-%dT%H:%MZ)"

@@ -4,12 +4,15 @@
 #   ./scripts/demo.sh          run, then keep the stack up until Ctrl-C
 #   ./scripts/demo.sh --once   run and tear down (for scripts and CI)
 #
-# It installs the API (CRDs), creates the AWS side on moto, applies the example
-# stores, tenant namespaces and TenantConfigs, runs the controller, and shows
-# what it produced: status, the DynamoDB item, the SSM parameters, the ConfigMap.
-# Then it changes values out of band, as an operator would, and shows each change
-# reach the ConfigMaps through the event path (DynamoDB stream → EventBridge
-# Pipe → bus → rule → SQS; SSM → EventBridge → rule → SQS), with the delay.
+# It starts the stack with a real node (kubelet, containerd), installs the API
+# (CRDs), creates the AWS side on moto, installs the controller with Helm (the
+# locally built image, two replicas), applies the example stores, tenant
+# namespaces and TenantConfigs, and shows what it produced: status, the
+# DynamoDB item, the SSM parameters, the ConfigMap. Then it changes values out
+# of band, as an operator would, and shows each change reach the ConfigMaps
+# through the event path (DynamoDB stream → EventBridge Pipe → bus → rule →
+# SQS; SSM → EventBridge → rule → SQS), with the delay. It ends with a tenant
+# pod printing its mounted config file, and a store change reaching that file.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -24,22 +27,17 @@ say() { printf '\n\033[1m## %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 
 export TCC_STATE_DIR=${TCC_STATE_DIR:-$ROOT/.testenv/demo}
-controller_pid=
-stop_all() {
-  if [[ -n $controller_pid ]] && kill -0 "$controller_pid" 2>/dev/null; then
-    kill -TERM "$controller_pid"; wait "$controller_pid" 2>/dev/null || true
-  fi
-  scripts/testenv.sh down
-}
+stop_all() { scripts/testenv.sh down; }
 trap stop_all EXIT
 say "Building the controller"
 cargo build --quiet --locked --bin tenant-config-controller
 CONTROLLER=${CARGO_TARGET_DIR:-$ROOT/target}/debug/tenant-config-controller
-say "Starting the local stack: kube-apiserver + etcd (built from source), moto for AWS"
-scripts/testenv.sh up
+say "Starting the local stack: kube-apiserver + etcd, a node (kubelet, containerd), moto for AWS"
+scripts/testenv.sh up --node
 # shellcheck source=/dev/null
 source "$(scripts/testenv.sh env)"
 k() { "$KUBECTL" "$@"; }
+run k get nodes
 
 say "Installing the CRDs (ConfigStore, TenantConfig)"
 run k apply --server-side -f crds/
@@ -67,15 +65,34 @@ boto3.client("ssm").put_parameter(Name="/tenant-config-shared/prod/payments/regi
 print("the platform publishes /tenant-config-shared/prod/payments/region = eu-west-1")
 PY
 
-say "Running the controller: events from the queue, full resync every 10 minutes"
-http_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-# Started directly (not through `run`, which would fork a subshell) so that
-# $! is the controller itself and the SIGTERM at exit reaches it.
-printf '$ tenant-config-controller run --event-queue-url %s --secure-projection --http-addr 127.0.0.1:%s\n' "$queue_url" "$http_port"
-"$CONTROLLER" run --event-queue-url "$queue_url" --secure-projection --http-addr "127.0.0.1:$http_port" \
-  --log-level warn >"$TCC_STATE_DIR/controller.log" 2>&1 &
-controller_pid=$!
-echo "controller pid $controller_pid, log $TCC_STATE_DIR/controller.log"
+say "Installing the controller with Helm: the local image, two replicas, leader election"
+# Test-time values only: the local image, and the way pods on this node reach the
+# loopback-only API server and moto (the node's bridge gateway). On EKS none of this is set.
+pod_queue_url=${queue_url/$AWS_ENDPOINT_URL/$TCC_POD_AWS_ENDPOINT_URL}
+cat >"$TCC_STATE_DIR/demo-values.yaml" <<VALUES
+image: { repository: ${TCC_CONTROLLER_IMAGE%:*}, tag: "${TCC_CONTROLLER_IMAGE##*:}", pullPolicy: Never }
+events: { queueUrl: "$pod_queue_url" }
+aws: { region: us-east-1, rateLimits: { ssmWritesPerSecond: 0 } }
+secureProjection: { enabled: true }
+extraEnv:
+  - { name: KUBERNETES_SERVICE_HOST, value: "$TCC_POD_KUBERNETES_SERVICE_HOST" }
+  - { name: KUBERNETES_SERVICE_PORT, value: "$TCC_POD_KUBERNETES_SERVICE_PORT" }
+  - { name: AWS_ENDPOINT_URL, value: "$TCC_POD_AWS_ENDPOINT_URL" }
+  - { name: AWS_ACCESS_KEY_ID, value: testing }
+  - { name: AWS_SECRET_ACCESS_KEY, value: testing }
+  - { name: AWS_EC2_METADATA_DISABLED, value: "true" }
+VALUES
+k create namespace tcc-system --dry-run=client -o yaml | k apply -f - >/dev/null
+run k label namespace tcc-system pod-security.kubernetes.io/enforce=restricted --overwrite
+run "$HELM" install tcc charts/tenant-config-controller -n tcc-system -f "$TCC_STATE_DIR/demo-values.yaml" --wait --timeout 180s
+run k get pods -n tcc-system -o wide
+leader=
+for _ in $(seq 1 120); do
+  leader=$(k get lease tcc-tenant-config-controller -n tcc-system -o jsonpath='{.spec.holderIdentity}' 2>/dev/null || true)
+  [[ -n $leader ]] && break
+  sleep 0.5
+done
+echo "leader (Lease holder): $leader"
 
 say "Tenant teams apply TenantConfigs"
 run k apply --server-side -f examples/tenant-configs.yaml
@@ -147,13 +164,57 @@ done
 run k get tcfg snoop -n acme-prod -o jsonpath='{.status.conditions[?(@.type=="Ready")].reason}: {.status.conditions[?(@.type=="Ready")].message}'; echo
 
 say "What the controller reports on /metrics (a few lines)"
-curl -s "http://127.0.0.1:$http_port/metrics" | grep -E '^tenant_config_(leader|tenant_configs|event_messages_total|event_to_projection_seconds_count|shared_cache_lookups_total|store_calls_total\{backend="DynamoDB",operation="UpdateItem")' || true
+k get --raw "/api/v1/namespaces/tcc-system/pods/$leader:8080/proxy/metrics" | grep -E '^tenant_config_(leader|tenant_configs|event_messages_total|event_to_projection_seconds_count|shared_cache_lookups_total|store_calls_total\{backend="DynamoDB",operation="UpdateItem")' || true
 
 say "A bad manifest is refused by the API server itself"
 printf '$ kubectl apply (an entry with key "db/password")\n'
 if printf 'apiVersion: tenantconfig.io/v1alpha1\nkind: TenantConfig\nmetadata: { name: bad, namespace: acme-prod }\nspec:\n  entries: [{ key: db/password, value: x }]\n' | k apply -f - ; then
   echo "unexpected: the invalid manifest was accepted" >&2; exit 1
 fi
+
+say "A tenant pod mounts the ConfigMap and prints its file"
+k label namespace acme-prod pod-security.kubernetes.io/enforce=restricted --overwrite >/dev/null
+cat <<POD | k apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: { name: payments-app, namespace: acme-prod }
+spec:
+  securityContext: { runAsNonRoot: true, runAsUser: 65534, runAsGroup: 65534, seccompProfile: { type: RuntimeDefault } }
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: app
+      image: $TCC_BUSYBOX_IMAGE
+      imagePullPolicy: Never
+      command: ["/bin/sh", "-c", "while true; do echo \"provider=\$(cat /config/provider) checkout-flow=\$(cat /config/checkout-flow 2>/dev/null)\"; sleep 1; done"]
+      volumeMounts: [{ name: config, mountPath: /config }]
+      securityContext: { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ["ALL"] } }
+  volumes: [{ name: config, configMap: { name: payments-config } }]
+POD
+run k wait --for condition=Ready pod/payments-app -n acme-prod --timeout 60s
+sleep 2
+run k logs payments-app -n acme-prod --tail 1
+
+say "A store change reaches the file inside the pod (the kubelet syncs mounted ConfigMaps every minute by default)"
+aws <<'PY'
+import boto3
+boto3.client("dynamodb").update_item(TableName="tenant-config",
+    Key={"pk": {"S": "TENANT#acme"}, "sk": {"S": "CONFIG#payments#ENV#prod"}},
+    UpdateExpression="SET #d.#k = :v", ExpressionAttributeNames={"#d": "data", "#k": "checkout-flow"},
+    ExpressionAttributeValues={":v": {"S": "v2"}})
+print("an operator sets checkout-flow=v2 in acme's DynamoDB item")
+PY
+changed_at=$(date +%s.%N)
+since() { python3 -c "import time; print(f'{time.time() - $changed_at:.1f}')"; }
+wait_key "$changed_at" acme-prod payments-config checkout-flow v2
+line=
+for _ in $(seq 1 1500); do
+  line=$(k logs payments-app -n acme-prod --tail 1 2>/dev/null || true)
+  [[ $line == *"checkout-flow=v2"* ]] && break
+  sleep 0.1
+done
+echo "pod prints: $line"
+[[ $line == *"checkout-flow=v2"* ]] || { echo "the change did not reach the pod's file" >&2; exit 1; }
+echo "the change reached the file inside the pod after $(since)s"
 
 if $once; then
   say "Done (--once): stopping the stack"

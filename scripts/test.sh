@@ -21,17 +21,25 @@ cargo clippy --all-targets --locked -- -D warnings
 step "CRD drift check"
 cargo run --quiet --locked --bin crdgen -- --check
 
-step "test environment up"
+step "test environment up, with a node (kubelet, containerd, local images)"
 trap 'scripts/testenv.sh down' EXIT
-scripts/testenv.sh up
+scripts/testenv.sh up --node
 # shellcheck source=/dev/null
 source "$(scripts/testenv.sh env)"
+
+step "the controller image is reproducible"
+scripts/image.sh --profile dev --out "$TCC_TESTENV/image-check.tar" --check-reproducible >/dev/null
 
 step "cargo test"
 cargo test --locked --no-fail-fast -- "$@"
 
+step "test environment down: the node leaves nothing behind on the host"
+trap - EXIT
+scripts/testenv.sh down
+
 step "demo (./scripts/demo.sh --once) on its own stack"
 demo_log=$(mktemp)
+trap 'TCC_STATE_DIR="$ROOT/.testenv/demo-test" scripts/testenv.sh down' EXIT
 TCC_STATE_DIR="$ROOT/.testenv/demo-test" ./scripts/demo.sh --once >"$demo_log" 2>&1 || { cat "$demo_log"; echo "demo failed"; exit 1; }
 demo_checks=(
   "acme-prod     payments   acme     True"
@@ -45,6 +53,9 @@ demo_checks=(
   "IncludeNotAllowed: include"
   "tenant_config_leader 1"
   'The TenantConfig "bad" is invalid'
+  "tcc-tenant-config-controller-"
+  "pod prints: provider=stripe checkout-flow=v2"
+  "the change reached the file inside the pod after"
 )
 for line in "${demo_checks[@]}"; do
   grep -qF -- "$line" "$demo_log" || { cat "$demo_log"; echo "demo output lacks: $line"; exit 1; }

@@ -196,3 +196,9 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The p-th percentile (nearest rank) of sorted samples.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
