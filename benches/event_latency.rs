@@ -16,7 +16,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_ssm::types::ParameterType;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
@@ -77,18 +76,8 @@ impl World {
     async fn write(&self, backend: &str, object: usize, key: &str, value: &str) {
         match backend {
             "DynamoDB" => {
-                self.ddb
-                    .update_item()
-                    .table_name(&self.table)
-                    .key("pk", AttributeValue::S(format!("TENANT#{}", self.tenant)))
-                    .key("sk", AttributeValue::S(format!("CONFIG#d{object}")))
-                    .update_expression("SET #d.#k = :v")
-                    .expression_attribute_names("#d", "data")
-                    .expression_attribute_names("#k", key)
-                    .expression_attribute_values(":v", AttributeValue::S(value.into()))
-                    .send()
-                    .await
-                    .unwrap();
+                let item = (format!("TENANT#{}", self.tenant), format!("CONFIG#d{object}"));
+                support::put_foreign_key(&self.ddb, &self.table, (&item.0, &item.1), key, value).await;
             }
             _ => {
                 self.ssm

@@ -19,7 +19,6 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use futures::StreamExt;
 use k8s_openapi::{
     api::core::v1::{ConfigMap, Namespace, Pod},
@@ -163,17 +162,8 @@ async fn main() {
     let mut written = Vec::new();
     for i in 0..args.samples {
         let value = format!("v{i}-{id}");
-        ddb.update_item()
-            .table_name(&table)
-            .key("pk", AttributeValue::S(format!("TENANT#{tenant}")))
-            .key("sk", AttributeValue::S(format!("CONFIG#f{i}")))
-            .update_expression("SET #d.#k = :v")
-            .expression_attribute_names("#d", "data")
-            .expression_attribute_names("#k", "probe")
-            .expression_attribute_values(":v", AttributeValue::S(value.clone()))
-            .send()
-            .await
-            .unwrap();
+        support::put_foreign_key(&ddb, &table, (&format!("TENANT#{tenant}"), &format!("CONFIG#f{i}")), "probe", &value)
+            .await;
         written.push((i, value, SystemTime::now()));
         tokio::time::sleep(args.spacing).await;
     }

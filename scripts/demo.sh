@@ -122,14 +122,20 @@ say "The projected ConfigMap in acme-prod: shared include < SSM < DynamoDB; no s
 run k get configmap payments-config -n acme-prod -o jsonpath='{.data}'; echo
 run k get secret payments-secrets -n acme-prod -o jsonpath='{.data}'; echo
 
-say "An operator changes a value out of band in DynamoDB"
-aws <<'PY'
-import boto3, time
+# An operator sets KEY=VALUE in acme's DynamoDB item, out of band.
+set_in_acme_item() {
+  "$TCC_PYTHON" - "$1" "$2" <<'PY'
+import boto3, sys
 boto3.client("dynamodb").update_item(TableName="tenant-config",
     Key={"pk": {"S": "TENANT#acme"}, "sk": {"S": "CONFIG#payments#ENV#prod"}},
-    UpdateExpression="SET #d.#k = :v", ExpressionAttributeNames={"#d": "data", "#k": "maintenance-mode"},
-    ExpressionAttributeValues={":v": {"S": "on"}})
+    UpdateExpression="SET #d.#k = :v", ExpressionAttributeNames={"#d": "data", "#k": sys.argv[1]},
+    ExpressionAttributeValues={":v": {"S": sys.argv[2]}})
+print(f"an operator sets {sys.argv[1]}={sys.argv[2]} in acme's DynamoDB item")
 PY
+}
+
+say "An operator changes a value out of band in DynamoDB"
+set_in_acme_item maintenance-mode on
 # Waits until a ConfigMap key has a value; prints the delay since $1 (epoch seconds).
 wait_key() { # since namespace configmap key value
   local since=$1 ns=$2 cm=$3 key=$4 want=$5 got=
@@ -195,14 +201,7 @@ sleep 2
 run k logs payments-app -n acme-prod --tail 1
 
 say "A store change reaches the file inside the pod (the kubelet syncs mounted ConfigMaps every minute by default)"
-aws <<'PY'
-import boto3
-boto3.client("dynamodb").update_item(TableName="tenant-config",
-    Key={"pk": {"S": "TENANT#acme"}, "sk": {"S": "CONFIG#payments#ENV#prod"}},
-    UpdateExpression="SET #d.#k = :v", ExpressionAttributeNames={"#d": "data", "#k": "checkout-flow"},
-    ExpressionAttributeValues={":v": {"S": "v2"}})
-print("an operator sets checkout-flow=v2 in acme's DynamoDB item")
-PY
+set_in_acme_item checkout-flow v2
 changed_at=$(date +%s.%N)
 since() { python3 -c "import time; print(f'{time.time() - $changed_at:.1f}')"; }
 wait_key "$changed_at" acme-prod payments-config checkout-flow v2

@@ -115,19 +115,9 @@ fn tenant_pod(name: &str, ns: &str, image: &str, script: &str, config_map: &str)
     .unwrap()
 }
 
-/// Writes `key` (another writer's key) into the tenant's DynamoDB item, directly.
+/// Another writer sets `key` in the tenant's item.
 async fn foreign_write(ddb: &aws_sdk_dynamodb::Client, table: &str, tenant: &str, key: &str, value: &str) {
-    ddb.update_item()
-        .table_name(table)
-        .key("pk", AttributeValue::S(format!("TENANT#{tenant}")))
-        .key("sk", AttributeValue::S("CONFIG#payments".into()))
-        .update_expression("SET #d.#k = :v")
-        .expression_attribute_names("#d", "data")
-        .expression_attribute_names("#k", key)
-        .expression_attribute_values(":v", AttributeValue::S(value.into()))
-        .send()
-        .await
-        .unwrap();
+    support::put_foreign_key(ddb, table, (&format!("TENANT#{tenant}"), "CONFIG#payments"), key, value).await;
 }
 
 async fn config_map_has(client: &Client, ns: &str, key: &str, value: &str) -> Option<()> {

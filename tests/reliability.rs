@@ -694,12 +694,19 @@ async fn a_sweep_interrupted_by_a_failure_is_retried() {
     let ns = w.ns(0).to_string();
     let tcs = Api::<TenantConfig>::namespaced(w.client.clone(), &ns);
     let mut controller = w.controller("rel-sweep", &["--ssm-write-rate", "0", "--aws-max-attempts", "1"], false, None);
-    // Generation 1 routes `a` to DynamoDB: the create lands, its answer is lost,
-    // and every read fails from then on, so the object cannot learn it succeeded.
+    // Generation 1 routes `a` to DynamoDB: the first write lands, its answer is
+    // lost, and from then on every read fails (throttled as soon as the item is
+    // there; the retry comes at least a second later), so the object cannot
+    // learn that it succeeded.
     w.proxy.inject("UpdateItem", Fault::AppliedThenServerError, Times::Next(1));
-    w.proxy.inject("GetItem", Fault::Throttle, Times::Always);
     w.apply(&ns, "moved", &Expect::new(&[("a", "1")], &[])).await;
     support::eventually("the first write applied", || async { (w.items().await.len() == 1).then_some(()) }).await;
+    w.proxy.inject("GetItem", Fault::Throttle, Times::Always);
+    support::eventually("the lost answer failed generation 1", || async {
+        let tc = tcs.get("moved").await.ok()?;
+        (tc.status.as_ref()?.observed_generation == Some(1) && reason_of(&tc)?.0 == "False").then_some(())
+    })
+    .await;
     // Generation 2 moves `a` to Parameter Store; the sweep of DynamoDB fails.
     let moved = Expect::new(&[], &[("a", "1")]);
     w.apply(&ns, "moved", &moved).await;

@@ -202,3 +202,20 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
+
+/// Another writer sets `key` in the `data` map of an existing DynamoDB item,
+/// directly (not through any proxy), as an operator or another service would.
+pub async fn put_foreign_key(ddb: &aws_sdk_dynamodb::Client, table: &str, item: (&str, &str), key: &str, value: &str) {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    ddb.update_item()
+        .table_name(table)
+        .key("pk", AttributeValue::S(item.0.into()))
+        .key("sk", AttributeValue::S(item.1.into()))
+        .update_expression("SET #d.#k = :v")
+        .expression_attribute_names("#d", "data")
+        .expression_attribute_names("#k", key)
+        .expression_attribute_values(":v", AttributeValue::S(value.into()))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("setting {key} in {item:?}: {e}"));
+}
