@@ -99,8 +99,8 @@ pub struct Metrics {
     pub event_lag: Histogram,
     /// Shared-path reads served from the cache or filled.
     pub shared_cache: Family<CacheLabels, Counter>,
-    /// Error-policy retries that had not run when due and were triggered again.
-    pub missed_retries: Counter,
+    /// Retries after a failed reconcile that had not started when due and were requested again.
+    pub retries_requested_again: Counter,
 }
 
 impl Default for Metrics {
@@ -132,11 +132,11 @@ impl Default for Metrics {
         registry.register("tenant_configs", "TenantConfigs by Ready condition", objects.clone());
         let leader = Gauge::default();
         registry.register("leader", "1 while this process is the active controller", leader.clone());
-        let missed_retries = Counter::default();
+        let retries_requested_again = Counter::default();
         registry.register(
-            "missed_retries",
-            "Retries after a failed reconcile that had not run a second after they were due, triggered again",
-            missed_retries.clone(),
+            "retries_requested_again",
+            "Retries after a failed reconcile that had not started a second after they were due and were requested again",
+            retries_requested_again.clone(),
         );
         Metrics {
             registry,
@@ -149,7 +149,7 @@ impl Default for Metrics {
             reconcile_duration,
             objects,
             leader,
-            missed_retries,
+            retries_requested_again,
             readiness: Mutex::default(),
         }
     }
@@ -163,8 +163,8 @@ impl Metrics {
         metrics
     }
 
-    pub fn count_missed_retry(&self) {
-        self.missed_retries.inc();
+    pub fn count_retry_requested_again(&self) {
+        self.retries_requested_again.inc();
     }
 
     pub fn reconciled(&self, error: Option<&'static str>, seconds: f64) {

@@ -146,8 +146,8 @@ pub struct Context {
     own_writes: Arc<OwnWrites>,
     /// True once every watch has listed once.
     caches_synced: tokio::sync::watch::Receiver<bool>,
-    /// Reconcile requests for retries whose requeue did not run (see [`error_policy`]).
-    missed_retries: futures::channel::mpsc::UnboundedSender<ObjectRef<Guarded>>,
+    /// Reconcile requests for retries that had not started when due (see [`watch_retry`]).
+    retries_due: futures::channel::mpsc::UnboundedSender<ObjectRef<Guarded>>,
 }
 
 impl Context {
@@ -258,7 +258,7 @@ pub async fn run(
     let tracker = Arc::new(Tracker::new(metrics.clone()));
     let shared_cache = Arc::new(SharedCache::new(settings.shared_cache_max_age, metrics.clone()));
     let (trigger, triggered) = futures::channel::mpsc::unbounded();
-    let (missed_retries, retry_requests) = futures::channel::mpsc::unbounded();
+    let (retries_due, retry_requests) = futures::channel::mpsc::unbounded();
     let consumer = events.map(|consumer_settings| {
         let sqs_config =
             aws_sdk_sqs::config::Builder::from(&backend_ctx.sdk).retry_config(backend_ctx.retry.clone()).build();
@@ -318,7 +318,7 @@ pub async fn run(
         index: index.clone(),
         own_writes,
         caches_synced: sync.receiver(),
-        missed_retries,
+        retries_due,
     });
     let controller = controller
         // A namespace's labels are its tenant identity: re-reconcile its objects.
@@ -573,7 +573,8 @@ fn error_policy(tc: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
 /// stayed `Throttled` with nothing scheduled until the resync, ten minutes
 /// later). If no reconcile of the object has started a second after its
 /// retry was due (its start count is unchanged; a success removes it), it is
-/// triggered from here; otherwise this costs nothing.
+/// requested again from here. That also happens when the retry is merely late
+/// (every reconcile slot busy); the scheduler then merges the two requests.
 fn watch_retry(ctx: &Arc<Context>, key: ObjectRef<Guarded>, due_in: Duration) {
     let Some(attempts) = ctx.attempts.lock().unwrap().get(&key).copied() else { return };
     let ctx = Arc::downgrade(ctx);
@@ -581,9 +582,9 @@ fn watch_retry(ctx: &Arc<Context>, key: ObjectRef<Guarded>, due_in: Duration) {
         tokio::time::sleep(due_in + Duration::from_secs(1)).await;
         let Some(ctx) = ctx.upgrade() else { return };
         if ctx.attempts.lock().unwrap().get(&key) == Some(&attempts) {
-            warn!(object = %key, attempts, "the scheduled retry did not run; triggering it");
-            ctx.metrics.count_missed_retry();
-            let _ = ctx.missed_retries.unbounded_send(key);
+            info!(object = %key, attempts, "the retry has not started a second after it was due; requesting it again");
+            ctx.metrics.count_retry_requested_again();
+            let _ = ctx.retries_due.unbounded_send(key);
         }
     });
 }
