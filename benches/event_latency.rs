@@ -10,6 +10,8 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use support::fixtures::InProcessController;
+
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -29,10 +31,7 @@ use support::{percentile, process::CpuSnapshot};
 use tenant_config_controller::{
     api::{ConfigStore, TenantConfig},
     events::sqs::ConsumerSettings,
-    reconcile::controller::{self, Settings},
-    server::Probes,
-    store::{BackendContext, DEFAULT_MAX_ATTEMPTS, RateLimits},
-    telemetry::Metrics,
+    reconcile::Settings,
 };
 
 const OBJECTS_PER_BACKEND: usize = 10;
@@ -145,20 +144,9 @@ async fn main() {
     }
 
     // The controller, production defaults, 10-minute resync: changes arrive by event.
-    let metrics = Arc::new(Metrics::default());
-    let backend_ctx = BackendContext::new(sdk.clone(), RateLimits::default(), DEFAULT_MAX_ATTEMPTS);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(controller::run(
-        client.clone(),
-        Settings::default(),
-        backend_ctx,
-        Some(ConsumerSettings::new(queue.queue_url.clone())),
-        metrics.clone(),
-        Arc::new(Probes::default()),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let events = Some(ConsumerSettings::new(queue.queue_url.clone()));
+    let controller = InProcessController::start(&client, &sdk, Settings::default(), events);
+    let metrics = controller.metrics.clone();
 
     // Watch the ConfigMaps; record when each probe value first shows.
     let seen: Seen = Arc::default();
@@ -313,7 +301,6 @@ async fn main() {
     for store in ["db", "ssm"] {
         stores.delete(&format!("{id}-{store}"), &DeleteParams::default()).await.unwrap();
     }
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(30), controller).await;
+    controller.stop_within(Duration::from_secs(30)).await;
     watch.abort();
 }

@@ -25,6 +25,8 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use support::fixtures::is_ready;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
@@ -138,10 +140,6 @@ impl World {
         all.extend(args);
         Process::spawn(name, &all, &[])
     }
-}
-
-fn is_ready(tc: &TenantConfig) -> bool {
-    tc.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// `(VmRSS, VmHWM)` of a process, in MiB.

@@ -24,7 +24,7 @@ use kube::{
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
 use tracing::{info, warn};
 
-use crate::{server::Probes, telemetry::Metrics};
+use crate::{metrics::Metrics, server::Probes};
 
 pub struct Election {
     pub client: Client,
@@ -64,7 +64,7 @@ impl Election {
                 .with_identity(&self.identity)
                 .with_duration(seconds)
                 .with_grace((seconds / 3).max(1))
-                .with_field_manager(crate::reconcile::controller::FIELD_MANAGER)
+                .with_field_manager(crate::api::names::FIELD_MANAGER)
                 .build()
                 .await?;
             let (mut leading, lease_task) = manager.watch().await;

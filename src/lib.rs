@@ -1,11 +1,15 @@
 //! tenant-config-controller: pushes `TenantConfig` entries into DynamoDB / SSM
 //! Parameter Store by tag and projects the stores back into ConfigMaps.
+//!
+//! Imports run one way: `api` ← `store` ← (`reconcile`, `events`) ← `runtime` ← `main`.
 
 pub mod api;
 pub mod crd;
 pub mod events;
 pub mod leader;
+pub mod metrics;
 pub mod reconcile;
+pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod telemetry;

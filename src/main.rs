@@ -2,7 +2,7 @@
 
 use std::{num::NonZeroU32, time::Duration};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use std::{
     net::SocketAddr,
     sync::{Arc, atomic::Ordering},
@@ -12,13 +12,14 @@ use futures::{FutureExt, future::BoxFuture};
 use tenant_config_controller::{
     events::{self, sqs::ConsumerSettings},
     leader::Election,
-    reconcile::controller::{self, Settings},
+    metrics::Metrics,
+    reconcile::Settings,
+    runtime::{self, Dependencies},
     server::{self, Probes},
     store::{BackendContext, DEFAULT_MAX_ATTEMPTS, RateLimits},
-    telemetry::Metrics,
+    telemetry::{self, LogFormat},
 };
 use tracing::info;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -50,21 +51,8 @@ struct PatternArgs {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Namespace label whose value is the tenant. Namespaces without it get nothing written.
-    #[arg(long, env = "TENANT_CONFIG_TENANT_LABEL", default_value = "tenantconfig.io/tenant")]
-    tenant_label: String,
-    /// Namespace label whose value adds an environment dimension to store keys.
-    #[arg(long, env = "TENANT_CONFIG_ENVIRONMENT_LABEL", default_value = "tenantconfig.io/environment")]
-    environment_label: String,
-    /// Every object is re-reconciled this often (drift repair, lost events). E.g. 10m, 30s.
-    #[arg(long, env = "TENANT_CONFIG_RESYNC_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
-    resync_interval: Duration,
-    /// Reconciles running at once.
-    #[arg(long, env = "TENANT_CONFIG_CONCURRENCY", default_value_t = 16)]
-    concurrency: u16,
-    /// Project secure entries into Secrets (the ServiceAccount then needs to write Secrets).
-    #[arg(long, env = "TENANT_CONFIG_SECURE_PROJECTION", default_value_t = false)]
-    secure_projection: bool,
+    #[command(flatten)]
+    settings: Settings,
     /// SSM PutParameter/DeleteParameters calls per second, process-wide (0 = unlimited).
     #[arg(long, env = "TENANT_CONFIG_SSM_WRITE_RATE", default_value_t = 3)]
     ssm_write_rate: u32,
@@ -85,9 +73,6 @@ struct RunArgs {
     /// 80% of this is redelivered. Keep it under the queue's retention, above a reconcile's duration.
     #[arg(long, env = "TENANT_CONFIG_EVENT_VISIBILITY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     event_visibility_timeout: Duration,
-    /// A cached read of an included shared path is refreshed after this long even without an event.
-    #[arg(long, env = "TENANT_CONFIG_SHARED_CACHE_MAX_AGE", default_value = "5m", value_parser = humantime::parse_duration)]
-    shared_cache_max_age: Duration,
     /// Address of the HTTP endpoint: /metrics, /healthz, /readyz.
     #[arg(long, env = "TENANT_CONFIG_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
@@ -113,12 +98,6 @@ struct RunArgs {
     /// Log filter, RUST_LOG syntax (e.g. `info,tenant_config_controller=debug`).
     #[arg(long, env = "TENANT_CONFIG_LOG_LEVEL", default_value = "info")]
     log_level: String,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -153,25 +132,13 @@ async fn run_cli() -> Result<(), Box<dyn std::error::Error>> {
             return Ok(());
         }
     };
-    let filter = EnvFilter::try_new(&args.log_level)?;
-    match args.log_format {
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
-        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
-    }
+    telemetry::init(&args.log_level, args.log_format)?;
     let client = kube::Client::try_default().await?;
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let limits = RateLimits {
         ssm_write_per_second: NonZeroU32::new(args.ssm_write_rate),
         ssm_read_per_second: NonZeroU32::new(args.ssm_read_rate),
         dynamodb_per_second: NonZeroU32::new(args.dynamodb_rate),
-    };
-    let settings = Settings {
-        tenant_label: args.tenant_label,
-        environment_label: args.environment_label,
-        resync_interval: args.resync_interval,
-        concurrency: args.concurrency,
-        secure_projection: args.secure_projection,
-        shared_cache_max_age: args.shared_cache_max_age,
     };
     let events = args.event_queue_url.map(|url| ConsumerSettings {
         visibility_timeout: args.event_visibility_timeout,
@@ -191,34 +158,51 @@ async fn run_cli() -> Result<(), Box<dyn std::error::Error>> {
     let backend_ctx = BackendContext::new(sdk, limits, args.aws_max_attempts);
     let metrics = Arc::new(Metrics::with_store_calls(backend_ctx.stats.clone()));
     let probes = Arc::new(Probes::default());
-    let (bound, _) = tokio::sync::oneshot::channel();
-    let server = tokio::spawn(server::serve(args.http_addr, metrics.clone(), probes.clone(), bound, shutdown.clone()));
+    let listener = server::bind(args.http_addr).await.map_err(|e| format!("HTTP endpoint {}: {e}", args.http_addr))?;
+    let mut server = tokio::spawn(server::serve(listener, metrics.clone(), probes.clone(), shutdown.clone()));
 
     let run = |stop: BoxFuture<'static, ()>| {
-        controller::run(
-            client.clone(),
-            settings.clone(),
-            backend_ctx.clone(),
-            events.clone(),
-            metrics.clone(),
-            probes.clone(),
-            stop,
-        )
-    };
-    if !args.leader_election {
-        probes.lease_known.store(true, Ordering::Release);
-        probes.leading.store(true, Ordering::Release);
-        metrics.leader.set(1);
-        run(shutdown.clone().boxed()).await;
-    } else {
-        let election = Election {
+        let deps = Dependencies {
             client: client.clone(),
-            lease_name: args.lease_name,
-            namespace: args.lease_namespace,
-            identity: args.identity.unwrap_or_else(default_identity),
-            lease_duration: args.lease_duration,
+            settings: args.settings.clone(),
+            backend_ctx: backend_ctx.clone(),
+            events: events.clone(),
+            metrics: metrics.clone(),
+            probes: probes.clone(),
         };
-        election.run(probes.clone(), metrics.clone(), shutdown.clone(), run).await?;
+        runtime::run(deps, stop)
+    };
+    let controller = async {
+        if !args.leader_election {
+            probes.lease_known.store(true, Ordering::Release);
+            probes.leading.store(true, Ordering::Release);
+            metrics.leader.set(1);
+            run(shutdown.clone().boxed()).await;
+            Ok(())
+        } else {
+            let election = Election {
+                client: client.clone(),
+                lease_name: args.lease_name,
+                namespace: args.lease_namespace,
+                identity: args.identity.unwrap_or_else(default_identity),
+                lease_duration: args.lease_duration,
+            };
+            election.run(probes.clone(), metrics.clone(), shutdown.clone(), run).await
+        }
+    };
+    // The endpoint failing is fatal: a pod whose probes go unanswered is
+    // restarted anyway. Its normal end (on shutdown) is not a reason to stop:
+    // the controller still finishes its reconciles and releases the Lease.
+    let server_failed = async {
+        match (&mut server).await {
+            Ok(Ok(())) => std::future::pending::<String>().await,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        }
+    };
+    tokio::select! {
+        result = controller => result?,
+        error = server_failed => return Err(format!("HTTP endpoint failed: {error}").into()),
     }
     server.abort();
     info!("stopped");

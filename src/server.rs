@@ -5,7 +5,7 @@
 use std::{
     net::SocketAddr,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
 };
@@ -14,44 +14,88 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Incoming, header, service::service_fn};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
 use tracing::{debug, info};
 
-use crate::telemetry::Metrics;
+use crate::metrics::Metrics;
 
-/// What `/readyz` answers from.
-#[derive(Debug, Default)]
+/// The watch caches readiness waits for.
+#[derive(Clone, Copy, Debug)]
+pub enum Cache {
+    ConfigStores = 0,
+    Namespaces = 1,
+    TenantConfigs = 2,
+}
+
+/// What `/readyz` answers from, and what reconciles wait for before they
+/// trust the caches.
+#[derive(Debug)]
 pub struct Probes {
-    /// The reflector caches (ConfigStores, Namespaces, TenantConfigs) have listed once.
-    pub caches_synced: AtomicBool,
+    /// Which caches have listed once in this leadership term.
+    listed: Mutex<[bool; 3]>,
+    /// True once all of them have.
+    synced: watch::Sender<bool>,
     /// This process knows whether it leads (always true without election).
     pub lease_known: AtomicBool,
     /// This process is the active controller.
     pub leading: AtomicBool,
 }
 
+impl Default for Probes {
+    fn default() -> Self {
+        Probes {
+            listed: Mutex::default(),
+            synced: watch::Sender::new(false),
+            lease_known: AtomicBool::default(),
+            leading: AtomicBool::default(),
+        }
+    }
+}
+
 impl Probes {
     /// Ready: the lease state is known, and a leader has synced its caches. A
     /// standby is ready (it serves probes and waits); it reconciles nothing.
     pub fn ready(&self) -> bool {
-        self.lease_known.load(Ordering::Acquire)
-            && (!self.leading.load(Ordering::Acquire) || self.caches_synced.load(Ordering::Acquire))
+        self.lease_known.load(Ordering::Acquire) && (!self.leading.load(Ordering::Acquire) || *self.synced.borrow())
+    }
+
+    /// A cache completed a listing (call it after the listing is in the cache).
+    pub fn listed(&self, cache: Cache) {
+        let mut listed = self.listed.lock().unwrap();
+        listed[cache as usize] = true;
+        if listed.iter().all(|l| *l) && !*self.synced.borrow() {
+            self.synced.send_replace(true);
+            info!("caches synced");
+        }
+    }
+
+    /// Follows whether every cache has listed.
+    pub fn caches_synced(&self) -> watch::Receiver<bool> {
+        self.synced.subscribe()
+    }
+
+    /// The caches are gone (the controller stopped): the next term lists anew.
+    pub fn caches_dropped(&self) {
+        *self.listed.lock().unwrap() = Default::default();
+        self.synced.send_replace(false);
     }
 }
 
-/// Binds `addr` and serves until `shutdown` resolves. Returns the bound address
-/// through `bound` (useful with port 0).
+/// Binds the HTTP endpoint: a port in use is an error at start, not a
+/// process that runs without probes.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(addr).await?;
+    info!(address = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    Ok(listener)
+}
+
+/// Serves on `listener` until `shutdown` resolves.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: TcpListener,
     metrics: Arc<Metrics>,
     probes: Arc<Probes>,
-    bound: tokio::sync::oneshot::Sender<SocketAddr>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    info!(address = %local, "serving /metrics, /healthz, /readyz");
-    let _ = bound.send(local);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -102,12 +146,18 @@ mod tests {
         assert!(probes.ready(), "a standby is ready");
         probes.leading.store(true, Ordering::Release);
         assert!(!probes.ready(), "a leader waits for its caches");
-        probes.caches_synced.store(true, Ordering::Release);
+        probes.listed(Cache::ConfigStores);
+        probes.listed(Cache::Namespaces);
+        assert!(!probes.ready(), "every cache must have listed");
+        probes.listed(Cache::TenantConfigs);
         assert!(probes.ready());
+        assert!(*probes.caches_synced().borrow());
         let metrics = Metrics::default();
         assert_eq!(respond("/readyz", &metrics, &probes).status(), StatusCode::OK);
         assert_eq!(respond("/nope", &metrics, &probes).status(), StatusCode::NOT_FOUND);
         let body = respond("/metrics", &metrics, &probes);
         assert_eq!(body.status(), StatusCode::OK);
+        probes.caches_dropped();
+        assert!(!probes.ready(), "a new term lists anew");
     }
 }

@@ -6,7 +6,7 @@ mod support;
 
 use support::eventually;
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_ssm::types::ParameterType;
@@ -19,31 +19,19 @@ use kube::{
     api::{DeleteParams, ListParams},
 };
 use serde_json::json;
+use support::fixtures::{InProcessController, condition, item_data, wait_ready};
 use support::{
     aws_config, create_table,
     fault_proxy::{Fault, FaultProxy, Times},
     install_crds, kube_client, unique,
 };
 use tenant_config_controller::{
-    api::{ConfigStore, TenantConfig},
-    reconcile::controller::{self, Settings},
-    server::Probes,
-    store::{BackendContext, DEFAULT_MAX_ATTEMPTS, RateLimits},
-    telemetry::Metrics,
+    api::{ConfigStore, TenantConfig, names},
+    reconcile::Settings,
 };
 
-fn condition(tc: &TenantConfig, type_: &str) -> Option<(String, String)> {
-    let c = tc.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;
-    Some((c.status.clone(), c.reason.clone()))
-}
-
 async fn wait_reason(client: &Client, ns: &str, name: &str, status: &str, reason: &str) -> TenantConfig {
-    let api = Api::<TenantConfig>::namespaced(client.clone(), ns);
-    eventually(&format!("{ns}/{name} Ready={status} reason={reason}"), || async {
-        let tc = api.get(name).await.ok()?;
-        (condition(&tc, "Ready") == Some((status.into(), reason.into()))).then_some(tc)
-    })
-    .await
+    wait_ready(client, ns, name, status, Some(reason)).await
 }
 
 async fn create<K>(client: &Client, ns: Option<&str>, obj: serde_json::Value) -> K
@@ -61,25 +49,6 @@ where
     let body = serde_json::to_vec(&obj).unwrap();
     let request = http::Request::post(url).header("content-type", "application/json").body(body).unwrap();
     client.request::<K>(request).await.expect("create")
-}
-
-async fn item_data(
-    ddb: &aws_sdk_dynamodb::Client,
-    table: &str,
-    pk: &str,
-    sk: &str,
-) -> Option<BTreeMap<String, String>> {
-    let item = ddb
-        .get_item()
-        .table_name(table)
-        .key("pk", AttributeValue::S(pk.into()))
-        .key("sk", AttributeValue::S(sk.into()))
-        .consistent_read(true)
-        .send()
-        .await
-        .unwrap()
-        .item?;
-    Some(item.get("data")?.as_m().ok()?.iter().map(|(k, v)| (k.clone(), v.as_s().unwrap().clone())).collect())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,22 +107,10 @@ async fn controller_end_to_end() {
     }
 
     // The controller, in this process, with a short resync so drift shows quickly.
-    let backend_ctx = BackendContext::new(sdk.clone(), RateLimits::default(), DEFAULT_MAX_ATTEMPTS);
-    let stats = backend_ctx.stats.clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let settings = Settings { resync_interval: Duration::from_secs(2), secure_projection: true, ..Settings::default() };
     let no_events = None; // the event path has its own tests (events_e2e)
-    let controller = tokio::spawn(controller::run(
-        client.clone(),
-        settings,
-        backend_ctx,
-        no_events,
-        Arc::new(Metrics::default()),
-        Arc::new(Probes::default()),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let controller = InProcessController::start(&client, &sdk, settings, no_events);
+    let stats = controller.stats.clone();
 
     // --- A tenant team applies a TenantConfig.
     let tc_json = |name: &str, spec: serde_json::Value| json!({ "apiVersion": "tenantconfig.io/v1alpha1", "kind": "TenantConfig", "metadata": { "name": name }, "spec": spec });
@@ -193,7 +150,7 @@ async fn controller_end_to_end() {
             ("ParameterStore".to_string(), format!("{prefix}/{tenant}/payments"), 2)
         ]
     );
-    assert!(tc.finalizers().contains(&controller::FINALIZER.to_string()));
+    assert!(tc.finalizers().contains(&names::FINALIZER.to_string()));
 
     // What the stores hold.
     let pk = format!("TENANT#{tenant}");
@@ -466,6 +423,5 @@ async fn controller_end_to_end() {
             .unwrap();
     }
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), controller).await.expect("controller stops on shutdown").unwrap();
+    controller.stop_within(Duration::from_secs(30)).await;
 }

@@ -11,7 +11,7 @@ mod support;
 
 use support::eventually;
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
@@ -22,6 +22,7 @@ use kube::{
     api::{DeleteParams, ListParams, PostParams},
 };
 use serde_json::json;
+use support::fixtures::{self, InProcessController};
 use support::{
     EventQueue, aws_config, event_queue,
     fault_proxy::{Fault, FaultProxy, Times},
@@ -30,22 +31,13 @@ use support::{
 use tenant_config_controller::{
     api::{ConfigStore, TenantConfig},
     events::sqs::ConsumerSettings,
-    reconcile::controller::{self, Settings},
-    server::Probes,
-    store::{BackendContext, DEFAULT_MAX_ATTEMPTS, RateLimits, stats::CallStats, stats::Outcome},
-    telemetry::Metrics,
+    metrics::Metrics,
+    reconcile::Settings,
+    store::stats::{CallStats, Outcome},
 };
-use tokio::task::JoinHandle;
 
 /// Tests take turns: each runs a controller that sees the whole cluster.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-struct Running {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: JoinHandle<()>,
-    stats: Arc<CallStats>,
-    metrics: Arc<Metrics>,
-}
 
 /// One test's world: its stores, queue, namespaces and controller.
 struct Harness {
@@ -62,7 +54,7 @@ struct Harness {
     visibility: Duration,
     namespaces: Vec<String>,
     stores: Vec<String>,
-    controller: Option<Running>,
+    controller: Option<InProcessController>,
 }
 
 impl Harness {
@@ -107,10 +99,7 @@ impl Harness {
         let tags: Vec<String> =
             spec["tags"].as_array().unwrap().iter().map(|t| format!("{}-{}", self.id, t.as_str().unwrap())).collect();
         spec["tags"] = json!(tags);
-        let store: ConfigStore = serde_json::from_value(json!({
-            "apiVersion": "tenantconfig.io/v1alpha1", "kind": "ConfigStore", "metadata": { "name": name }, "spec": spec
-        }))
-        .unwrap();
+        let store = fixtures::config_store(&name, spec);
         Api::<ConfigStore>::all(self.client.clone()).create(&PostParams::default(), &store).await.unwrap();
         self.stores.push(name);
     }
@@ -135,51 +124,28 @@ impl Harness {
     }
 
     async fn tenant_config(&self, ns: &str, name: &str, spec: serde_json::Value) {
-        let tc: TenantConfig = serde_json::from_value(json!({
-            "apiVersion": "tenantconfig.io/v1alpha1", "kind": "TenantConfig",
-            "metadata": { "name": name, "namespace": ns }, "spec": spec
-        }))
-        .unwrap();
+        let tc = fixtures::tenant_config(ns, name, spec);
         Api::<TenantConfig>::namespaced(self.client.clone(), ns).create(&PostParams::default(), &tc).await.unwrap();
     }
 
     fn start(&mut self) {
         assert!(self.controller.is_none());
-        let backend_ctx = BackendContext::new(self.sdk.clone(), RateLimits::default(), DEFAULT_MAX_ATTEMPTS);
-        let stats = backend_ctx.stats.clone();
-        let metrics = Arc::new(Metrics::default());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let settings = Settings { resync_interval: Duration::from_secs(600), ..Settings::default() };
         let events = ConsumerSettings {
             visibility_timeout: self.visibility,
             ..ConsumerSettings::new(self.queue.queue_url.clone())
         };
-        let task = tokio::spawn(controller::run(
-            self.client.clone(),
-            settings,
-            backend_ctx,
-            Some(events),
-            metrics.clone(),
-            Arc::new(Probes::default()),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        self.controller = Some(Running { stop, task, stats, metrics });
+        self.controller = Some(InProcessController::start(&self.client, &self.sdk, settings, Some(events)));
     }
 
     /// Graceful stop, as on SIGTERM.
     async fn stop(&mut self) {
-        let running = self.controller.take().expect("controller running");
-        let _ = running.stop.send(());
-        tokio::time::timeout(Duration::from_secs(30), running.task).await.expect("controller stops").unwrap();
+        self.controller.take().expect("controller running").stop_within(Duration::from_secs(30)).await;
     }
 
     /// Abrupt stop, as on SIGKILL: in-flight work is simply gone.
     async fn kill(&mut self) {
-        let running = self.controller.take().expect("controller running");
-        running.task.abort();
-        let _ = running.task.await;
+        self.controller.take().expect("controller running").kill().await;
     }
 
     fn metrics(&self) -> &Metrics {
@@ -191,13 +157,7 @@ impl Harness {
     }
 
     async fn wait_ready(&self, ns: &str, name: &str) {
-        let api = Api::<TenantConfig>::namespaced(self.client.clone(), ns);
-        eventually(&format!("{ns}/{name} Ready"), || async {
-            let tc = api.get(name).await.ok()?;
-            let ready = tc.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
-            (ready.status == "True").then_some(())
-        })
-        .await
+        fixtures::wait_ready(&self.client, ns, name, "True", None).await;
     }
 
     async fn config_map(&self, ns: &str, name: &str) -> BTreeMap<String, String> {
@@ -240,22 +200,8 @@ impl Harness {
     }
 
     async fn item_data(&self, tenant: &str, config_type: &str) -> BTreeMap<String, String> {
-        let item = self
-            .ddb
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", AttributeValue::S(format!("TENANT#{tenant}")))
-            .key("sk", AttributeValue::S(format!("CONFIG#{config_type}")))
-            .consistent_read(true)
-            .send()
-            .await
-            .unwrap()
-            .item
-            .unwrap_or_default();
-        item.get("data")
-            .and_then(|d| d.as_m().ok())
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_s().unwrap().clone())).collect())
-            .unwrap_or_default()
+        let (pk, sk) = (format!("TENANT#{tenant}"), format!("CONFIG#{config_type}"));
+        fixtures::item_data(&self.ddb, &self.table, &pk, &sk).await.unwrap_or_default()
     }
 
     async fn put_parameter(&self, name: &str, value: &str) {

@@ -23,10 +23,17 @@ use std::{
     path::PathBuf,
 };
 
+mod support;
+
+use support::fixtures::Rng;
 use tenant_config_controller::{
     api::{ConfigStoreSpec, is_valid_key},
-    events::envelope::{Change, StoreRef, Target, locate, parse},
-    store::routing::{Candidate, shared_store_for},
+    events::envelope::parse,
+    store::{
+        Location, StoreRef,
+        change::{StoreChange, Target, locate},
+        routing::shared_store_for,
+    },
 };
 
 const TENANT_PREFIX: &str = "/tenant-config";
@@ -81,17 +88,6 @@ const DICTIONARY: &[&str] = &[
     "arn:aws:dynamodb:us-east-1:1:table/other/stream/x",
 ];
 
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1) as u64) as usize
-    }
-}
-
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/corpus").join(target);
     let mut seeds: Vec<_> = std::fs::read_dir(&dir)
@@ -109,41 +105,37 @@ fn iterations() -> usize {
 }
 
 fn rng() -> Rng {
-    let seed = std::env::var("TCC_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-    }) | 1;
-    eprintln!("TCC_FUZZ_SEED={seed}");
-    Rng(seed)
+    Rng::seeded_from_env("TCC_FUZZ_SEED")
 }
 
 /// One mutation of `input`, sometimes spliced with `other`.
 fn mutate(rng: &mut Rng, input: &[u8], other: &[u8]) -> Vec<u8> {
     let mut out = input.to_vec();
-    for _ in 0..=rng.below(4) {
-        let at = rng.below(out.len() + 1);
-        match rng.below(7) {
+    for _ in 0..=rng.index(4) {
+        let at = rng.index(out.len() + 1);
+        match rng.index(7) {
             0 if !out.is_empty() => {
-                let i = rng.below(out.len());
-                out[i] ^= 1 << rng.below(8);
+                let i = rng.index(out.len());
+                out[i] ^= 1 << rng.index(8);
             }
             1 if !out.is_empty() => {
-                let end = (at + rng.below(16)).min(out.len());
+                let end = (at + rng.index(16)).min(out.len());
                 out.drain(at.min(end)..end);
             }
             2 => {
-                let token = DICTIONARY[rng.below(DICTIONARY.len())].as_bytes();
+                let token = DICTIONARY[rng.index(DICTIONARY.len())].as_bytes();
                 out.splice(at..at, token.iter().copied());
             }
             3 if !other.is_empty() => {
-                let from = rng.below(other.len());
-                let end = (from + rng.below(64)).min(other.len());
+                let from = rng.index(other.len());
+                let end = (from + rng.index(64)).min(other.len());
                 out.splice(at..at, other[from..end].iter().copied());
             }
             4 => out = rewrite_json_strings(rng, &out),
             5 if !out.is_empty() => {
-                let end = (at + rng.below(8)).min(out.len());
+                let end = (at + rng.index(8)).min(out.len());
                 let chunk = out[at.min(end)..end].to_vec();
-                out.splice(at..at, chunk.iter().copied().cycle().take(chunk.len() * rng.below(50)));
+                out.splice(at..at, chunk.iter().copied().cycle().take(chunk.len() * rng.index(50)));
             }
             _ => out.truncate(at),
         }
@@ -157,12 +149,12 @@ fn rewrite_json_strings(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
     let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(input) else { return input.to_vec() };
     let mut strings = Vec::new();
     collect_strings(&mut value, &mut strings);
-    if let Some(s) = (!strings.is_empty()).then(|| rng.below(strings.len())).map(|i| &mut *strings.swap_remove(i)) {
-        let token = DICTIONARY[rng.below(DICTIONARY.len())];
+    if let Some(s) = (!strings.is_empty()).then(|| rng.index(strings.len())).map(|i| &mut *strings.swap_remove(i)) {
+        let token = DICTIONARY[rng.index(DICTIONARY.len())];
         let parts: Vec<&str> = s.split('/').collect();
-        let i = rng.below(parts.len());
+        let i = rng.index(parts.len());
         let mut parts: Vec<String> = parts.into_iter().map(str::to_string).collect();
-        parts[i] = if rng.below(2) == 0 { token.to_string() } else { format!("{}{token}", parts[i]) };
+        parts[i] = if rng.index(2) == 0 { token.to_string() } else { format!("{}{token}", parts[i]) };
         *s = parts.join("/");
     }
     serde_json::to_vec(&value).unwrap()
@@ -209,18 +201,18 @@ fn check_envelope(body: &str) -> Result<(), String> {
     let targets = locate(&envelope.change, &[StoreRef { name: "db", spec: &db }, StoreRef { name: "ssm", spec: &ssm }]);
     for target in targets {
         match (&target, &envelope.change) {
-            (Target::Tenant { tenant, environment, config_type, .. }, change) => {
+            (Target::Tenant { location: Location { tenant, environment, config_type }, .. }, change) => {
                 for part in [tenant, config_type].into_iter().chain(environment) {
                     if !valid_segment(part) {
                         return Err(format!("{target}: segment {part:?} is not a valid key"));
                     }
                 }
                 let spelled = match change {
-                    Change::Parameter { name, .. } => {
+                    StoreChange::Parameter { name, .. } => {
                         let env = environment.as_ref().map(|e| format!("/{e}")).unwrap_or_default();
                         name.starts_with(&format!("{TENANT_PREFIX}/{tenant}{env}/{config_type}/"))
                     }
-                    Change::Item { keys, .. } => {
+                    StoreChange::Item { keys, .. } => {
                         let env = environment.as_ref().map(|e| format!("#ENV#{e}")).unwrap_or_default();
                         keys.contains(&("pk".into(), format!("TENANT#{tenant}")))
                             && keys.contains(&("sk".into(), format!("CONFIG#{config_type}{env}")))
@@ -243,7 +235,7 @@ fn check_envelope(body: &str) -> Result<(), String> {
 /// The invariants for one include path.
 fn check_include(path: &str) -> Result<(), String> {
     let (db, ssm) = stores();
-    let candidates = [Candidate { name: "db", spec: &db }, Candidate { name: "ssm", spec: &ssm }];
+    let candidates = [StoreRef { name: "db", spec: &db }, StoreRef { name: "ssm", spec: &ssm }];
     match shared_store_for(path, &candidates) {
         Ok("ssm") if under_on_boundary(path, SHARED_PREFIX) && clean_segments(path) => Ok(()),
         Ok(store) => Err(format!("{path:?} allowed (store {store})")),
@@ -266,8 +258,8 @@ fn fuzz(target: &str, check: fn(&str) -> Result<(), String>) {
         run(seed).unwrap_or_else(|e| panic!("corpus seed {target}/{name}: {e}"));
     }
     for i in 0..total {
-        let (_, seed) = &seeds[rng.below(seeds.len())];
-        let (_, other) = &seeds[rng.below(seeds.len())];
+        let (_, seed) = &seeds[rng.index(seeds.len())];
+        let (_, other) = &seeds[rng.index(seeds.len())];
         let input = mutate(&mut rng, seed, other);
         if let Err(e) = run(&input) {
             let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-failures").join(target);

@@ -105,16 +105,7 @@ impl World {
     }
 
     async fn ready_count(&self) -> usize {
-        let list =
-            Api::<TenantConfig>::namespaced(self.client.clone(), &self.ns).list(&ListParams::default()).await.unwrap();
-        list.items
-            .iter()
-            .filter(|tc| {
-                tc.status
-                    .as_ref()
-                    .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            })
-            .count()
+        support::fixtures::ready_count(&self.client, &self.ns).await
     }
 
     async fn wait_ready(&self, n: usize) {
@@ -403,4 +394,35 @@ async fn secure_values_never_reach_the_logs() {
         assert!(!logs.contains(&b64), "{value} appears base64-encoded in the logs");
     }
     w.finish().await;
+}
+
+/// An HTTP endpoint that cannot bind is an error at start with the address
+/// named, not a controller running without probes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_in_use_is_an_error_at_start() {
+    support::env("KUBECONFIG");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tenant-config-controller"))
+        .args(["run", "--leader-election", "false", "--http-addr", &address])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the controller runs");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the controller kept running with its HTTP port taken");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "a taken port fails the start; stderr: {stderr}");
+    assert!(stderr.contains(&format!("HTTP endpoint {address}")), "the error names the address: {stderr}");
 }

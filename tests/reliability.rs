@@ -17,6 +17,8 @@
 
 mod support;
 
+use support::fixtures::{self, Rng};
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
@@ -52,25 +54,6 @@ fn soak() -> usize {
 
 fn outage() -> Duration {
     Duration::from_secs(std::env::var("TCC_OUTAGE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60))
-}
-
-/// xorshift64*: reproducible randomness without another dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded() -> Rng {
-        let seed = std::env::var("TCC_RELIABILITY_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-        }) | 1;
-        eprintln!("TCC_RELIABILITY_SEED={seed}");
-        Rng(seed)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-    }
 }
 
 /// What one TenantConfig should amount to: managed keys per backend, and keys
@@ -277,8 +260,7 @@ impl World {
     }
 
     async fn config_maps(&self, ns: &str) -> BTreeMap<String, ConfigMap> {
-        let list = Api::<ConfigMap>::namespaced(self.client.clone(), ns).list(&ListParams::default()).await.unwrap();
-        list.items.into_iter().map(|cm| (cm.metadata.name.clone().unwrap(), cm)).collect()
+        fixtures::config_maps(&self.client, ns).await
     }
 
     /// The first way in which the world differs from `expected`, if any.
@@ -392,11 +374,7 @@ impl World {
     }
 
     async fn ready_count(&self, ns: &str) -> usize {
-        let Ok(list) = Api::<TenantConfig>::namespaced(self.client.clone(), ns).list(&ListParams::default()).await
-        else {
-            return 0;
-        };
-        list.items.iter().filter(|tc| reason_of(tc).is_some_and(|(s, _)| s == "True")).count()
+        fixtures::ready_count(&self.client, ns).await
     }
 
     /// Deletes every TenantConfig with a controller running, then proves the
@@ -480,7 +458,7 @@ async fn sigkill_at_random_moments_loses_nothing() {
         w.apply(&ns, &format!("c{i}"), &e).await;
         expected.insert((ns, format!("c{i}")), e);
     }
-    let mut rng = Rng::seeded();
+    let mut rng = Rng::seeded_from_env("TCC_RELIABILITY_SEED");
     // moto does not throttle; the SSM write limit is lifted so that the run is
     // about kills, not about waiting for 3 PutParameter/s.
     let args = ["--ssm-write-rate", "0"];

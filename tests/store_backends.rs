@@ -423,7 +423,12 @@ async fn parameter_store_round_trip_with_foreign_and_secure_parameters() {
     assert_eq!(state.managed.iter().map(String::as_str).collect::<Vec<_>>(), ["api-endpoint", "db-password"]);
 
     // Shared read of the same path flattens the same way.
-    let shared = backend.read_shared(&format!("{prefix}/acme")).await.unwrap();
+    let shared = backend
+        .shared_paths()
+        .expect("Parameter Store serves shared paths")
+        .read_shared(&format!("{prefix}/acme"))
+        .await
+        .unwrap();
     assert!(shared.contains_key("prod.payments.db.host"), "{:?}", shared.keys());
 
     let deleted = backend.delete_managed(&loc, owner).await.unwrap();

@@ -160,14 +160,13 @@ impl ConfigStoreSpec {
             _ => None,
         }
     }
-}
 
-impl StoreBackend<'_> {
-    /// Short name used in status, events and metric labels.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            StoreBackend::DynamoDb(_) => "DynamoDB",
-            StoreBackend::ParameterStore(_) => "ParameterStore",
+    /// The shared paths (read-only includes) this store serves; empty for a
+    /// backend without them.
+    pub fn shared_paths(&self) -> &[String] {
+        match self.backend() {
+            Some(StoreBackend::ParameterStore(p)) => &p.shared_paths,
+            Some(StoreBackend::DynamoDb(_)) | None => &[],
         }
     }
 }

@@ -3,13 +3,22 @@
 
 pub mod conditions;
 pub mod config_store;
+pub mod identity;
+pub mod names;
+pub mod paths;
 pub mod tenant_config;
+
+use kube::core::DeserializeGuard;
 
 pub use config_store::{ConfigStore, ConfigStoreSpec, DynamoDbStore, ParameterStoreStore, ParameterTier, StoreBackend};
 pub use tenant_config::{
     DeletionPolicy, Entry, Include, ManagementPolicy, Projection, StoreSummary, TenantConfig, TenantConfigSpec,
     TenantConfigStatus,
 };
+
+/// TenantConfigs as the watch delivers them: an object that does not
+/// deserialize is reported on its own instead of failing the whole watch.
+pub type Guarded = DeserializeGuard<TenantConfig>;
 
 /// API group of every resource this controller defines.
 pub const GROUP: &str = "tenantconfig.io";

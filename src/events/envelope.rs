@@ -6,14 +6,15 @@
 //! the changed key is read: the images in a stream record are ignored, because
 //! events are hints and the reconcile re-reads the store.
 //!
-//! [`locate`] then maps the changed key onto the ConfigStores: a tenant's
-//! `(store, tenant, environment, configType)` or a shared parameter path.
-
-use std::fmt;
+//! [`crate::store::change::locate`] then maps the changed key onto the
+//! ConfigStores: a tenant's `(store, location)` or a shared parameter path.
 
 use serde_json::{Map, Value};
 
-use crate::api::{ConfigStoreSpec, is_valid_key};
+use crate::{
+    api::paths,
+    store::change::{ItemEventName, StoreChange},
+};
 
 /// Larger bodies are refused unread. EventBridge events are at most 256 KiB,
 /// and only a few hundred bytes of them matter here.
@@ -31,31 +32,10 @@ pub const DYNAMODB_PIPE_DETAIL_TYPE: &str = "Event from aws:dynamodb";
 /// One parsed message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
-    /// EventBridge event id or stream record eventID, for logs.
+    /// EventBridge event id or stream record eventID, for logs (traces a
+    /// message back to the change that caused it).
     pub id: Option<String>,
-    pub change: Change,
-}
-
-/// What changed.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Change {
-    /// An SSM parameter was created, updated, labelled or deleted.
-    Parameter { name: String, operation: String },
-    /// A DynamoDB item was inserted, modified or removed.
-    Item {
-        event_name: ItemEventName,
-        /// From the stream ARN, when the record carries one.
-        table: Option<String>,
-        /// The item's string-typed key attributes.
-        keys: Vec<(String, String)>,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ItemEventName {
-    Insert,
-    Modify,
-    Remove,
+    pub change: StoreChange,
 }
 
 /// Why a message is not a store-change event. Such messages are never deleted:
@@ -120,7 +100,7 @@ fn parse_eventbridge(object: &Map<String, Value>) -> Result<Envelope, Malformed>
         if operation.is_empty() {
             return Err(Malformed::Invalid { field: "detail.operation", reason: "empty".into() });
         }
-        return Ok(Envelope { id, change: Change::Parameter { name: name.into(), operation: operation.into() } });
+        return Ok(Envelope { id, change: StoreChange::Parameter { name: name.into(), operation: operation.into() } });
     }
     if detail.get("eventSource").and_then(Value::as_str) == Some(DYNAMODB_EVENT_SOURCE) {
         let mut envelope = parse_stream_record(detail, "detail.eventID")?;
@@ -169,7 +149,7 @@ fn parse_stream_record(record: &Map<String, Value>, id_field: &'static str) -> R
             return Err(Malformed::WrongType("dynamodb.Keys"));
         }
     }
-    Ok(Envelope { id, change: Change::Item { event_name, table, keys: string_keys } })
+    Ok(Envelope { id, change: StoreChange::Item { event_name, table, keys: string_keys } })
 }
 
 /// `arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/LABEL` → NAME.
@@ -185,7 +165,7 @@ fn check_parameter_name(name: &str) -> Result<(), Malformed> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
         return invalid("empty or too long");
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'/')) {
+    if !paths::has_parameter_name_charset(name) {
         return invalid("characters outside a-zA-Z0-9_.-/");
     }
     if let Some(path) = name.strip_prefix('/') {
@@ -193,7 +173,7 @@ fn check_parameter_name(name: &str) -> Result<(), Malformed> {
         if segments.iter().any(|s| s.is_empty()) {
             return invalid("empty path segment");
         }
-        if segments.iter().any(|s| *s == "." || *s == "..") {
+        if !segments.iter().all(|s| paths::is_plain_segment(s)) {
             return invalid("path traversal ('.' or '..' segment)");
         }
     }
@@ -221,102 +201,16 @@ fn truncated(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
-/// A ConfigStore, as [`locate`] sees it.
-pub struct StoreRef<'a> {
-    pub name: &'a str,
-    pub spec: &'a ConfigStoreSpec,
-}
-
-/// Where a change lands.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Target {
-    /// A tenant's own keys: the TenantConfigs of that tenant (and environment)
-    /// with that configType read it.
-    Tenant { store: String, tenant: String, environment: Option<String>, config_type: String },
-    /// A parameter under a store's shared path: the TenantConfigs that include a
-    /// path above it read it.
-    Shared { store: String, name: String },
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Target::Tenant { store, tenant, environment, config_type } => match environment {
-                Some(env) => write!(f, "{store}: tenant {tenant}/{env}, configType {config_type}"),
-                None => write!(f, "{store}: tenant {tenant}, configType {config_type}"),
-            },
-            Target::Shared { store, name } => write!(f, "{store}: shared {name}"),
-        }
-    }
-}
-
-/// Maps a change onto the stores. Empty when no store owns the changed key
-/// (another application's item or parameter): such events are acknowledged
-/// and counted, nothing else.
-pub fn locate(change: &Change, stores: &[StoreRef<'_>]) -> Vec<Target> {
-    let mut targets = Vec::new();
-    for store in stores {
-        match change {
-            Change::Parameter { name, .. } => {
-                let Some(ps) = &store.spec.parameter_store else { continue };
-                if let Some(rest) = strip_path(name, &ps.path_prefix) {
-                    let segments: Vec<&str> = rest.split('/').collect();
-                    let (tenant, environment, config_type, key) = match segments[..] {
-                        [tenant, config_type, key] => (tenant, None, config_type, key),
-                        [tenant, env, config_type, key] => (tenant, Some(env), config_type, key),
-                        _ => ("", None, "", ""),
-                    };
-                    if [tenant, config_type, key].into_iter().chain(environment).all(is_valid_key) {
-                        targets.push(Target::Tenant {
-                            store: store.name.into(),
-                            tenant: tenant.into(),
-                            environment: environment.map(str::to_string),
-                            config_type: config_type.into(),
-                        });
-                    }
-                }
-                if ps.shared_paths.iter().any(|shared| strip_path(name, shared).is_some()) {
-                    targets.push(Target::Shared { store: store.name.into(), name: name.clone() });
-                }
-            }
-            Change::Item { table, keys, .. } => {
-                let Some(db) = &store.spec.dynamodb else { continue };
-                if table.as_ref().is_some_and(|t| *t != db.table_name) {
-                    continue;
-                }
-                let get = |attribute: &str| keys.iter().find(|(a, _)| a == attribute).map(|(_, v)| v.as_str());
-                let (Some(pk), Some(sk)) = (get(&db.partition_key), get(&db.sort_key)) else { continue };
-                let Some(tenant) = pk.strip_prefix("TENANT#") else { continue };
-                let Some(config) = sk.strip_prefix("CONFIG#") else { continue };
-                let (config_type, environment) = match config.split_once("#ENV#") {
-                    Some((config_type, env)) => (config_type, Some(env)),
-                    None => (config, None),
-                };
-                if [tenant, config_type].into_iter().chain(environment).all(is_valid_key) {
-                    targets.push(Target::Tenant {
-                        store: store.name.into(),
-                        tenant: tenant.into(),
-                        environment: environment.map(str::to_string),
-                        config_type: config_type.into(),
-                    });
-                }
-            }
-        }
-    }
-    targets.sort();
-    targets.dedup();
-    targets
-}
-
-/// The part of `name` below `prefix`, if `name` is strictly under it.
-pub fn strip_path<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
-    let prefix = prefix.trim_end_matches('/');
-    name.strip_prefix(prefix)?.strip_prefix('/').filter(|rest| !rest.is_empty())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        api::ConfigStoreSpec,
+        store::{
+            Location, StoreRef,
+            change::{Target, locate},
+        },
+    };
 
     fn sample(name: &str) -> String {
         // Copies of DESIGN.md's samples (../shared/events), kept in the repository.
@@ -341,12 +235,9 @@ mod tests {
     }
 
     fn tenant(store: &str, tenant: &str, env: Option<&str>, config_type: &str) -> Target {
-        Target::Tenant {
-            store: store.into(),
-            tenant: tenant.into(),
-            environment: env.map(str::to_string),
-            config_type: config_type.into(),
-        }
+        let location =
+            Location { tenant: tenant.into(), environment: env.map(str::to_string), config_type: config_type.into() };
+        Target::Tenant { store: store.into(), location }
     }
 
     #[test]
@@ -368,7 +259,7 @@ mod tests {
         assert_eq!(pipe.id.as_deref(), Some("3f2c1d0e-9b8a-4c7d-8e6f-5a4b3c2d1e0f"));
         assert!(matches!(
             pipe.change,
-            Change::Item { event_name: ItemEventName::Modify, table: Some(ref t), .. } if t == "tenant-config"
+            StoreChange::Item { event_name: ItemEventName::Modify, table: Some(ref t), .. } if t == "tenant-config"
         ));
     }
 
@@ -488,17 +379,9 @@ mod tests {
         assert_eq!(table_from_stream_arn("garbage"), None);
     }
 
-    #[test]
-    fn strip_path_is_segment_wise() {
-        assert_eq!(strip_path("/a/b/c", "/a"), Some("b/c"));
-        assert_eq!(strip_path("/a/b/c", "/a/"), Some("b/c"));
-        assert_eq!(strip_path("/ab/c", "/a"), None);
-        assert_eq!(strip_path("/a", "/a"), None);
-        assert_eq!(strip_path("/a/", "/a"), None);
-    }
-
     mod properties {
         use super::*;
+        use crate::api::is_valid_key;
         use proptest::prelude::*;
 
         proptest! {
@@ -510,7 +393,7 @@ mod tests {
             fn arbitrary_bodies_never_panic(body in "\\PC{0,400}") {
                 if let Ok(envelope) = parse(&body) {
                     for target in targets_of(&envelope) {
-                        if let Target::Tenant { tenant, config_type, .. } = target {
+                        if let Target::Tenant { location: Location { tenant, config_type, .. }, .. } = target {
                             prop_assert!(is_valid_key(&tenant) && is_valid_key(&config_type));
                         }
                     }
@@ -529,7 +412,7 @@ mod tests {
                     prop_assert!(!name.split('/').any(|s| s == ".."));
                     for target in targets_of(&envelope) {
                         match target {
-                            Target::Tenant { tenant, config_type, environment, .. } => {
+                            Target::Tenant { location: Location { tenant, config_type, environment }, .. } => {
                                 prop_assert!(name.starts_with("/tenant-config/"));
                                 for part in [tenant, config_type].into_iter().chain(environment) {
                                     prop_assert!(is_valid_key(&part) && part != "..");

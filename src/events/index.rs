@@ -12,8 +12,10 @@ use std::{
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{ResourceExt, runtime::reflector::ObjectRef, runtime::watcher};
 
-use super::envelope::{Target, strip_path};
-use crate::reconcile::{Guarded, identity};
+use crate::{
+    api::{Guarded, identity, paths::strip_path},
+    store::{Location, change::Target},
+};
 
 /// What the index keeps of one TenantConfig.
 #[derive(Debug, Clone, PartialEq)]
@@ -118,30 +120,46 @@ impl Index {
 
     /// The TenantConfigs a change at `target` can alter.
     pub fn objects_for(&self, target: &Target) -> Vec<ObjectRef<Guarded>> {
+        match target {
+            Target::Tenant { location, .. } => self.objects_at(location),
+            Target::Shared { name, .. } => self.objects_including(name),
+        }
+    }
+
+    /// The TenantConfigs whose tenant data is at `location`.
+    pub fn objects_at(&self, location: &Location) -> Vec<ObjectRef<Guarded>> {
         let maps = self.maps.read().unwrap();
         let mut found = BTreeSet::new();
-        match target {
-            Target::Tenant { tenant, environment, config_type, .. } => {
-                for ns in maps.tenants.get(tenant).into_iter().flatten() {
-                    if maps.identities.get(ns).map(|id| &id.environment) != Some(environment) {
-                        continue;
-                    }
-                    for (name, info) in maps.objects.get(ns).into_iter().flatten() {
-                        if info.config_type == *config_type {
-                            found.insert((ns.clone(), name.clone()));
-                        }
-                    }
-                }
+        for ns in maps.tenants.get(&location.tenant).into_iter().flatten() {
+            if maps.identities.get(ns).map(|id| &id.environment) != Some(&location.environment) {
+                continue;
             }
-            Target::Shared { name, .. } => {
-                for (path, objects) in &maps.includes {
-                    if strip_path(name, path).is_some() {
-                        found.extend(objects.iter().cloned());
-                    }
+            for (name, info) in maps.objects.get(ns).into_iter().flatten() {
+                if info.config_type == location.config_type {
+                    found.insert((ns.clone(), name.clone()));
                 }
             }
         }
-        found.into_iter().map(|(ns, name)| ObjectRef::new(&name).within(&ns)).collect()
+        refs(found)
+    }
+
+    /// The TenantConfigs that include a shared path above parameter `name`.
+    pub fn objects_including(&self, name: &str) -> Vec<ObjectRef<Guarded>> {
+        let maps = self.maps.read().unwrap();
+        let mut found = BTreeSet::new();
+        for (path, objects) in &maps.includes {
+            if strip_path(name, path).is_some() {
+                found.extend(objects.iter().cloned());
+            }
+        }
+        refs(found)
+    }
+
+    /// The TenantConfigs of one namespace.
+    pub fn objects_in(&self, namespace: &str) -> Vec<ObjectRef<Guarded>> {
+        let maps = self.maps.read().unwrap();
+        let names = maps.objects.get(namespace).into_iter().flat_map(|objects| objects.keys());
+        names.map(|name| ObjectRef::new(name).within(namespace)).collect()
     }
 
     /// Number of TenantConfigs indexed (for tests and metrics).
@@ -152,6 +170,10 @@ impl Index {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+fn refs(found: BTreeSet<(String, String)>) -> Vec<ObjectRef<Guarded>> {
+    found.into_iter().map(|(ns, name)| ObjectRef::new(&name).within(&ns)).collect()
 }
 
 fn object_key(obj: &Guarded) -> (String, String) {
@@ -238,7 +260,8 @@ mod tests {
     }
 
     fn tenant(t: &str, env: Option<&str>, ct: &str) -> Target {
-        Target::Tenant { store: "s".into(), tenant: t.into(), environment: env.map(Into::into), config_type: ct.into() }
+        let location = Location { tenant: t.into(), environment: env.map(Into::into), config_type: ct.into() };
+        Target::Tenant { store: "s".into(), location }
     }
 
     fn names(refs: Vec<ObjectRef<Guarded>>) -> Vec<String> {
@@ -247,9 +270,9 @@ mod tests {
 
     #[test]
     fn tenant_and_shared_lookups_follow_the_watches() {
-        let index = Index::new(identity::DEFAULT_TENANT_LABEL, identity::DEFAULT_ENVIRONMENT_LABEL);
-        let t = identity::DEFAULT_TENANT_LABEL;
-        let e = identity::DEFAULT_ENVIRONMENT_LABEL;
+        let index = Index::new(crate::api::names::TENANT_LABEL, crate::api::names::ENVIRONMENT_LABEL);
+        let t = crate::api::names::TENANT_LABEL;
+        let e = crate::api::names::ENVIRONMENT_LABEL;
         index.observe_namespace(&watcher::Event::Apply(namespace("acme-prod", &[(t, "acme"), (e, "prod")])));
         index.observe_namespace(&watcher::Event::Apply(namespace("acme-dev", &[(t, "acme"), (e, "dev")])));
         index.observe_namespace(&watcher::Event::Apply(namespace("acme", &[(t, "acme")])));

@@ -1,4 +1,5 @@
-//! Store-change events (DESIGN.md §6): parse, find the affected TenantConfigs,
+//! Store-change events (DESIGN.md §6) — messages on the event queue saying a
+//! store changed, not Kubernetes Events: parse, find the affected TenantConfigs,
 //! trigger their reconciles, acknowledge once they are done.
 //!
 //! Events are hints, never data: a triggered reconcile re-reads the stores.
@@ -13,8 +14,15 @@ use std::sync::Arc;
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::{Value, json};
 
-use crate::{api::ConfigStore, reconcile::Guarded, store::shared_cache::SharedCache};
-use envelope::{Envelope, StoreRef, Target};
+use crate::{
+    api::{ConfigStore, Guarded},
+    store::{
+        StoreRef,
+        change::{self, Target},
+        shared_cache::SharedCache,
+    },
+};
+use envelope::Envelope;
 use index::Index;
 
 /// The EventBridge event patterns whose matches the queue must receive: one for
@@ -51,11 +59,7 @@ pub struct EventRouter {
 impl EventRouter {
     pub fn targets(&self, envelope: &Envelope) -> Vec<Target> {
         let stores = self.stores.state();
-        let refs: Vec<StoreRef<'_>> = stores
-            .iter()
-            .map(|s| StoreRef { name: s.metadata.name.as_deref().unwrap_or_default(), spec: &s.spec })
-            .collect();
-        envelope::locate(&envelope.change, &refs)
+        change::locate(&envelope.change, &StoreRef::all(&stores))
     }
 }
 

@@ -21,9 +21,9 @@ use tracing::{debug, info, warn};
 
 use super::{envelope, tracker::Tracker};
 use crate::{
-    reconcile::Guarded,
-    store::stats::{CallStats, Outcome},
-    telemetry::{MalformedLabels, Metrics},
+    api::Guarded,
+    metrics::{MalformedLabels, Metrics},
+    store::{BackendContext, CallGate},
 };
 
 /// SQS's own limits: 20 s long poll, 10 messages per receive / delete batch.
@@ -75,7 +75,14 @@ pub struct Consumer {
     pub router: Arc<dyn Router>,
     pub tracker: Arc<Tracker>,
     pub metrics: Arc<Metrics>,
-    pub stats: Arc<CallStats>,
+    /// Counts the calls with the stores' (one source for metrics and benchmarks).
+    pub gate: CallGate,
+}
+
+/// The queue's client, with the stores' retry policy.
+pub fn client(backend_ctx: &BackendContext) -> aws_sdk_sqs::Client {
+    let config = aws_sdk_sqs::config::Builder::from(&backend_ctx.sdk).retry_config(backend_ctx.retry.clone()).build();
+    aws_sdk_sqs::Client::from_conf(config)
 }
 
 /// A message being waited on: its receipt handle and whether it was handled.
@@ -97,10 +104,10 @@ impl Consumer {
         loop {
             if stop_at.is_none() && receiving.is_none() && waiting.len() < self.settings.max_in_flight {
                 let backoff = backoff(failures);
-                let (sqs, settings, stats) = (self.sqs.clone(), self.settings.clone(), self.stats.clone());
+                let (sqs, settings, gate) = (self.sqs.clone(), self.settings.clone(), self.gate.clone());
                 receiving = Some(Box::pin(async move {
                     tokio::time::sleep(backoff).await;
-                    receive(&sqs, &settings, &stats).await
+                    receive(&sqs, &settings, &gate).await
                 }));
             }
             tokio::select! {
@@ -171,18 +178,18 @@ impl Consumer {
         let objects = self.router.route(&envelope);
         if objects.is_empty() {
             self.metrics.count_message("ignored", 1);
-            debug!(message_id = %id, change = ?envelope.change, "event concerns no TenantConfig");
+            debug!(message_id = %id, event_id = envelope.id.as_deref(), change = ?envelope.change, "event concerns no TenantConfig");
             return Some(handle);
         }
-        debug!(message_id = %id, objects = objects.len(), "event triggers reconciles");
+        debug!(message_id = %id, event_id = envelope.id.as_deref(), objects = objects.len(), "event triggers reconciles");
         self.tracker.expect(&objects, received, sent_at(&message, received));
         for obj in &objects {
             // The controller only stops reading when it shuts down.
             let _ = trigger.unbounded_send(obj.clone());
         }
         self.metrics.event_triggers.inc_by(objects.len() as u64);
-        let (tracker, router, sqs, stats) =
-            (self.tracker.clone(), self.router.clone(), self.sqs.clone(), self.stats.clone());
+        let (tracker, router, sqs, gate) =
+            (self.tracker.clone(), self.router.clone(), self.sqs.clone(), self.gate.clone());
         let (queue_url, visibility) = (self.settings.queue_url.clone(), self.settings.visibility_timeout);
         waiting.push(Box::pin(async move {
             let mut deadline = received + visibility.mul_f64(0.8);
@@ -193,21 +200,19 @@ impl Consumer {
                 if extension > MAX_VISIBILITY_EXTENSIONS {
                     break;
                 }
-                let result = sqs
+                let request = sqs
                     .change_message_visibility()
                     .queue_url(&queue_url)
                     .receipt_handle(&handle)
                     .visibility_timeout(i32::try_from(visibility.as_secs()).unwrap_or(i32::MAX))
-                    .send()
-                    .await;
+                    .send();
+                let result = gate.call("ChangeMessageVisibility", request).await;
                 match result {
                     Ok(_) => {
-                        stats.record("sqs", "ChangeMessageVisibility", Outcome::Ok);
                         debug!(message_id = %id, extension, "objects still reconciling; message kept hidden");
                         deadline = Instant::now() + visibility.mul_f64(0.8);
                     }
                     Err(e) => {
-                        stats.record("sqs", "ChangeMessageVisibility", Outcome::Error);
                         warn!(message_id = %id, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "could not extend a message's visibility; it will be redelivered");
                         break;
                     }
@@ -230,11 +235,11 @@ impl Consumer {
                     .expect("id and receipt handle are set")
             })
             .collect();
-        let result =
-            self.sqs.delete_message_batch().queue_url(&self.settings.queue_url).set_entries(Some(entries)).send().await;
+        let request =
+            self.sqs.delete_message_batch().queue_url(&self.settings.queue_url).set_entries(Some(entries)).send();
+        let result = self.gate.call("DeleteMessageBatch", request).await;
         match result {
             Ok(output) => {
-                self.stats.record("sqs", "DeleteMessageBatch", Outcome::Ok);
                 self.metrics.count_message("acked", output.successful().len() as u64);
                 for failed in output.failed() {
                     // The message comes back and is handled again: harmless.
@@ -242,30 +247,24 @@ impl Consumer {
                 }
             }
             Err(e) => {
-                self.stats.record("sqs", "DeleteMessageBatch", Outcome::Error);
                 warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), count = handles.len(), "could not delete event messages; they will be redelivered");
             }
         }
     }
 }
 
-async fn receive(sqs: &aws_sdk_sqs::Client, settings: &ConsumerSettings, stats: &CallStats) -> Option<Vec<Message>> {
-    let result = sqs
+async fn receive(sqs: &aws_sdk_sqs::Client, settings: &ConsumerSettings, gate: &CallGate) -> Option<Vec<Message>> {
+    let request = sqs
         .receive_message()
         .queue_url(&settings.queue_url)
         .max_number_of_messages(MAX_MESSAGES)
         .wait_time_seconds(WAIT_TIME_SECONDS)
         .visibility_timeout(settings.visibility_timeout.as_secs().clamp(1, 43_200) as i32)
         .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
-        .send()
-        .await;
-    match result {
-        Ok(output) => {
-            stats.record("sqs", "ReceiveMessage", Outcome::Ok);
-            Some(output.messages.unwrap_or_default())
-        }
+        .send();
+    match gate.call("ReceiveMessage", request).await {
+        Ok(output) => Some(output.messages.unwrap_or_default()),
         Err(e) => {
-            stats.record("sqs", "ReceiveMessage", Outcome::Error);
             warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "receiving events failed; retrying with backoff");
             None
         }

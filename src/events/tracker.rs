@@ -13,7 +13,7 @@ use std::{
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::watch;
 
-use crate::{reconcile::Guarded, telemetry::Metrics};
+use crate::{api::Guarded, metrics::Metrics};
 
 /// A message waiting for one object.
 #[derive(Clone, Copy)]

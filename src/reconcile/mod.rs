@@ -1,16 +1,217 @@
-//! The TenantConfig reconciler: pure steps (identity, projection) between thin
-//! IO steps.
+//! The TenantConfig reconciler: pure steps between thin IO steps.
+//!
+//! [`plan`] (pure) → [`project::existing`] and [`stores::prepare`] (pre-flight:
+//! nothing written yet) → [`stores::sweep`] → [`stores::write`] →
+//! [`stores::read_includes`] → [`projection::render`] (pure) →
+//! [`project::apply`] → [`status::write`]. Deletion: [`cleanup`].
 
-pub mod controller;
+pub mod cleanup;
+pub mod context;
 pub mod echo;
-pub mod identity;
+pub mod error;
+pub mod plan;
+pub mod project;
 pub mod projection;
 pub mod status;
+pub mod stores;
 
-use kube::core::DeserializeGuard;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use crate::api::TenantConfig;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::{
+    Api, Resource, ResourceExt,
+    runtime::{
+        controller::Action,
+        events::EventType,
+        finalizer::{Event as Finalizer, finalizer},
+        reflector::ObjectRef,
+    },
+};
+use tracing::{info, instrument, warn};
 
-/// TenantConfigs as the watch delivers them: an object that does not
-/// deserialize is reported on its own instead of failing the whole watch.
-pub type Guarded = DeserializeGuard<TenantConfig>;
+pub use context::{Context, Settings};
+pub use error::{Error, error_policy};
+
+use crate::{
+    api::{Guarded, TenantConfig, conditions::reason, names::FINALIZER},
+    store::StoreRef,
+};
+use status::{Projected, Verdict};
+
+/// How long a reconcile waits for the caches' first listing before it backs off.
+const CACHE_SYNC_WAIT: Duration = Duration::from_secs(30);
+
+/// Reconciles one TenantConfig as the watch delivered it.
+pub async fn reconcile(guarded: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let key = ObjectRef::from_obj(&*guarded);
+    let started = Instant::now();
+    ctx.retries.started(&key);
+    let mut timer = ReconcileTimer { ctx: &ctx, started, error: None };
+    let result = match &guarded.0 {
+        Ok(tc) => reconcile_valid(Arc::new(tc.clone()), &ctx, &key, started).await,
+        Err(invalid) => {
+            // Nothing typed can be done with it (not even a status patch): say so
+            // once and wait for the object to change.
+            let meta = &invalid.metadata;
+            warn!(namespace = meta.namespace.as_deref(), name = meta.name.as_deref(), error = %invalid.error, "TenantConfig does not deserialize");
+            let reference = ObjectReference {
+                api_version: Some(TenantConfig::api_version(&()).into()),
+                kind: Some(TenantConfig::kind(&()).into()),
+                name: meta.name.clone(),
+                namespace: meta.namespace.clone(),
+                uid: meta.uid.clone(),
+                ..Default::default()
+            };
+            let note = format!("object does not match the TenantConfig schema: {}", invalid.error);
+            ctx.publish_for(&reference, EventType::Warning, reason::VALIDATION_FAILED, note).await;
+            Ok(Action::await_change())
+        }
+    };
+    match &result {
+        Ok(_) => {
+            ctx.retries.succeeded(&key);
+            ctx.progress.succeeded(&key, started);
+        }
+        Err(e) => timer.error = Some(e.metric_label()),
+    }
+    result
+}
+
+#[instrument(skip_all, fields(namespace = tc.metadata.namespace.as_deref(), name = %tc.name_any(), config_type = tc.config_type(), tenant))]
+async fn reconcile_valid(
+    tc: Arc<TenantConfig>,
+    ctx: &Context,
+    key: &ObjectRef<Guarded>,
+    started: Instant,
+) -> Result<Action, Error> {
+    // Routing and cleanup need the complete set of stores and namespaces: a
+    // decision taken on a partial cache (no store known → nothing to clean up)
+    // is never taken; the object is retried with backoff instead.
+    let mut synced = ctx.caches_synced.clone();
+    if !matches!(tokio::time::timeout(CACHE_SYNC_WAIT, synced.wait_for(|s| *s)).await, Ok(Ok(_))) {
+        return Err(Error::CachesNotSynced);
+    }
+    let ns = tc.namespace().ok_or(Error::MissingNamespace)?;
+    let api = Api::<TenantConfig>::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, tc, |event| async {
+        match event {
+            Finalizer::Apply(tc) => apply(&tc, ctx, key, started).await,
+            Finalizer::Cleanup(tc) => cleanup::cleanup(&tc, ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Counts a reconcile and its duration when dropped, also when the reconcile
+/// future is dropped mid-way (shutdown).
+struct ReconcileTimer<'a> {
+    ctx: &'a Context,
+    started: Instant,
+    error: Option<&'static str>,
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        self.ctx.metrics.reconciled(self.error, self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// The driver of one reconcile of an object that is not being deleted.
+async fn apply(tc: &TenantConfig, ctx: &Context, key: &ObjectRef<Guarded>, started: Instant) -> Result<Action, Error> {
+    let ns = tc.namespace().ok_or(Error::MissingNamespace)?;
+    let labels = ctx.namespace_labels(&ns).await?;
+    let labels = labels.as_ref();
+    let refuse = |refusal: plan::Refusal| async move {
+        status::warn_once(tc, ctx, labels, refusal.reason, refusal.message).await?;
+        Ok(Action::await_change())
+    };
+    let store_objects = ctx.stores.state();
+    let stores = StoreRef::all(&store_objects);
+    let claimed = |location: &_| ctx.claims.claimed_by_another(location, key);
+    let plan = match plan::plan(tc, ctx.identity(&ns, labels), &stores, ctx.settings.secure_projection, claimed) {
+        Ok(plan) => plan,
+        Err(refusal) => return refuse(refusal).await,
+    };
+    tracing::Span::current().record("tenant", plan.location.tenant.as_str());
+    let existing = match project::existing(ctx, tc, &plan).await? {
+        Ok(existing) => existing,
+        Err(refusal) => return refuse(refusal).await,
+    };
+    let prepared = match stores::prepare(ctx, &plan)? {
+        Ok(prepared) => prepared,
+        Err(refusal) => return refuse(refusal).await,
+    };
+    let failed = |failure: stores::StoreFailure| async move {
+        status::warn_once(tc, ctx, labels, failure.reason(), failure.message.clone()).await?;
+        failure.into_result()
+    };
+    let swept = match stores::sweep(ctx, tc, &plan).await {
+        Ok(swept) => swept,
+        Err(failure) => return failed(failure).await,
+    };
+    let written = match stores::write(ctx, tc, &plan, prepared).await {
+        Ok(written) => written,
+        Err(failure) => return failed(failure).await,
+    };
+    let mut layers = match stores::read_includes(ctx, &plan).await {
+        Ok(layers) => layers,
+        Err(failure) => {
+            let refused = Verdict::refused(failure.reason(), failure.message.clone());
+            status::write(tc, ctx, labels, Verdict { stores: Some(written.summaries), ..refused }).await?;
+            return failure.into_result();
+        }
+    };
+    if swept + written.changed_keys > 0 {
+        info!(written = swept + written.changed_keys, "stores updated");
+    }
+    let store_message = written.message();
+    layers.extend(written.layers);
+    let rendered = match projection::render(layers, plan.secret_name.is_some()) {
+        Ok(rendered) => rendered,
+        Err(e) => {
+            let verdict = Verdict::unprojectable(e.to_string(), store_message, written.summaries);
+            status::write(tc, ctx, labels, verdict).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let projected_now = project::apply(ctx, tc, &plan, &existing, &rendered).await?;
+    let keys = (rendered.config_map.len() + rendered.secret.len()) as i32;
+    let projection = Projected {
+        config_map: tc.config_map_name().into(),
+        keys,
+        digest: rendered.digest.clone(),
+        written: projected_now,
+    };
+    let message = projected_message(tc, &rendered, keys);
+    let verdict = Verdict::reconciled(store_message, message, written.summaries, projection);
+    if projected_now {
+        ctx.progress.projected(key, started);
+    }
+    status::write(tc, ctx, labels, verdict).await?;
+    if projected_now {
+        info!(digest = %rendered.digest, keys, "projected");
+    }
+    // The periodic resync (reconcile_all_on) brings it back; events sooner.
+    Ok(Action::await_change())
+}
+
+/// The Projected condition's message: what was left out and why, else the count.
+fn projected_message(tc: &TenantConfig, rendered: &projection::Projection, keys: i32) -> String {
+    let mut notes = Vec::new();
+    if !rendered.skipped_keys.is_empty() {
+        notes.push(format!("skipped keys that are not valid ConfigMap keys: {}", rendered.skipped_keys.join(", ")));
+    }
+    if !rendered.withheld_secure_keys.is_empty() {
+        let has_secret_name = tc.spec.projection.as_ref().is_some_and(|p| p.secret_name.is_some());
+        notes.push(format!(
+            "secure keys not projected ({}): {}",
+            if has_secret_name { "secure projection is disabled" } else { "no projection.secretName" },
+            rendered.withheld_secure_keys.join(", ")
+        ));
+    }
+    if notes.is_empty() { format!("{keys} key(s) projected") } else { notes.join("; ") }
+}

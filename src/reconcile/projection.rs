@@ -5,7 +5,7 @@
 //! Keys that are not valid ConfigMap keys are skipped and named; secure values go
 //! only to the Secret, and nowhere when no Secret is configured.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::{
     ByteString,
@@ -15,39 +15,33 @@ use k8s_openapi::{
 use sha2::{Digest, Sha256};
 
 pub use crate::api::is_valid_config_map_key;
-use crate::store::Value;
+use crate::{
+    api::names::{DIGEST_ANNOTATION, FIELD_MANAGER, MANAGED_BY_LABEL, TENANT_LABEL},
+    store::Value,
+};
 
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGER: &str = "tenant-config-controller";
-pub const TENANT_LABEL: &str = "tenantconfig.io/tenant";
-pub const DIGEST_ANNOTATION: &str = "tenantconfig.io/source-digest";
 /// Kubernetes refuses objects over 1 MiB; we refuse earlier, never truncate.
 pub const MAX_OBJECT_DATA_BYTES: usize = 1024 * 1024;
 
 /// Where a layer comes from; the order of this enum is the precedence.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Source {
+    /// The spec's own entries, rendered alone before any store is read (to
+    /// refuse a spec whose entries cannot fit whatever the stores hold).
+    Spec,
     /// `spec.include[index]`.
     Shared { index: usize },
-    /// The tenant's data in a store of the given rank (see [`store_rank`]) and name.
-    Store { rank: u8, name: String },
+    /// The tenant's data in a store of the given precedence (its backend's,
+    /// see `Backend::precedence`) and name.
+    Store { precedence: u8, name: String },
 }
 
-/// Tenant store kinds in precedence order: Parameter Store (hierarchical, static)
-/// below DynamoDB (high-frequency overrides).
-pub fn store_rank(kind: &str) -> u8 {
-    match kind {
-        "ParameterStore" => 1,
-        "DynamoDB" => 2,
-        _ => 1,
-    }
-}
-
-/// One layer of data.
+/// One layer of data. Shared: a cached include is one map for every object
+/// that includes it.
 #[derive(Debug, Clone)]
 pub struct Layer {
     pub source: Source,
-    pub entries: BTreeMap<String, Value>,
+    pub entries: Arc<BTreeMap<String, Value>>,
 }
 
 /// The rendered projection.
@@ -74,14 +68,14 @@ pub struct ProjectionTooLarge {
 /// Merges the layers (in precedence order, whatever order they come in).
 pub fn render(mut layers: Vec<Layer>, with_secret: bool) -> Result<Projection, ProjectionTooLarge> {
     layers.sort_by(|a, b| a.source.cmp(&b.source));
-    let mut merged: BTreeMap<String, Value> = BTreeMap::new();
+    let mut merged: BTreeMap<&str, &Value> = BTreeMap::new();
     let mut skipped = Vec::new();
-    for layer in layers {
-        for (key, value) in layer.entries {
-            if is_valid_config_map_key(&key) {
+    for layer in &layers {
+        for (key, value) in layer.entries.iter() {
+            if is_valid_config_map_key(key) {
                 merged.insert(key, value);
-            } else if !skipped.contains(&key) {
-                skipped.push(key);
+            } else if !skipped.contains(key) {
+                skipped.push(key.clone());
             }
         }
     }
@@ -89,12 +83,12 @@ pub fn render(mut layers: Vec<Layer>, with_secret: bool) -> Result<Projection, P
     for (key, value) in merged {
         match (value.secure, with_secret) {
             (false, _) => {
-                projection.config_map.insert(key, value.value);
+                projection.config_map.insert(key.to_string(), value.value.clone());
             }
             (true, true) => {
-                projection.secret.insert(key, value.value);
+                projection.secret.insert(key.to_string(), value.value.clone());
             }
-            (true, false) => projection.withheld_secure_keys.push(key),
+            (true, false) => projection.withheld_secure_keys.push(key.to_string()),
         }
     }
     for (object, data) in [("ConfigMap", &projection.config_map), ("Secret", &projection.secret)] {
@@ -127,7 +121,7 @@ fn metadata(name: &str, namespace: &str, tenant: &str, digest: &str, owner: Owne
         name: Some(name.into()),
         namespace: Some(namespace.into()),
         labels: Some(BTreeMap::from([
-            (MANAGED_BY_LABEL.to_string(), MANAGER.to_string()),
+            (MANAGED_BY_LABEL.to_string(), FIELD_MANAGER.to_string()),
             (TENANT_LABEL.to_string(), tenant.to_string()),
         ])),
         annotations: Some(BTreeMap::from([(DIGEST_ANNOTATION.to_string(), digest.to_string())])),
@@ -158,7 +152,7 @@ pub fn secret(name: &str, namespace: &str, tenant: &str, p: &Projection, owner: 
 /// True when an existing object may be written by us: absent, or labelled as
 /// ours and controlled by this TenantConfig. Anything else is someone else's.
 pub fn owned_by(meta: &ObjectMeta, owner_uid: &str) -> bool {
-    let ours = meta.labels.as_ref().and_then(|l| l.get(MANAGED_BY_LABEL)).is_some_and(|v| v == MANAGER);
+    let ours = meta.labels.as_ref().and_then(|l| l.get(MANAGED_BY_LABEL)).is_some_and(|v| v == FIELD_MANAGER);
     let controlled = meta.owner_references.iter().flatten().any(|r| r.controller == Some(true) && r.uid == owner_uid);
     ours && controlled
 }
@@ -173,15 +167,16 @@ mod tests {
             entries: pairs
                 .iter()
                 .map(|(k, v, s)| (k.to_string(), Value { value: v.to_string(), secure: *s }))
-                .collect(),
+                .collect::<BTreeMap<_, _>>()
+                .into(),
         }
     }
 
     fn ddb() -> Source {
-        Source::Store { rank: store_rank("DynamoDB"), name: "tenant-dynamodb".into() }
+        Source::Store { precedence: 2, name: "tenant-dynamodb".into() }
     }
     fn ssm() -> Source {
-        Source::Store { rank: store_rank("ParameterStore"), name: "shared-ssm".into() }
+        Source::Store { precedence: 1, name: "shared-ssm".into() }
     }
 
     #[test]
@@ -242,7 +237,7 @@ mod tests {
         let entries: Vec<(String, String)> = (0..130).map(|i| (format!("k{i}"), big.clone())).collect();
         let layers = vec![Layer {
             source: ddb(),
-            entries: entries.into_iter().map(|(k, v)| (k, Value { value: v, secure: false })).collect(),
+            entries: Arc::new(entries.into_iter().map(|(k, v)| (k, Value { value: v, secure: false })).collect()),
         }];
         let err = render(layers, false).unwrap_err();
         assert_eq!(err.object, "ConfigMap");
@@ -272,7 +267,7 @@ mod tests {
         };
         let cm = config_map("payments-config", "acme-prod", "acme", &p, owner.clone());
         let labels = cm.metadata.labels.as_ref().unwrap();
-        assert_eq!(labels[MANAGED_BY_LABEL], MANAGER);
+        assert_eq!(labels[MANAGED_BY_LABEL], FIELD_MANAGER);
         assert_eq!(labels[TENANT_LABEL], "acme");
         assert_eq!(cm.metadata.annotations.as_ref().unwrap()[DIGEST_ANNOTATION], p.digest);
         assert!(owned_by(&cm.metadata, "uid-1"));

@@ -1,7 +1,153 @@
-//! Pure readings of a TenantConfig's status that decide what a reconcile or a
-//! cleanup must touch.
+//! A TenantConfig's status: the pure readings that decide what a reconcile or
+//! a cleanup must touch, the pure [`next_status`] a reconcile's [`Verdict`]
+//! leads to, and the one patch that writes it.
 
-use crate::api::{TenantConfigStatus, conditions::STORE_SYNCED};
+use std::collections::BTreeMap;
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::events::EventType,
+};
+use serde_json::json;
+
+use super::{context::Context, error::Error};
+use crate::api::{
+    StoreSummary, TenantConfig, TenantConfigStatus,
+    conditions::{self, PROJECTED, READY, STORE_SYNCED, reason},
+};
+
+/// One condition as a reconcile concluded it: status, reason, message.
+pub type Concluded = (bool, &'static str, String);
+
+/// What one reconcile concluded.
+pub struct Verdict {
+    pub ready: Concluded,
+    pub store_synced: Concluded,
+    pub projected: Concluded,
+    /// The stores the object's data is in now (`None`: leave the list as it is).
+    pub stores: Option<Vec<StoreSummary>>,
+    pub projection: Option<Projected>,
+}
+
+/// A successful projection, for status.
+pub struct Projected {
+    pub config_map: String,
+    pub keys: i32,
+    pub digest: String,
+    /// The ConfigMap or Secret was written in this reconcile.
+    pub written: bool,
+}
+
+impl Verdict {
+    /// Every condition false for the same reason.
+    pub fn refused(reason: &'static str, message: String) -> Self {
+        Verdict {
+            ready: (false, reason, message.clone()),
+            store_synced: (false, reason, message.clone()),
+            projected: (false, reason, message),
+            stores: None,
+            projection: None,
+        }
+    }
+}
+
+impl Verdict {
+    /// The stores are written but their data cannot be projected (too large).
+    pub fn unprojectable(why: String, store_message: String, stores: Vec<StoreSummary>) -> Self {
+        Verdict {
+            ready: (false, reason::VALIDATION_FAILED, why.clone()),
+            store_synced: (true, reason::RECONCILED, store_message),
+            projected: (false, reason::VALIDATION_FAILED, why),
+            stores: Some(stores),
+            projection: None,
+        }
+    }
+
+    /// Everything in place.
+    pub fn reconciled(
+        store_message: String,
+        projected_message: String,
+        stores: Vec<StoreSummary>,
+        projection: Projected,
+    ) -> Self {
+        Verdict {
+            ready: (true, reason::RECONCILED, String::new()),
+            store_synced: (true, reason::RECONCILED, store_message),
+            projected: (true, reason::RECONCILED, projected_message),
+            stores: Some(stores),
+            projection: Some(projection),
+        }
+    }
+}
+
+/// The status after a reconcile of `generation` that concluded `verdict` at
+/// `now`, in a namespace whose tenant label has the value `tenant`.
+pub fn next_status(
+    old: &TenantConfigStatus,
+    verdict: Verdict,
+    generation: Option<i64>,
+    tenant: Option<String>,
+    now: Time,
+) -> TenantConfigStatus {
+    let mut new = old.clone();
+    for (type_, (ok, why, message)) in
+        [(READY, verdict.ready), (STORE_SYNCED, verdict.store_synced), (PROJECTED, verdict.projected)]
+    {
+        conditions::set_condition(&mut new.conditions, type_, ok, why, &message, generation, now.clone());
+    }
+    new.observed_generation = generation;
+    new.tenant = tenant;
+    if let Some(stores) = verdict.stores {
+        new.stores = stores;
+    }
+    if let Some(p) = verdict.projection {
+        new.config_map = Some(p.config_map);
+        new.projected_keys = Some(p.keys);
+        new.source_digest = Some(p.digest);
+        if p.written || new.last_projected_time.is_none() {
+            new.last_projected_time = Some(now);
+        }
+    }
+    new
+}
+
+/// Patches status only when it changed. Returns whether it did. `labels` are
+/// the namespace's (the status names its tenant).
+pub async fn write(
+    tc: &TenantConfig,
+    ctx: &Context,
+    labels: Option<&BTreeMap<String, String>>,
+    verdict: Verdict,
+) -> Result<bool, Error> {
+    let ns = tc.namespace().unwrap_or_default();
+    ctx.metrics.set_ready(&format!("{ns}/{}", tc.name_any()), Some(verdict.ready.0));
+    let old = tc.status.clone().unwrap_or_default();
+    let tenant = labels.and_then(|l| l.get(&ctx.settings.tenant_label).cloned());
+    let new = next_status(&old, verdict, tc.metadata.generation, tenant, Time(Timestamp::now()));
+    if new == old {
+        return Ok(false);
+    }
+    let api = Api::<TenantConfig>::namespaced(ctx.client.clone(), &ns);
+    api.patch_status(&tc.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": new }))).await?;
+    Ok(true)
+}
+
+/// A failure worth telling once: every condition false for `why`, and a
+/// Warning Event when that is news (the status changed).
+pub async fn warn_once(
+    tc: &TenantConfig,
+    ctx: &Context,
+    labels: Option<&BTreeMap<String, String>>,
+    why: &'static str,
+    message: String,
+) -> Result<(), Error> {
+    if write(tc, ctx, labels, Verdict::refused(why, message.clone())).await? {
+        ctx.publish(tc, EventType::Warning, why, message).await;
+    }
+    Ok(())
+}
 
 /// Whether `status.stores` names every store holding keys of this object, as of
 /// `generation`: true only once a reconcile of that generation got through all
@@ -29,11 +175,20 @@ pub fn stores_recorded_before_deletion(status: Option<&TenantConfigStatus>, gene
     stores_recorded(status, generation) || stores_recorded(status, generation.map(|g| g - 1))
 }
 
+/// Whether `status.stores` can be trusted to name every store holding keys of
+/// `tc`, for a reconcile or, once it is being deleted, for its cleanup.
+pub fn stores_settled(tc: &TenantConfig) -> bool {
+    if tc.metadata.deletion_timestamp.is_some() {
+        stores_recorded_before_deletion(tc.status.as_ref(), tc.metadata.generation)
+    } else {
+        stores_recorded(tc.status.as_ref(), tc.metadata.generation)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::conditions::{READY, set_condition};
-    use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+    use crate::api::conditions::set_condition;
 
     fn status(conditions: &[(&str, bool, i64)], observed: i64) -> TenantConfigStatus {
         let mut s = TenantConfigStatus { observed_generation: Some(observed), ..Default::default() };
@@ -75,5 +230,55 @@ mod tests {
         assert!(!stores_recorded_before_deletion(Some(&s), Some(7)), "a spec change never reconciled, then deletion");
         let failed = status(&[(STORE_SYNCED, false, 5)], 5);
         assert!(!stores_recorded_before_deletion(Some(&failed), Some(6)));
+    }
+
+    fn projected(digest: &str, written: bool) -> Option<Projected> {
+        Some(Projected { config_map: "cm".into(), keys: 2, digest: digest.into(), written })
+    }
+
+    fn ok_verdict(projection: Option<Projected>) -> Verdict {
+        Verdict {
+            ready: (true, "Reconciled", String::new()),
+            store_synced: (true, "Reconciled", "2 managed key(s) in 1 store(s)".into()),
+            projected: (true, "Reconciled", "2 key(s) projected".into()),
+            stores: Some(vec![]),
+            projection,
+        }
+    }
+
+    #[test]
+    fn the_same_verdict_twice_changes_nothing() {
+        let t0 = Time(Timestamp::from_second(1_000).unwrap());
+        let t1 = Time(Timestamp::from_second(2_000).unwrap());
+        let first = next_status(
+            &Default::default(),
+            ok_verdict(projected("d1", true)),
+            Some(3),
+            Some("acme".into()),
+            t0.clone(),
+        );
+        assert_eq!(first.observed_generation, Some(3));
+        assert_eq!(first.tenant.as_deref(), Some("acme"));
+        assert_eq!(first.last_projected_time, Some(t0.clone()));
+        assert!(stores_recorded(Some(&first), Some(3)));
+        // A resync that found everything in place: no status write at all.
+        let again = next_status(&first, ok_verdict(projected("d1", false)), Some(3), Some("acme".into()), t1.clone());
+        assert_eq!(again, first, "conditions keep their transition time; nothing was written");
+        // A new projection moves lastProjectedTime.
+        let changed = next_status(&first, ok_verdict(projected("d2", true)), Some(3), Some("acme".into()), t1.clone());
+        assert_eq!(changed.last_projected_time, Some(t1));
+        assert_eq!(changed.source_digest.as_deref(), Some("d2"));
+    }
+
+    #[test]
+    fn a_refusal_keeps_what_it_does_not_know() {
+        let t = Time(Timestamp::from_second(1_000).unwrap());
+        let ok = next_status(&Default::default(), ok_verdict(projected("d1", true)), Some(1), None, t.clone());
+        let refused = next_status(&ok, Verdict::refused("NoStoreForTags", "no store".into()), Some(2), None, t);
+        assert_eq!(refused.source_digest.as_deref(), Some("d1"), "the last projection stays named");
+        assert_eq!(refused.observed_generation, Some(2));
+        assert!(!stores_recorded(Some(&refused), Some(2)));
+        let ready = refused.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "NoStoreForTags"));
     }
 }

@@ -6,22 +6,15 @@
 //! writers put into `data` survive, guarded by a condition on `version`: a lost
 //! race re-reads and re-plans instead of overwriting.
 
-use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    future::Future,
-};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use aws_sdk_dynamodb::{
-    Client,
-    error::{ProvideErrorMetadata, SdkError},
-    types::AttributeValue,
-};
+use aws_sdk_dynamodb::{Client, error::SdkError, types::AttributeValue};
 
 use super::{
     ApplyReport, Backend, BackendContext, CallGate, Desired, LimitError, Location, StoreError, StoreState, Value,
     limits::DYNAMODB_ITEM_MAX_BYTES, plan::plan,
 };
-use crate::api::DynamoDbStore;
+use crate::api::{DynamoDbStore, is_valid_key};
 
 const KIND: &str = "DynamoDB";
 /// Optimistic-concurrency attempts before giving up (the reconcile retries later).
@@ -49,21 +42,12 @@ struct ItemRead {
 
 impl DynamoDbBackend {
     pub fn new(spec: &DynamoDbStore, ctx: &BackendContext) -> Self {
-        let mut config = aws_sdk_dynamodb::config::Builder::from(&ctx.sdk)
-            .retry_config(ctx.retry.clone())
-            .retry_partition(super::retry_partition("tenant-config-dynamodb"));
-        if let Some(region) = &spec.region {
-            config = config.region(aws_sdk_dynamodb::config::Region::new(region.clone()));
-        }
-        if let Some(endpoint) = &spec.endpoint {
-            config = config.endpoint_url(endpoint);
-        }
         DynamoDbBackend {
-            client: Client::from_conf(config.build()),
+            client: Client::from_conf(super::service_config!(aws_sdk_dynamodb, ctx, spec, "tenant-config-dynamodb")),
             table: spec.table_name.clone(),
             partition_key: spec.partition_key.clone(),
             sort_key: spec.sort_key.clone(),
-            gate: ctx.gate(),
+            gate: ctx.gate(KIND, |_| super::Family::DynamoDb),
         }
     }
 
@@ -82,17 +66,6 @@ impl DynamoDbBackend {
             (self.partition_key.clone(), AttributeValue::S(pk)),
             (self.sort_key.clone(), AttributeValue::S(sk)),
         ])
-    }
-
-    async fn call<T, E, R>(
-        &self,
-        operation: &'static str,
-        request: impl Future<Output = Result<T, SdkError<E, R>>>,
-    ) -> Result<T, SdkError<E, R>>
-    where
-        E: ProvideErrorMetadata,
-    {
-        self.gate.call(KIND, family(operation), operation, request).await
     }
 
     /// An UpdateItem of the location's item, guarded by `condition`.
@@ -114,6 +87,7 @@ impl DynamoDbBackend {
 
     async fn read_item(&self, location: &Location) -> Result<ItemRead, StoreError> {
         let out = self
+            .gate
             .call(
                 "GetItem",
                 self.client
@@ -146,8 +120,30 @@ impl DynamoDbBackend {
     }
 }
 
-fn family(_operation: &str) -> super::Family {
-    super::Family::DynamoDb
+/// The location an item key encodes (the inverse of [`DynamoDbBackend::item_key`]):
+/// `TENANT#t` / `CONFIG#c[#ENV#e]`, every part a valid key.
+pub fn location_of_key(pk: &str, sk: &str) -> Option<Location> {
+    let tenant = pk.strip_prefix("TENANT#")?;
+    let config = sk.strip_prefix("CONFIG#")?;
+    let (config_type, environment) = match config.split_once("#ENV#") {
+        Some((config_type, env)) => (config_type, Some(env)),
+        None => (config, None),
+    };
+    [tenant, config_type].into_iter().chain(environment).all(is_valid_key).then(|| Location {
+        tenant: tenant.into(),
+        environment: environment.map(str::to_string),
+        config_type: config_type.into(),
+    })
+}
+
+/// The location a changed item of this store holds, if it is one of ours. A
+/// record that names another table is not this store's.
+pub fn changed_location(spec: &DynamoDbStore, table: Option<&str>, keys: &[(String, String)]) -> Option<Location> {
+    if table.is_some_and(|t| t != spec.table_name) {
+        return None;
+    }
+    let get = |attribute: &str| keys.iter().find(|(a, _)| a == attribute).map(|(_, v)| v.as_str());
+    location_of_key(get(&spec.partition_key)?, get(&spec.sort_key)?)
 }
 
 /// `None` when the error is a lost optimistic-concurrency race (re-read and retry).
@@ -357,7 +353,7 @@ impl Backend for DynamoDbBackend {
             u.set_attr(UPDATED_AT, AttributeValue::S(now_rfc3339()));
             let condition = u.version_condition(raw.is_some(), state.version, &self.partition_key);
 
-            let result = self.call("UpdateItem", self.conditional_update(location, u, condition).send()).await;
+            let result = self.gate.call("UpdateItem", self.conditional_update(location, u, condition).send()).await;
             match result.map_err(lost_race_or) {
                 Ok(_) => {
                     let new_state = StoreState {
@@ -387,8 +383,9 @@ impl Backend for DynamoDbBackend {
         Ok(self.release(location, owner).await?.0)
     }
 
-    async fn read_shared(&self, _path: &str) -> Result<BTreeMap<String, Value>, StoreError> {
-        Err(StoreError::Unsupported { backend: KIND, what: "shared paths" })
+    fn precedence(&self) -> u8 {
+        // High-frequency overrides: above Parameter Store's data.
+        2
     }
 }
 
@@ -421,7 +418,8 @@ impl DynamoDbBackend {
                 }
                 u.set_attr(VERSION, AttributeValue::N((state.version + 1).to_string()));
                 u.set_attr(UPDATED_AT, AttributeValue::S(now_rfc3339()));
-                self.call("UpdateItem", self.conditional_update(location, u, condition).send())
+                self.gate
+                    .call("UpdateItem", self.conditional_update(location, u, condition).send())
                     .await
                     .map(drop)
                     .map_err(|e| lost_race_or(e).map(|e| StoreError::from_sdk(KIND, "UpdateItem", e)))
@@ -435,7 +433,8 @@ impl DynamoDbBackend {
                     .condition_expression(condition)
                     .set_expression_attribute_names(Some(u.names))
                     .set_expression_attribute_values((!u.values.is_empty()).then_some(u.values));
-                self.call("DeleteItem", request.send())
+                self.gate
+                    .call("DeleteItem", request.send())
                     .await
                     .map(drop)
                     .map_err(|e| lost_race_or(e).map(|e| StoreError::from_sdk(KIND, "DeleteItem", e)))

@@ -1,7 +1,7 @@
 //! AWS limits checked before any call, because emulators do not enforce them
 //! (DESIGN.md §9) and a partial write is worse than a clear refusal. Pure.
 
-use crate::api::ParameterTier;
+use crate::api::{ParameterTier, paths};
 
 /// DynamoDB's item size limit: 400 KB.
 pub const DYNAMODB_ITEM_MAX_BYTES: usize = 400 * 1024;
@@ -44,23 +44,20 @@ pub enum LimitError {
 /// Checks an SSM parameter name against AWS's rules.
 pub fn check_parameter_name(name: &str) -> Result<(), LimitError> {
     let err = |f: fn(String) -> LimitError| Err(f(name.to_string()));
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'/')) {
+    if !paths::has_parameter_name_charset(name) {
         return err(|name| LimitError::ParameterNameCharset { name });
     }
-    let Some(relative) = name.strip_prefix('/') else {
+    let Some(segments) = paths::segments(name) else {
         return err(|name| LimitError::ParameterNameMalformed { name });
     };
-    if relative.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
-        return err(|name| LimitError::ParameterNameMalformed { name });
-    }
-    let levels = relative.split('/').count();
+    let levels = segments.len();
     if levels > SSM_MAX_LEVELS {
         return Err(LimitError::ParameterNameTooDeep { name: name.into(), levels });
     }
     if name.len() + SSM_ARN_PREFIX_RESERVE > SSM_NAME_WITH_ARN_MAX {
         return Err(LimitError::ParameterNameTooLong { name: name.into(), len: name.len() });
     }
-    let lower = relative.to_ascii_lowercase();
+    let lower = segments[0].to_ascii_lowercase();
     if lower.starts_with("aws") || lower.starts_with("ssm") {
         return err(|name| LimitError::ParameterNameReserved { name });
     }

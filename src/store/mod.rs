@@ -1,10 +1,20 @@
 //! Storage strategies: the [`Backend`] trait the reconciler uses without knowing
 //! which store is behind it, and the factory that builds one from a ConfigStore.
 //!
-//! Adding a backend (Secrets Manager, AppConfig, S3): a new optional field and
-//! [`StoreBackend`] variant in `api::config_store`, a new module here that
-//! implements [`Backend`], and its arm in [`build`]. Nothing else changes.
+//! Adding a backend (Secrets Manager, AppConfig, S3) touches exactly:
+//! - `api::config_store`: a new optional field of [`ConfigStoreSpec`], its
+//!   [`StoreBackend`] variant and its arm in `ConfigStoreSpec::backend` (and in
+//!   `ConfigStoreSpec::shared_paths`, if it serves shared paths);
+//! - a new module here that implements [`Backend`] (its `kind`, `precedence`
+//!   among projection layers, and `shared_paths` capability) and decodes its
+//!   own store changes (the inverse of its key or path format);
+//! - its arm in [`build`] and its arm in [`change::locate`].
+//!
+//! Nothing in `reconcile` names a backend. A backend whose changes arrive in
+//! an event shape not yet known also adds that shape's parser to
+//! `events::envelope` (which reads wire formats, never store keys).
 
+pub mod change;
 pub mod dynamodb;
 pub mod limits;
 pub mod parameter_store;
@@ -23,7 +33,7 @@ use aws_config::retry::RetryConfig;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use tracing::Instrument;
 
-use crate::api::{ConfigStoreSpec, ManagementPolicy, StoreBackend};
+use crate::api::{ConfigStore, ConfigStoreSpec, ManagementPolicy, StoreBackend};
 pub use limits::LimitError;
 pub use rate_limit::{Family, Limiters, RateLimits};
 pub use stats::CallStats;
@@ -112,10 +122,42 @@ pub trait Backend: Send + Sync {
     /// Removes the keys `owner` manages at `location` (others' keys stay) and
     /// releases ownership. Returns the deleted keys.
     async fn delete_managed(&self, location: &Location, owner: &str) -> Result<BTreeSet<String>, StoreError>;
-    /// Reads a shared path (read-only includes), flattened to `a.b.c` keys.
-    /// Backends without shared paths return [`StoreError::Unsupported`].
+    /// Where this store's tenant data sits among a projection's layers: a
+    /// higher number wins over a lower one (shared includes are below all).
+    fn precedence(&self) -> u8;
+    /// Read-only shared paths (includes), for backends that have them.
+    fn shared_paths(&self) -> Option<&dyn SharedPaths> {
+        None
+    }
+}
+
+/// The capability of serving shared paths (`sharedPaths`, read by includes).
+#[async_trait::async_trait]
+pub trait SharedPaths: Send + Sync {
+    /// Reads a shared path, flattened to `a.b.c` keys.
     async fn read_shared(&self, path: &str) -> Result<BTreeMap<String, Value>, StoreError>;
 }
+
+/// A ConfigStore as routing and change decoding see it: its name and spec.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreRef<'a> {
+    pub name: &'a str,
+    pub spec: &'a ConfigStoreSpec,
+}
+
+impl<'a> StoreRef<'a> {
+    /// Every store of a cache snapshot.
+    pub fn all(stores: &'a [Arc<ConfigStore>]) -> Vec<StoreRef<'a>> {
+        stores
+            .iter()
+            .map(|s| StoreRef { name: s.metadata.name.as_deref().unwrap_or_default(), spec: &s.spec })
+            .collect()
+    }
+}
+
+/// The SDK's own error behind a store failure (kept for logs and debugging;
+/// status messages use the service's code and message only).
+pub type SdkFailure = Box<dyn std::error::Error + Send + Sync>;
 
 /// Store failures, grouped by what the caller should do about them.
 #[derive(Debug, thiserror::Error)]
@@ -128,13 +170,32 @@ pub enum StoreError {
     Conflict { location: String, owner: String },
     /// The store throttled us beyond the retry budget.
     #[error("{backend} throttled {operation} after retries: {message}")]
-    Throttled { backend: &'static str, operation: &'static str, message: String },
+    Throttled {
+        backend: &'static str,
+        operation: &'static str,
+        message: String,
+        #[source]
+        source: Option<SdkFailure>,
+    },
     /// Network failure, timeout or a 5xx answer.
     #[error("{backend} unavailable during {operation}: {message}")]
-    Unavailable { backend: &'static str, operation: &'static str, message: String },
+    Unavailable {
+        backend: &'static str,
+        operation: &'static str,
+        message: String,
+        #[source]
+        source: Option<SdkFailure>,
+    },
     /// Any other refusal (access denied, missing table, ...).
     #[error("{backend} {operation} failed: {message}")]
-    Api { backend: &'static str, operation: &'static str, code: String, message: String },
+    Api {
+        backend: &'static str,
+        operation: &'static str,
+        code: String,
+        message: String,
+        #[source]
+        source: Option<SdkFailure>,
+    },
     /// Lost the optimistic-concurrency race too many times in a row.
     #[error("{location} changed concurrently {attempts} times in a row; giving up for now")]
     Contended { location: String, attempts: u32 },
@@ -166,25 +227,27 @@ impl StoreError {
     pub(crate) fn from_sdk<E, R>(backend: &'static str, operation: &'static str, err: SdkError<E, R>) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-        R: std::fmt::Debug,
+        R: std::fmt::Debug + Send + Sync + 'static,
     {
         match &err {
             SdkError::ServiceError(service) => {
                 // The service's own words; the raw response stays out of status messages.
                 let code = service.err().code().unwrap_or("Unknown").to_string();
                 let message = format!("{code}: {}", service.err().message().unwrap_or("no message"));
+                let source = Some(Box::new(err) as SdkFailure);
                 if is_throttling_code(&code) {
-                    StoreError::Throttled { backend, operation, message }
+                    StoreError::Throttled { backend, operation, message, source }
                 } else if is_server_fault_code(&code) {
-                    StoreError::Unavailable { backend, operation, message }
+                    StoreError::Unavailable { backend, operation, message, source }
                 } else {
-                    StoreError::Api { backend, operation, code, message }
+                    StoreError::Api { backend, operation, code, message, source }
                 }
             }
             _ => StoreError::Unavailable {
                 backend,
                 operation,
                 message: aws_sdk_dynamodb::error::DisplayErrorContext(&err).to_string(),
+                source: Some(Box::new(err)),
             },
         }
     }
@@ -208,10 +271,13 @@ fn is_server_fault_code(code: &str) -> bool {
     matches!(code, "InternalServerError" | "InternalFailure" | "ServiceUnavailable" | "InternalServerException")
 }
 
-/// Every AWS call of every backend goes through here: the process-wide rate
-/// limit of its API family first, then the call, then its outcome counted.
+/// Every AWS call of one backend (or of the event queue) goes through here:
+/// the process-wide rate limit of its API family first, then the call, then
+/// its outcome counted under the backend's name.
 #[derive(Clone)]
 pub struct CallGate {
+    backend: &'static str,
+    family: fn(&str) -> Family,
     limiters: Arc<Limiters>,
     stats: Arc<CallStats>,
 }
@@ -219,15 +285,14 @@ pub struct CallGate {
 impl CallGate {
     pub async fn call<T, E, R>(
         &self,
-        backend: &'static str,
-        family: Family,
         operation: &'static str,
         request: impl std::future::Future<Output = Result<T, SdkError<E, R>>>,
     ) -> Result<T, SdkError<E, R>>
     where
         E: ProvideErrorMetadata,
     {
-        self.limiters.acquire(family).await;
+        let backend = self.backend;
+        self.limiters.acquire((self.family)(operation)).await;
         let result = request.instrument(tracing::debug_span!("store_call", backend, operation)).await;
         let outcome = match &result {
             Ok(_) => stats::Outcome::Ok,
@@ -261,6 +326,24 @@ pub(crate) fn retry_partition(name: &'static str) -> aws_sdk_dynamodb::config::r
     RetryPartition::custom(name).token_bucket(TokenBucket::unlimited()).build()
 }
 
+/// The client config of one backend's AWS service: the base config in the
+/// store's region, the retry policy, a retry partition of its own, and the
+/// store's endpoint override, set on the service's config so that it wins over
+/// service-specific endpoint variables, as an explicit setting should. (A
+/// macro: each SDK crate has its own builder type.)
+macro_rules! service_config {
+    ($sdk:ident, $ctx:expr, $spec:expr, $partition:literal) => {{
+        let mut config = $sdk::config::Builder::from(&$ctx.sdk_in($spec.region.as_deref()))
+            .retry_config($ctx.retry.clone())
+            .retry_partition($crate::store::retry_partition($partition));
+        if let Some(endpoint) = &$spec.endpoint {
+            config = config.endpoint_url(endpoint);
+        }
+        config.build()
+    }};
+}
+pub(crate) use service_config;
+
 /// SDK attempts per call (the first try included) before a throttle or 5xx is
 /// returned as an error; the reconcile then backs off on its own.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 4;
@@ -281,9 +364,18 @@ impl BackendContext {
         }
     }
 
-    /// The gate backends send their calls through.
-    pub fn gate(&self) -> CallGate {
-        CallGate { limiters: self.limiters.clone(), stats: self.stats.clone() }
+    /// The base AWS config in a store's own region, when it sets one.
+    pub fn sdk_in(&self, region: Option<&str>) -> aws_config::SdkConfig {
+        match region {
+            Some(region) => self.sdk.to_builder().region(aws_config::Region::new(region.to_string())).build(),
+            None => self.sdk.clone(),
+        }
+    }
+
+    /// The gate `backend` sends its calls through; `family` names the rate
+    /// limit each operation counts against.
+    pub fn gate(&self, backend: &'static str, family: fn(&str) -> Family) -> CallGate {
+        CallGate { backend, family, limiters: self.limiters.clone(), stats: self.stats.clone() }
     }
 }
 

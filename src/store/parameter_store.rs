@@ -7,23 +7,25 @@
 //! ListTagsForResource call per parameter. The design's tags are still set when a
 //! parameter is created (AWS refuses Tags together with Overwrite).
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    future::Future,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
 use aws_sdk_ssm::{
     Client,
-    error::{ProvideErrorMetadata, SdkError},
+    error::SdkError,
     types::{ParameterStringFilter, ParameterType, ResourceTypeForTagging, Tag},
 };
 
 use super::{
-    ApplyReport, Backend, BackendContext, CallGate, Desired, LimitError, Location, StoreError, StoreState, Value,
+    ApplyReport, Backend, BackendContext, CallGate, Desired, LimitError, Location, SharedPaths, StoreError, StoreState,
+    Value,
     limits::{check_parameter_name, parameter_tier},
     plan::plan,
 };
-use crate::api::{ManagementPolicy, ParameterStoreStore, ParameterTier};
+use crate::api::{
+    ManagementPolicy, ParameterStoreStore, ParameterTier, is_valid_key,
+    names::{TAG_CONFIG_TYPE, TAG_MANAGED_BY, TAG_TENANT},
+    paths::strip_path,
+};
 
 const KIND: &str = "ParameterStore";
 const OWNER_PREFIX: &str = "managed by tenant-config-controller for ";
@@ -31,10 +33,6 @@ const OWNER_PREFIX: &str = "managed by tenant-config-controller for ";
 const BY_PATH_PAGE: i32 = 10;
 const DESCRIBE_PAGE: i32 = 50;
 const DELETE_BATCH: usize = 10;
-
-pub const TAG_TENANT: &str = "tenantconfig.io/tenant";
-pub const TAG_CONFIG_TYPE: &str = "tenantconfig.io/config-type";
-pub const TAG_MANAGED_BY: &str = "tenantconfig.io/managed-by";
 
 pub struct ParameterStoreBackend {
     client: Client,
@@ -66,21 +64,12 @@ impl ParameterStoreBackend {
     }
 
     pub fn new(spec: &ParameterStoreStore, ctx: &BackendContext) -> Self {
-        let mut config = aws_sdk_ssm::config::Builder::from(&ctx.sdk)
-            .retry_config(ctx.retry.clone())
-            .retry_partition(super::retry_partition("tenant-config-ssm"));
-        if let Some(region) = &spec.region {
-            config = config.region(aws_sdk_ssm::config::Region::new(region.clone()));
-        }
-        if let Some(endpoint) = &spec.endpoint {
-            config = config.endpoint_url(endpoint);
-        }
         ParameterStoreBackend {
-            client: Client::from_conf(config.build()),
+            client: Client::from_conf(super::service_config!(aws_sdk_ssm, ctx, spec, "tenant-config-ssm")),
             path_prefix: spec.path_prefix.trim_end_matches('/').to_string(),
             tier: spec.tier,
             kms_key_id: spec.kms_key_id.clone(),
-            gate: ctx.gate(),
+            gate: ctx.gate(KIND, family),
         }
     }
 
@@ -92,17 +81,6 @@ impl ParameterStoreBackend {
         }
     }
 
-    async fn call<T, E, R>(
-        &self,
-        operation: &'static str,
-        request: impl Future<Output = Result<T, SdkError<E, R>>>,
-    ) -> Result<T, SdkError<E, R>>
-    where
-        E: ProvideErrorMetadata,
-    {
-        self.gate.call(KIND, family(operation), operation, request).await
-    }
-
     /// Every parameter under `path`, keyed by its name relative to `path` with
     /// `/` flattened to `.` (DESIGN.md §5).
     async fn values_under(&self, path: &str) -> Result<BTreeMap<String, Value>, StoreError> {
@@ -110,6 +88,7 @@ impl ParameterStoreBackend {
         let mut token = None;
         loop {
             let page = self
+                .gate
                 .call(
                     "GetParametersByPath",
                     self.client
@@ -150,6 +129,7 @@ impl ParameterStoreBackend {
         let mut token = None;
         loop {
             let page = self
+                .gate
                 .call(
                     "DescribeParameters",
                     self.client
@@ -198,28 +178,30 @@ impl ParameterStoreBackend {
             ParameterTier::IntelligentTiering => aws_sdk_ssm::types::ParameterTier::IntelligentTiering,
         };
         let overwrite = create_tags.is_none();
-        self.call(
-            "PutParameter",
-            self.client
-                .put_parameter()
-                .name(name)
-                .value(&value.value)
-                .r#type(kind)
-                .set_key_id(key_id)
-                .tier(tier)
-                .description(format!("{OWNER_PREFIX}{owner}"))
-                .overwrite(overwrite)
-                .set_tags(create_tags)
-                .send(),
-        )
-        .await
-        .map(drop)
+        self.gate
+            .call(
+                "PutParameter",
+                self.client
+                    .put_parameter()
+                    .name(name)
+                    .value(&value.value)
+                    .r#type(kind)
+                    .set_key_id(key_id)
+                    .tier(tier)
+                    .description(format!("{OWNER_PREFIX}{owner}"))
+                    .overwrite(overwrite)
+                    .set_tags(create_tags)
+                    .send(),
+            )
+            .await
+            .map(drop)
     }
 
     async fn delete(&self, base: &str, keys: &BTreeSet<String>) -> Result<(), StoreError> {
         let names: Vec<String> = keys.iter().map(|k| format!("{base}/{k}")).collect();
         for batch in names.chunks(DELETE_BATCH) {
-            self.call("DeleteParameters", self.client.delete_parameters().set_names(Some(batch.to_vec())).send())
+            self.gate
+                .call("DeleteParameters", self.client.delete_parameters().set_names(Some(batch.to_vec())).send())
                 .await
                 .map_err(|e| StoreError::from_sdk(KIND, "DeleteParameters", e))?;
         }
@@ -244,6 +226,28 @@ fn family(operation: &str) -> super::Family {
         "PutParameter" | "DeleteParameters" | "AddTagsToResource" => super::Family::SsmWrite,
         _ => super::Family::SsmRead,
     }
+}
+
+/// The location a changed parameter of this store belongs to (the inverse of
+/// [`ParameterStoreBackend::base_path`] plus a key): `{prefix}/{tenant}[/{env}]/{configType}/{key}`,
+/// every part a valid key.
+pub fn changed_location(spec: &ParameterStoreStore, name: &str) -> Option<Location> {
+    let segments: Vec<&str> = strip_path(name, &spec.path_prefix)?.split('/').collect();
+    let (tenant, environment, config_type, key) = match segments[..] {
+        [tenant, config_type, key] => (tenant, None, config_type, key),
+        [tenant, env, config_type, key] => (tenant, Some(env), config_type, key),
+        _ => return None,
+    };
+    [tenant, config_type, key].into_iter().chain(environment).all(is_valid_key).then(|| Location {
+        tenant: tenant.into(),
+        environment: environment.map(str::to_string),
+        config_type: config_type.into(),
+    })
+}
+
+/// Whether a parameter lies under one of the store's shared paths.
+pub fn is_shared(spec: &ParameterStoreStore, name: &str) -> bool {
+    spec.shared_paths.iter().any(|shared| strip_path(name, shared).is_some())
 }
 
 /// `name` relative to `path`, flattened with `.`; `None` when outside it.
@@ -336,17 +340,18 @@ impl Backend for ParameterStoreBackend {
             result.map_err(|e| StoreError::from_sdk(KIND, "PutParameter", e))?;
             if exists && !current.managed.contains(key) {
                 // Taking over a parameter someone else created: make its tags say so.
-                self.call(
-                    "AddTagsToResource",
-                    self.client
-                        .add_tags_to_resource()
-                        .resource_type(ResourceTypeForTagging::Parameter)
-                        .resource_id(&name)
-                        .set_tags(Some(Self::tags(location, &desired.owner)))
-                        .send(),
-                )
-                .await
-                .map_err(|e| StoreError::from_sdk(KIND, "AddTagsToResource", e))?;
+                self.gate
+                    .call(
+                        "AddTagsToResource",
+                        self.client
+                            .add_tags_to_resource()
+                            .resource_type(ResourceTypeForTagging::Parameter)
+                            .resource_id(&name)
+                            .set_tags(Some(Self::tags(location, &desired.owner)))
+                            .send(),
+                    )
+                    .await
+                    .map_err(|e| StoreError::from_sdk(KIND, "AddTagsToResource", e))?;
             }
             state.entries.insert(key.clone(), value.clone());
             written.insert(key.clone());
@@ -373,6 +378,18 @@ impl Backend for ParameterStoreBackend {
         Ok(ours)
     }
 
+    fn precedence(&self) -> u8 {
+        // Hierarchical, rarely changing data: below DynamoDB's overrides.
+        1
+    }
+
+    fn shared_paths(&self) -> Option<&dyn SharedPaths> {
+        Some(self)
+    }
+}
+
+#[async_trait::async_trait]
+impl SharedPaths for ParameterStoreBackend {
     async fn read_shared(&self, path: &str) -> Result<BTreeMap<String, Value>, StoreError> {
         self.values_under(path.trim_end_matches('/')).await
     }

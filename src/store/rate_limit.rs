@@ -33,6 +33,9 @@ pub enum Family {
     SsmWrite,
     SsmRead,
     DynamoDb,
+    /// The event queue's calls: counted, never limited here (SQS's own
+    /// limits are far above one consumer's long polls).
+    Sqs,
 }
 
 /// One token bucket per family (burst = one second's worth).
@@ -58,6 +61,7 @@ impl Limiters {
             Family::SsmWrite => &self.ssm_write,
             Family::SsmRead => &self.ssm_read,
             Family::DynamoDb => &self.dynamodb,
+            Family::Sqs => return,
         };
         if let Some(limiter) = limiter {
             limiter.until_ready().await;

@@ -7,14 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::api::{ConfigStoreSpec, Entry, TenantConfigSpec};
-
-/// A store as routing sees it: its name and spec.
-#[derive(Clone, Copy, Debug)]
-pub struct Candidate<'a> {
-    pub name: &'a str,
-    pub spec: &'a ConfigStoreSpec,
-}
+use super::StoreRef;
+use crate::api::{Entry, TenantConfigSpec, paths};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RoutingError {
@@ -34,22 +28,12 @@ pub struct IncludeNotAllowed {
 /// The store that serves shared path `path`: the first (by name) whose
 /// `sharedPaths` contains it on a segment boundary. Paths with empty, `.` or
 /// `..` segments are never allowed, whatever the CRD let through.
-pub fn shared_store_for<'a>(path: &str, stores: &[Candidate<'a>]) -> Result<&'a str, IncludeNotAllowed> {
+pub fn shared_store_for<'a>(path: &str, stores: &[StoreRef<'a>]) -> Result<&'a str, IncludeNotAllowed> {
     let refused = || IncludeNotAllowed { path: path.into() };
-    let relative = path.strip_prefix('/').ok_or_else(refused)?;
-    if relative.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
-        return Err(refused());
-    }
+    paths::segments(path).ok_or_else(refused)?;
     let mut serving: Vec<&str> = stores
         .iter()
-        .filter(|s| {
-            s.spec.parameter_store.as_ref().is_some_and(|p| {
-                p.shared_paths.iter().any(|shared| {
-                    let shared = shared.trim_end_matches('/');
-                    path == shared || path.strip_prefix(shared).is_some_and(|rest| rest.starts_with('/'))
-                })
-            }) && s.spec.backend().is_some()
-        })
+        .filter(|s| s.spec.shared_paths().iter().any(|shared| paths::is_at_or_under(path, shared)))
         .map(|s| s.name)
         .collect();
     serving.sort_unstable();
@@ -62,10 +46,10 @@ pub fn effective_tags<'a>(entry: &'a Entry, spec: &'a TenantConfigSpec) -> &'a [
 }
 
 /// The store for one key with the given tags.
-pub fn route<'a>(key: &str, tags: &[String], stores: &[Candidate<'a>]) -> Result<&'a str, RoutingError> {
+pub fn route<'a>(key: &str, tags: &[String], stores: &[StoreRef<'a>]) -> Result<&'a str, RoutingError> {
     // Stores without exactly one backend are refused by the CRD; never route to one.
     let usable = || stores.iter().filter(|s| s.spec.backend().is_some());
-    let matches = |s: &&Candidate<'a>| {
+    let matches = |s: &&StoreRef<'a>| {
         s.spec.tags.iter().any(|t| tags.contains(t)) || s.spec.key_prefixes.iter().any(|p| key.starts_with(p.as_str()))
     };
     if let Some(best) =
@@ -91,7 +75,7 @@ pub fn route<'a>(key: &str, tags: &[String], stores: &[Candidate<'a>]) -> Result
 /// in spec order). Fails on the first entry that cannot be routed.
 pub fn route_entries<'s>(
     spec: &'s TenantConfigSpec,
-    stores: &[Candidate<'_>],
+    stores: &[StoreRef<'_>],
 ) -> Result<BTreeMap<String, Vec<&'s Entry>>, RoutingError> {
     let mut routed: BTreeMap<String, Vec<&Entry>> = BTreeMap::new();
     for entry in &spec.entries {
@@ -104,7 +88,7 @@ pub fn route_entries<'s>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{DynamoDbStore, ParameterStoreStore};
+    use crate::api::{ConfigStoreSpec, DynamoDbStore, ParameterStoreStore};
 
     fn store(tags: &[&str], prefixes: &[&str], default: bool, priority: i32) -> ConfigStoreSpec {
         ConfigStoreSpec {
@@ -128,16 +112,16 @@ mod tests {
         let ssm_hi = store(&["static"], &[], false, 10);
         let a_static = store(&["static"], &[], false, 0);
         let broken = ConfigStoreSpec { tags: strings(&["broken"]), ..Default::default() };
-        let design = [Candidate { name: "tenant-dynamodb", spec: &ddb }, Candidate { name: "shared-ssm", spec: &ssm }];
+        let design = [StoreRef { name: "tenant-dynamodb", spec: &ddb }, StoreRef { name: "shared-ssm", spec: &ssm }];
         let contested = [
-            Candidate { name: "shared-ssm", spec: &ssm },
-            Candidate { name: "ssm-priority", spec: &ssm_hi },
-            Candidate { name: "a-static", spec: &a_static },
+            StoreRef { name: "shared-ssm", spec: &ssm },
+            StoreRef { name: "ssm-priority", spec: &ssm_hi },
+            StoreRef { name: "a-static", spec: &a_static },
         ];
-        let tie = [Candidate { name: "shared-ssm", spec: &ssm }, Candidate { name: "a-static", spec: &a_static }];
-        let with_broken = [Candidate { name: "broken", spec: &broken }, Candidate { name: "shared-ssm", spec: &ssm }];
+        let tie = [StoreRef { name: "shared-ssm", spec: &ssm }, StoreRef { name: "a-static", spec: &a_static }];
+        let with_broken = [StoreRef { name: "broken", spec: &broken }, StoreRef { name: "shared-ssm", spec: &ssm }];
 
-        type Case<'a> = (&'a str, &'a [&'a str], &'a [Candidate<'a>], Result<&'a str, RoutingError>);
+        type Case<'a> = (&'a str, &'a [&'a str], &'a [StoreRef<'a>], Result<&'a str, RoutingError>);
         let table: &[Case] = &[
             ("provider", &["tenant"], &design, Ok("tenant-dynamodb")),
             ("api-endpoint", &["static"], &design, Ok("shared-ssm")),
@@ -171,7 +155,7 @@ mod tests {
             ..Default::default()
         };
         let ddb = store(&["tenant"], &[], true, 0);
-        let stores = [Candidate { name: "ddb", spec: &ddb }, Candidate { name: "shared-ssm", spec: &ssm }];
+        let stores = [StoreRef { name: "ddb", spec: &ddb }, StoreRef { name: "shared-ssm", spec: &ssm }];
         for ok in ["/tenant-config-shared", "/tenant-config-shared/prod/payments"] {
             assert_eq!(shared_store_for(ok, &stores), Ok("shared-ssm"), "{ok}");
         }
@@ -191,7 +175,7 @@ mod tests {
     fn several_defaults_are_an_error_naming_them() {
         let a = store(&[], &[], true, 0);
         let b = store(&[], &[], true, 5);
-        let stores = [Candidate { name: "zeta", spec: &a }, Candidate { name: "alpha", spec: &b }];
+        let stores = [StoreRef { name: "zeta", spec: &a }, StoreRef { name: "alpha", spec: &b }];
         let err = route("k", &[], &stores).unwrap_err();
         assert_eq!(err, RoutingError::SeveralDefaults { key: "k".into(), stores: strings(&["alpha", "zeta"]) });
         assert!(err.to_string().contains("alpha, zeta"));
@@ -214,7 +198,7 @@ mod tests {
             parameter_store: Some(ParameterStoreStore::default()),
             ..Default::default()
         };
-        let stores = [Candidate { name: "ddb", spec: &ddb }, Candidate { name: "ssm", spec: &ssm }];
+        let stores = [StoreRef { name: "ddb", spec: &ddb }, StoreRef { name: "ssm", spec: &ssm }];
         let spec: TenantConfigSpec = serde_json::from_value(serde_json::json!({
             "defaultTags": ["tenant"],
             "entries": [

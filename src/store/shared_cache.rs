@@ -14,8 +14,8 @@ use tokio::sync::OnceCell;
 
 use super::{StoreError, Value};
 use crate::{
-    events::envelope::strip_path,
-    telemetry::{CacheLabels, Metrics},
+    api::paths::strip_path,
+    metrics::{CacheLabels, Metrics},
 };
 
 type Entries = Arc<BTreeMap<String, Value>>;
@@ -127,6 +127,7 @@ mod tests {
                     backend: "ssm",
                     operation: "GetParametersByPath",
                     message: "down".into(),
+                    source: None,
                 })
             })
             .await;

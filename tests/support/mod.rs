@@ -2,9 +2,13 @@
 //!
 //! Integration tests need `scripts/testenv.sh up` (run by `scripts/test.sh`).
 //! Without it they fail with a message saying so; they never skip.
-#![allow(dead_code)] // each test binary uses a different part
+//!
+//! Each test binary uses a different part, so every item allows being unused.
 
+#[allow(dead_code)]
 pub mod fault_proxy;
+pub mod fixtures;
+#[allow(dead_code)]
 pub mod process;
 
 use std::{
@@ -21,6 +25,7 @@ use aws_sdk_dynamodb::config::{
 use kube::Client;
 
 /// Reads a variable the env file of `scripts/testenv.sh up` exports.
+#[allow(dead_code)]
 pub fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!(
@@ -30,22 +35,26 @@ pub fn env(name: &str) -> String {
     })
 }
 
+#[allow(dead_code)]
 pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// A name unique to this test process and call, for namespaces, tables, paths.
+#[allow(dead_code)]
 pub fn unique(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
+#[allow(dead_code)]
 pub async fn kube_client() -> Client {
     env("KUBECONFIG");
     Client::try_default().await.expect("kube client from KUBECONFIG")
 }
 
 /// Runs the testenv's kubectl (same version as the API server).
+#[allow(dead_code)]
 pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
     use std::io::Write;
     let mut cmd = Command::new(env("KUBECTL"));
@@ -61,12 +70,14 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
 }
 
 /// Runs the testenv's helm in the repository root: (success, stdout, stderr).
+#[allow(dead_code)]
 pub fn helm(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env("HELM")).args(args).current_dir(repo_root()).output().expect("helm runs");
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
 /// Installs the committed CRDs with kubectl and waits until they are served.
+#[allow(dead_code)]
 pub fn install_crds() {
     let crds: PathBuf = repo_root().join("crds");
     let crds = crds.to_str().unwrap();
@@ -83,8 +94,10 @@ pub fn install_crds() {
 /// `x-moto-account-id` header), so tests running in parallel never see each
 /// other's tables, parameters or queues.
 #[derive(Debug, Clone)]
+#[allow(dead_code)]
 pub struct MotoAccount(pub String);
 
+#[allow(dead_code)]
 impl MotoAccount {
     /// A fresh 12-digit account id.
     pub fn fresh() -> Self {
@@ -111,12 +124,14 @@ impl Intercept for MotoAccount {
 }
 
 /// SDK config for moto: endpoint, region and dummy credentials from the env file.
+#[allow(dead_code)]
 pub async fn aws_config() -> aws_config::SdkConfig {
     env("AWS_ENDPOINT_URL");
     aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
 }
 
 /// Creates a `pk`/`sk` table like the production one (DESIGN.md §4).
+#[allow(dead_code)]
 pub async fn create_table(ddb: &aws_sdk_dynamodb::Client, name: &str) {
     use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
     let key = |n: &str, kt| KeySchemaElement::builder().attribute_name(n).key_type(kt).build().unwrap();
@@ -138,6 +153,7 @@ pub async fn create_table(ddb: &aws_sdk_dynamodb::Client, name: &str) {
 /// The AWS side of the event path on the local stack, made by
 /// `scripts/local_aws.py` from the production template (examples/aws/).
 #[derive(Debug, Clone)]
+#[allow(dead_code)]
 pub struct EventQueue {
     pub queue_url: String,
     pub dead_letter_queue_url: String,
@@ -148,6 +164,7 @@ pub struct EventQueue {
 /// dead-letter queue, Pipe `{id}-pipe`, and the rules for the tenant prefix
 /// `parameter_prefixes[0]` and the shared prefix `parameter_prefixes[1]`
 /// (default `{first}-shared`).
+#[allow(dead_code)]
 pub fn event_queue(id: &str, parameter_prefixes: &[&str], max_receive_count: u32, visibility_secs: u32) -> EventQueue {
     let tenant = parameter_prefixes[0];
     let shared = parameter_prefixes.get(1).map(|s| s.to_string()).unwrap_or_else(|| format!("{tenant}-shared"));
@@ -169,10 +186,12 @@ pub fn event_queue(id: &str, parameter_prefixes: &[&str], max_receive_count: u32
 }
 
 /// How long a test waits for the controller to converge before it fails.
+#[allow(dead_code)]
 pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Polls `check` every 100 ms until it returns a value; fails the test after
 /// [`CONVERGE_TIMEOUT`] with `what`.
+#[allow(dead_code)]
 pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
@@ -182,6 +201,7 @@ where
 }
 
 /// [`eventually`] with another timeout.
+#[allow(dead_code)]
 pub async fn eventually_within<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
@@ -198,6 +218,7 @@ where
 }
 
 /// The p-th percentile (nearest rank) of sorted samples.
+#[allow(dead_code)]
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
@@ -205,6 +226,7 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// Another writer sets `key` in the `data` map of an existing DynamoDB item,
 /// directly (not through any proxy), as an operator or another service would.
+#[allow(dead_code)]
 pub async fn put_foreign_key(ddb: &aws_sdk_dynamodb::Client, table: &str, item: (&str, &str), key: &str, value: &str) {
     use aws_sdk_dynamodb::types::AttributeValue;
     ddb.update_item()

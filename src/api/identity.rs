@@ -5,10 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::api::is_valid_key;
-
-pub const DEFAULT_TENANT_LABEL: &str = "tenantconfig.io/tenant";
-pub const DEFAULT_ENVIRONMENT_LABEL: &str = "tenantconfig.io/environment";
+use super::is_valid_key;
 
 /// Who a TenantConfig's namespace belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,26 +50,27 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::names::{ENVIRONMENT_LABEL, TENANT_LABEL};
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn resolve_default(labels: Option<&BTreeMap<String, String>>) -> Result<Identity, IdentityError> {
-        resolve("acme-prod", labels, DEFAULT_TENANT_LABEL, DEFAULT_ENVIRONMENT_LABEL)
+        resolve("acme-prod", labels, TENANT_LABEL, ENVIRONMENT_LABEL)
     }
 
     #[test]
     fn tenant_and_environment_come_from_labels() {
-        let l = labels(&[(DEFAULT_TENANT_LABEL, "acme"), (DEFAULT_ENVIRONMENT_LABEL, "prod")]);
+        let l = labels(&[(TENANT_LABEL, "acme"), (ENVIRONMENT_LABEL, "prod")]);
         assert_eq!(resolve_default(Some(&l)), Ok(Identity { tenant: "acme".into(), environment: Some("prod".into()) }));
-        let l = labels(&[(DEFAULT_TENANT_LABEL, "acme")]);
+        let l = labels(&[(TENANT_LABEL, "acme")]);
         assert_eq!(resolve_default(Some(&l)).unwrap().environment, None);
     }
 
     #[test]
     fn missing_or_empty_tenant_is_unknown() {
-        for l in [None, Some(labels(&[])), Some(labels(&[(DEFAULT_TENANT_LABEL, "")]))] {
+        for l in [None, Some(labels(&[])), Some(labels(&[(TENANT_LABEL, "")]))] {
             let err = resolve_default(l.as_ref()).unwrap_err();
             assert!(matches!(err, IdentityError::TenantUnknown { .. }), "{err}");
         }
@@ -81,17 +79,17 @@ mod tests {
     #[test]
     fn label_values_that_would_escape_a_path_are_refused() {
         for bad in ["..", "."] {
-            let l = labels(&[(DEFAULT_TENANT_LABEL, bad)]);
+            let l = labels(&[(TENANT_LABEL, bad)]);
             assert!(matches!(resolve_default(Some(&l)), Err(IdentityError::InvalidLabel { .. })), "{bad}");
         }
-        let l = labels(&[(DEFAULT_TENANT_LABEL, "acme"), (DEFAULT_ENVIRONMENT_LABEL, "..")]);
+        let l = labels(&[(TENANT_LABEL, "acme"), (ENVIRONMENT_LABEL, "..")]);
         assert!(matches!(resolve_default(Some(&l)), Err(IdentityError::InvalidLabel { .. })));
     }
 
     #[test]
     fn the_label_key_is_configurable() {
         let l = labels(&[("example.com/customer", "acme")]);
-        let id = resolve("ns", Some(&l), "example.com/customer", DEFAULT_ENVIRONMENT_LABEL).unwrap();
+        let id = resolve("ns", Some(&l), "example.com/customer", ENVIRONMENT_LABEL).unwrap();
         assert_eq!(id.tenant, "acme");
     }
 }

@@ -1,0 +1,216 @@
+//! Prometheus metrics (prometheus-client), all under the `tenant_config_` prefix,
+//! with low-cardinality labels only: never a tenant, namespace or object name.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::store::stats::CallStats;
+
+pub const PREFIX: &str = "tenant_config";
+
+/// What happened to an event message.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MessageLabels {
+    /// received | ignored | malformed | acked | unhandled (left for redelivery)
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MalformedLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// hit | miss
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    /// success | error
+    pub result: &'static str,
+    /// The error's metric label; empty on success.
+    pub error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadyLabels {
+    /// true | false
+    pub ready: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    backend: &'static str,
+    operation: &'static str,
+    outcome: &'static str,
+}
+
+/// Exports the store call counters the backends keep (one source for tests,
+/// benchmarks and metrics).
+#[derive(Debug)]
+struct StoreCalls(Arc<CallStats>);
+
+impl Collector for StoreCalls {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let family = Family::<CallLabels, Counter>::default();
+        for (backend, operation, outcome, n) in self.0.snapshot() {
+            family.get_or_create(&CallLabels { backend, operation, outcome: outcome.as_str() }).inc_by(n);
+        }
+        let metric = encoder.encode_descriptor(
+            "store_calls",
+            "AWS calls by backend (DynamoDB, ParameterStore, sqs), operation and outcome (ok, throttled, error)",
+            None,
+            family.metric_type(),
+        )?;
+        family.encode(metric)
+    }
+}
+
+/// Every metric the controller exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Reconciles by result and error label.
+    pub reconciles: Family<ReconcileLabels, Counter>,
+    /// Reconcile duration, seconds.
+    pub reconcile_duration: Histogram,
+    /// TenantConfigs by their Ready condition, as this process last set it.
+    pub objects: Family<ReadyLabels, Gauge>,
+    /// 1 while this process holds the leader lease (or runs without election).
+    pub leader: Gauge,
+    readiness: Mutex<HashMap<String, bool>>,
+    /// Event messages by outcome.
+    pub event_messages: Family<MessageLabels, Counter>,
+    /// Malformed messages by reason.
+    pub event_malformed: Family<MalformedLabels, Counter>,
+    /// Reconciles an event triggered.
+    pub event_triggers: Counter,
+    /// Message arrival in the queue → ConfigMap (or Secret) written, seconds.
+    pub event_lag: Histogram,
+    /// Shared-path reads served from the cache or filled.
+    pub shared_cache: Family<CacheLabels, Counter>,
+    /// Retries after a failed reconcile that had not started when due and were requested again.
+    pub retries_requested_again: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix(PREFIX);
+        let event_messages = Family::<MessageLabels, Counter>::default();
+        registry.register("event_messages", "Event messages from the queue, by outcome", event_messages.clone());
+        let event_malformed = Family::<MalformedLabels, Counter>::default();
+        registry.register(
+            "event_malformed_messages",
+            "Messages that are not store-change events (left for the dead-letter queue), by reason",
+            event_malformed.clone(),
+        );
+        let event_triggers = Counter::default();
+        registry.register("event_triggers", "Reconciles triggered by events", event_triggers.clone());
+        let event_lag = Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]);
+        registry.register(
+            "event_to_projection_seconds",
+            "Time from an event message's arrival in the queue to the projection it caused",
+            event_lag.clone(),
+        );
+        let shared_cache = Family::<CacheLabels, Counter>::default();
+        registry.register("shared_cache_lookups", "Shared-path reads, by cache result", shared_cache.clone());
+        let reconciles = Family::<ReconcileLabels, Counter>::default();
+        registry.register("reconciles", "Reconciles by result and error label", reconciles.clone());
+        let reconcile_duration = Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
+        registry.register("reconcile_duration_seconds", "Duration of one reconcile", reconcile_duration.clone());
+        let objects = Family::<ReadyLabels, Gauge>::default();
+        registry.register("tenant_configs", "TenantConfigs by Ready condition", objects.clone());
+        let leader = Gauge::default();
+        registry.register("leader", "1 while this process is the active controller", leader.clone());
+        let retries_requested_again = Counter::default();
+        registry.register(
+            "retries_requested_again",
+            "Retries after a failed reconcile that had not started a second after they were due and were requested again",
+            retries_requested_again.clone(),
+        );
+        Metrics {
+            registry,
+            event_messages,
+            event_malformed,
+            event_triggers,
+            event_lag,
+            shared_cache,
+            reconciles,
+            reconcile_duration,
+            objects,
+            leader,
+            retries_requested_again,
+            readiness: Mutex::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Metrics including the store call counters of `stats`.
+    pub fn with_store_calls(stats: Arc<CallStats>) -> Self {
+        let mut metrics = Metrics::default();
+        metrics.registry.register_collector(Box::new(StoreCalls(stats)));
+        metrics
+    }
+
+    pub fn count_retry_requested_again(&self) {
+        self.retries_requested_again.inc();
+    }
+
+    pub fn reconciled(&self, error: Option<&'static str>, seconds: f64) {
+        let labels = match error {
+            None => ReconcileLabels { result: "success", error: "" },
+            Some(error) => ReconcileLabels { result: "error", error },
+        };
+        self.reconciles.get_or_create(&labels).inc();
+        self.reconcile_duration.observe(seconds);
+    }
+
+    /// Records an object's Ready condition (None: the object is gone).
+    pub fn set_ready(&self, object: &str, ready: Option<bool>) {
+        let mut map = self.readiness.lock().unwrap();
+        let old = match ready {
+            Some(r) => map.insert(object.to_string(), r),
+            None => map.remove(object),
+        };
+        if old == ready {
+            return;
+        }
+        let label = |r: bool| ReadyLabels { ready: if r { "true" } else { "false" } };
+        if let Some(old) = old {
+            self.objects.get_or_create(&label(old)).dec();
+        }
+        if let Some(new) = ready {
+            self.objects.get_or_create(&label(new)).inc();
+        }
+    }
+
+    pub fn message(&self, outcome: &'static str) -> u64 {
+        self.event_messages.get_or_create(&MessageLabels { outcome }).get()
+    }
+
+    pub fn count_message(&self, outcome: &'static str, n: u64) {
+        self.event_messages.get_or_create(&MessageLabels { outcome }).inc_by(n);
+    }
+
+    pub fn shared_cache_lookups(&self, result: &'static str) -> u64 {
+        self.shared_cache.get_or_create(&CacheLabels { result }).get()
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

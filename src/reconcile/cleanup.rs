@@ -1,0 +1,87 @@
+//! Deleting a TenantConfig: its keys leave the stores (with
+//! `deletionPolicy: Delete`), then its ConfigMap and Secret, then the
+//! finalizer lets go.
+
+use kube::{
+    ResourceExt,
+    runtime::{controller::Action, events::EventType},
+};
+use tracing::{debug, info};
+
+use super::{
+    context::Context,
+    error::{Error, store_failure_reason},
+    plan::{self, recorded_stores},
+    project, status,
+};
+use crate::{
+    api::{DeletionPolicy, TenantConfig, conditions::reason, names::FINALIZER},
+    store::{StoreRef, routing},
+};
+
+pub async fn cleanup(tc: &TenantConfig, ctx: &Context) -> Result<Action, Error> {
+    let ns = tc.namespace().ok_or(Error::MissingNamespace)?;
+    if tc.spec.deletion_policy == DeletionPolicy::Delete {
+        delete_keys(tc, ctx, &ns).await?;
+    }
+    project::delete(ctx, tc).await?;
+    ctx.metrics.set_ready(&format!("{ns}/{}", tc.name_any()), None);
+    Ok(Action::await_change())
+}
+
+async fn delete_keys(tc: &TenantConfig, ctx: &Context, ns: &str) -> Result<(), Error> {
+    let labels = ctx.namespace_labels(ns).await?;
+    // Without an identity nothing was ever written for this object.
+    let Ok(identity) = ctx.identity(ns, labels.as_ref()) else { return Ok(()) };
+    let location = plan::location_of(tc, identity);
+    let owner = format!("{ns}/{}", tc.name_any());
+    // Only the stores this object used: an unrelated broken store must not
+    // block its deletion.
+    let mut used = recorded_stores(tc);
+    let store_objects = ctx.stores.state();
+    // A store the status names but the cache does not know (its ConfigStore
+    // was deleted) may still hold this object's keys: releasing the finalizer
+    // would leave them behind for good.
+    if let Some(missing) = used.iter().find(|name| !store_objects.iter().any(|s| s.name_any() == **name)) {
+        let message = format!(
+            "deletion waits for ConfigStore {missing}: the status names it but it does not exist; \
+             recreate it, or remove the finalizer {FINALIZER} to abandon what it holds"
+        );
+        status::write(tc, ctx, labels.as_ref(), status::Verdict::refused(reason::STORE_UNAVAILABLE, message)).await?;
+        return Err(Error::StoreMissing { store: missing.clone() });
+    }
+    let stores = StoreRef::all(&store_objects);
+    if let Ok(routed) = routing::route_entries(&tc.spec, &stores) {
+        used.extend(routed.into_keys());
+    }
+    // As in a reconcile: an unsettled object may have written to stores its
+    // status does not name.
+    let settled = status::stores_settled(tc);
+    let swept = |name: &str| !settled && !used.contains(name);
+    info!(stores = ?used, sweep_others = !settled, known_stores = stores.len(), "cleanup: removing this object's keys");
+    for store in stores.iter().filter(|s| used.contains(s.name) || swept(s.name)) {
+        let backend = ctx.backend(store.name, store.spec)?;
+        match backend.delete_managed(&location, &owner).await {
+            Ok(deleted) if !deleted.is_empty() => {
+                let note = format!(
+                    "{}: deleted {} managed key(s) at {}",
+                    store.name,
+                    deleted.len(),
+                    backend.describe(&location)
+                );
+                ctx.publish(tc, EventType::Normal, "StoreCleaned", note).await;
+            }
+            Ok(_) => {}
+            Err(e) if swept(store.name) && !e.is_transient() => {
+                debug!(store = store.name, error = %e, "sweep skipped a store");
+            }
+            Err(e) => {
+                let message = format!("deletion waits for store {}: {e}", store.name);
+                let verdict = status::Verdict::refused(store_failure_reason(&e), message);
+                status::write(tc, ctx, labels.as_ref(), verdict).await?;
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! The Kubernetes side of a projection: the ConfigMap (and Secret) a
+//! TenantConfig owns, checked, written by server-side apply, deleted.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
+    runtime::reflector::ObjectRef,
+};
+
+use super::{
+    context::Context,
+    error::Error,
+    plan::{ReconcilePlan, Refusal},
+    projection::{self, Projection},
+};
+use crate::api::{
+    TenantConfig,
+    conditions::reason,
+    names::{DIGEST_ANNOTATION, FIELD_MANAGER},
+};
+
+/// What the cluster holds under the projection's names (owned by this object).
+pub struct Existing {
+    config_map: Option<ConfigMap>,
+    secret: Option<Secret>,
+}
+
+/// Reads the ConfigMap and Secret the projection would write. Refuses when
+/// either exists and belongs to someone else: it is never overwritten.
+pub async fn existing(
+    ctx: &Context,
+    tc: &TenantConfig,
+    plan: &ReconcilePlan<'_>,
+) -> Result<Result<Existing, Refusal>, Error> {
+    let ns = tc.namespace().ok_or(Error::MissingNamespace)?;
+    let uid = tc.uid().unwrap_or_default();
+    let foreign = |kind: &str, name: &str| Refusal {
+        reason: reason::CONFIG_MAP_CONFLICT,
+        message: format!("{kind} {name} exists and is not managed by this TenantConfig; it is never overwritten"),
+    };
+    let cm_name = tc.config_map_name();
+    let config_map = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns).get_opt(cm_name).await?;
+    if config_map.as_ref().is_some_and(|cm| !projection::owned_by(&cm.metadata, &uid)) {
+        return Ok(Err(foreign("ConfigMap", cm_name)));
+    }
+    let secret = match &plan.secret_name {
+        Some(name) => Api::<Secret>::namespaced(ctx.client.clone(), &ns).get_opt(name).await?,
+        None => None,
+    };
+    if let (Some(s), Some(name)) = (&secret, &plan.secret_name)
+        && !projection::owned_by(&s.metadata, &uid)
+    {
+        return Ok(Err(foreign("Secret", name)));
+    }
+    Ok(Ok(Existing { config_map, secret }))
+}
+
+/// Writes the ConfigMap (and Secret) unless they already hold `rendered`.
+/// Returns whether anything was written.
+pub async fn apply(
+    ctx: &Context,
+    tc: &TenantConfig,
+    plan: &ReconcilePlan<'_>,
+    existing: &Existing,
+    rendered: &Projection,
+) -> Result<bool, Error> {
+    let ns = tc.namespace().ok_or(Error::MissingNamespace)?;
+    let owner = tc.controller_owner_ref(&()).expect("TenantConfig has a name and uid");
+    let tenant = &plan.location.tenant;
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut wrote = false;
+    // Up to date only if both the digest and the data match: a hand edit of the
+    // data that leaves the annotation alone must still be reverted.
+    let current = |annotations: &BTreeMap<String, String>| annotations.get(DIGEST_ANNOTATION) == Some(&rendered.digest);
+    let cm_up_to_date = existing.config_map.as_ref().is_some_and(|cm| {
+        current(cm.annotations())
+            && cm.data.as_ref().map_or(rendered.config_map.is_empty(), |d| *d == rendered.config_map)
+    });
+    if !cm_up_to_date {
+        let name = tc.config_map_name();
+        let cm = projection::config_map(name, &ns, tenant, rendered, owner.clone());
+        let written =
+            Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns).patch(name, &params, &Patch::Apply(&cm)).await?;
+        ctx.own_writes.wrote(&written);
+        wrote = true;
+    }
+    if let Some(name) = &plan.secret_name {
+        let secret_up_to_date = existing.secret.as_ref().is_some_and(|s| {
+            let same_data = match &s.data {
+                Some(data) => {
+                    data.len() == rendered.secret.len()
+                        && data.iter().zip(&rendered.secret).all(|((k, v), (rk, rv))| k == rk && v.0 == rv.as_bytes())
+                }
+                None => rendered.secret.is_empty(),
+            };
+            current(s.annotations()) && same_data
+        });
+        if !secret_up_to_date {
+            let secret = projection::secret(name, &ns, tenant, rendered, owner);
+            Api::<Secret>::namespaced(ctx.client.clone(), &ns).patch(name, &params, &Patch::Apply(&secret)).await?;
+            wrote = true;
+        }
+    }
+    Ok(wrote)
+}
+
+/// Deletes the ConfigMap (and Secret) this object owns. Owner references
+/// would let a garbage collector do it; doing it here keeps deletion
+/// independent of one running.
+pub async fn delete(ctx: &Context, tc: &TenantConfig) -> Result<(), Error> {
+    let ns = tc.namespace().ok_or(Error::MissingNamespace)?;
+    let uid = tc.uid().unwrap_or_default();
+    let cm_api = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns);
+    if let Some(cm) = cm_api.get_opt(tc.config_map_name()).await?
+        && projection::owned_by(&cm.metadata, &uid)
+    {
+        cm_api.delete(tc.config_map_name(), &DeleteParams::default()).await?;
+    }
+    ctx.own_writes.forget(&ObjectRef::<ConfigMap>::new(tc.config_map_name()).within(&ns));
+    if let Some(name) = tc.spec.projection.as_ref().and_then(|p| p.secret_name.as_deref())
+        && ctx.settings.secure_projection
+    {
+        let secret_api = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
+        if let Some(s) = secret_api.get_opt(name).await?
+            && projection::owned_by(&s.metadata, &uid)
+        {
+            secret_api.delete(name, &DeleteParams::default()).await?;
+        }
+    }
+    Ok(())
+}
