@@ -198,9 +198,10 @@ fn check_envelope(body: &str) -> Result<(), String> {
     }
     let Ok(envelope) = first else { return Ok(()) };
     let (db, ssm) = stores();
-    let targets = locate(&envelope.change, &[StoreRef { name: "db", spec: &db }, StoreRef { name: "ssm", spec: &ssm }]);
+    let Some(change) = &envelope.change else { return Ok(()) };
+    let targets = locate(change, &[StoreRef { name: "db", spec: &db }, StoreRef { name: "ssm", spec: &ssm }]);
     for target in targets {
-        match (&target, &envelope.change) {
+        match (&target, change) {
             (Target::Tenant { location: Location { tenant, environment, config_type }, .. }, change) => {
                 for part in [tenant, config_type].into_iter().chain(environment) {
                     if !valid_segment(part) {

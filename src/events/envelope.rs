@@ -35,7 +35,11 @@ pub struct Envelope {
     /// EventBridge event id or stream record eventID, for logs (traces a
     /// message back to the change that caused it).
     pub id: Option<String>,
-    pub change: StoreChange,
+    /// What changed in a store; `None` for a well-formed EventBridge event of
+    /// another kind (another source or detail-type reaching the queue through
+    /// a broad rule): it concerns no object, so it is deleted and counted,
+    /// not left for the dead-letter queue.
+    pub change: Option<StoreChange>,
 }
 
 /// Why a message is not a store-change event. Such messages are never deleted:
@@ -78,6 +82,16 @@ pub fn parse(body: &str) -> Result<Envelope, Malformed> {
     }
     let value: Value = serde_json::from_str(body).map_err(|e| Malformed::NotJson(e.to_string()))?;
     let object = value.as_object().ok_or(Malformed::NotAnObject)?;
+    if let Some(message) = sns_message(object)? {
+        // An SNS topic between the rule and the queue wraps the event once.
+        let inner: Value = serde_json::from_str(message).map_err(|e| Malformed::NotJson(e.to_string()))?;
+        let inner = inner.as_object().ok_or(Malformed::NotAnObject)?;
+        return parse_object(inner);
+    }
+    parse_object(object)
+}
+
+fn parse_object(object: &Map<String, Value>) -> Result<Envelope, Malformed> {
     if object.contains_key("detail-type") || object.contains_key("detail") {
         parse_eventbridge(object)
     } else if object.contains_key("eventSource") {
@@ -87,6 +101,15 @@ pub fn parse(body: &str) -> Result<Envelope, Malformed> {
     }
 }
 
+/// The `Message` of an SNS notification (`Type: Notification` with a topic),
+/// as SNS delivers to SQS without raw message delivery.
+fn sns_message(object: &Map<String, Value>) -> Result<Option<&str>, Malformed> {
+    if optional_str(object, "Type", "Type")? != Some("Notification") || !object.contains_key("TopicArn") {
+        return Ok(None);
+    }
+    required_str(object, "Message", "Message").map(Some)
+}
+
 fn parse_eventbridge(object: &Map<String, Value>) -> Result<Envelope, Malformed> {
     let source = optional_str(object, "source", "source")?.unwrap_or_default();
     let detail_type = required_str(object, "detail-type", "detail-type")?;
@@ -94,20 +117,48 @@ fn parse_eventbridge(object: &Map<String, Value>) -> Result<Envelope, Malformed>
     let detail = detail.as_object().ok_or(Malformed::WrongType("detail"))?;
     let id = optional_str(object, "id", "id")?.map(str::to_string);
     if source == SSM_SOURCE && detail_type == SSM_DETAIL_TYPE {
-        let name = required_str(detail, "name", "detail.name")?;
+        let name = parameter_name(required_str(detail, "name", "detail.name")?);
         let operation = required_str(detail, "operation", "detail.operation")?;
-        check_parameter_name(name)?;
+        check_parameter_name(&name)?;
         if operation.is_empty() {
             return Err(Malformed::Invalid { field: "detail.operation", reason: "empty".into() });
         }
-        return Ok(Envelope { id, change: StoreChange::Parameter { name: name.into(), operation: operation.into() } });
+        let change = StoreChange::Parameter { name: name.into_owned(), operation: operation.into() };
+        return Ok(Envelope { id, change: Some(change) });
     }
     if detail.get("eventSource").and_then(Value::as_str) == Some(DYNAMODB_EVENT_SOURCE) {
         let mut envelope = parse_stream_record(detail, "detail.eventID")?;
         envelope.id = id.or(envelope.id);
         return Ok(envelope);
     }
+    if is_complete_eventbridge_event(object, source) {
+        return Ok(Envelope { id, change: None });
+    }
     Err(Malformed::UnknownSource { event_source: truncated(source), detail_type: truncated(detail_type) })
+}
+
+/// Every field EventBridge itself always sets (`account` aside: the local
+/// emulator omits it): such a body is an event, only not one of ours.
+fn is_complete_eventbridge_event(object: &Map<String, Value>, source: &str) -> bool {
+    let string = |key| object.get(key).and_then(Value::as_str).is_some_and(|v| !v.is_empty());
+    !source.is_empty() && string("id") && string("time") && object.get("resources").is_some_and(Value::is_array)
+}
+
+/// `detail.name` is a name, or (in some producers' events) the parameter's ARN
+/// `arn:PARTITION:ssm:REGION:ACCOUNT:parameter/NAME`; a hierarchical name's
+/// leading `/` is not repeated in its ARN.
+fn parameter_name(name: &str) -> std::borrow::Cow<'_, str> {
+    let resource = name.strip_prefix("arn:").and_then(|rest| {
+        let mut parts = rest.splitn(5, ':');
+        let (_partition, service, _region, _account) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        (service == "ssm").then_some(())?;
+        parts.next()?.strip_prefix("parameter/")
+    });
+    match resource {
+        Some(path) if path.contains('/') => format!("/{path}").into(),
+        Some(plain) => plain.into(),
+        None => name.into(),
+    }
 }
 
 fn parse_stream_record(record: &Map<String, Value>, id_field: &'static str) -> Result<Envelope, Malformed> {
@@ -127,7 +178,12 @@ fn parse_stream_record(record: &Map<String, Value>, id_field: &'static str) -> R
             });
         }
     };
-    let table = optional_str(record, "eventSourceARN", "eventSourceARN")?.and_then(table_from_stream_arn);
+    // A stream record names its table in the stream ARN; a record that Kinesis
+    // Data Streams for DynamoDB delivers names it in `tableName`.
+    let table = match optional_str(record, "eventSourceARN", "eventSourceARN")?.and_then(table_from_stream_arn) {
+        Some(table) => Some(table),
+        None => optional_str(record, "tableName", "tableName")?.map(checked_table_name).transpose()?,
+    };
     let dynamodb = record.get("dynamodb").ok_or(Malformed::Missing("dynamodb"))?;
     let dynamodb = dynamodb.as_object().ok_or(Malformed::WrongType("dynamodb"))?;
     let keys = dynamodb.get("Keys").ok_or(Malformed::Missing("dynamodb.Keys"))?;
@@ -149,7 +205,18 @@ fn parse_stream_record(record: &Map<String, Value>, id_field: &'static str) -> R
             return Err(Malformed::WrongType("dynamodb.Keys"));
         }
     }
-    Ok(Envelope { id, change: StoreChange::Item { event_name, table, keys: string_keys } })
+    Ok(Envelope { id, change: Some(StoreChange::Item { event_name, table, keys: string_keys }) })
+}
+
+/// A table name as DynamoDB allows it (3 to 255 of `a-zA-Z0-9_.-`).
+fn checked_table_name(name: &str) -> Result<String, Malformed> {
+    let valid = (3..=255).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if valid {
+        Ok(name.to_string())
+    } else {
+        Err(Malformed::Invalid { field: "tableName", reason: format!("{:?} is not a table name", truncated(name)) })
+    }
 }
 
 /// `arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/LABEL` → NAME.
@@ -231,7 +298,7 @@ mod tests {
     fn targets(body: &str) -> Vec<Target> {
         let (db, ssm) = (dynamodb_store(), ssm_store());
         let stores = [StoreRef { name: "db", spec: &db }, StoreRef { name: "ssm", spec: &ssm }];
-        locate(&parse(body).expect("parses").change, &stores)
+        parse(body).expect("parses").change.map_or_else(Vec::new, |change| locate(&change, &stores))
     }
 
     fn tenant(store: &str, tenant: &str, env: Option<&str>, config_type: &str) -> Target {
@@ -259,8 +326,42 @@ mod tests {
         assert_eq!(pipe.id.as_deref(), Some("3f2c1d0e-9b8a-4c7d-8e6f-5a4b3c2d1e0f"));
         assert!(matches!(
             pipe.change,
-            StoreChange::Item { event_name: ItemEventName::Modify, table: Some(ref t), .. } if t == "tenant-config"
+            Some(StoreChange::Item { event_name: ItemEventName::Modify, table: Some(ref t), .. }) if t == "tenant-config"
         ));
+    }
+
+    /// Shapes other producers and wirings deliver (issue: tolerant intake).
+    #[test]
+    fn arn_names_kinesis_records_sns_and_other_sources() {
+        // detail.name given as the parameter's ARN.
+        assert_eq!(
+            targets(&sample("ssm-parameter-store-change-arn-name.json")),
+            [tenant("ssm", "acme", None, "payments")]
+        );
+        assert_eq!(parameter_name("arn:aws:ssm:us-east-1:1:parameter/a/b"), "/a/b");
+        assert_eq!(parameter_name("arn:aws-us-gov:ssm:us-gov-west-1:1:parameter/plain"), "plain");
+        assert_eq!(parameter_name("arn:aws:s3:::parameter/a/b"), "arn:aws:s3:::parameter/a/b", "not an SSM ARN");
+        // A record naming its table in `tableName` is routed to that table's store only.
+        assert_eq!(targets(&sample("dynamodb-kinesis-record-modify.json")), [tenant("db", "acme", None, "payments")]);
+        let mut other_table: Value = serde_json::from_str(&sample("dynamodb-kinesis-record-modify.json")).unwrap();
+        other_table["tableName"] = "someone-elses-table".into();
+        assert_eq!(targets(&other_table.to_string()), [], "another table's record is not ours");
+        other_table["tableName"] = "x/y".into();
+        assert_eq!(parse(&other_table.to_string()).unwrap_err().metric_label(), "invalid_value");
+        // An SNS topic between the rule and the queue.
+        assert_eq!(targets(&sample("sns-notification-ssm-update.json")), [tenant("ssm", "acme", None, "payments")]);
+        let sns: Value = serde_json::from_str(&sample("sns-notification-ssm-update.json")).unwrap();
+        let mut broken = sns.clone();
+        broken["Message"] = "{not json".into();
+        assert_eq!(parse(&broken.to_string()).unwrap_err().metric_label(), "not_json_object");
+        // A well-formed event of another source: no change, so acknowledged and counted.
+        let other = parse(&sample("eventbridge-other-source-ec2.json")).unwrap();
+        assert_eq!(other.change, None);
+        assert_eq!(other.id.as_deref(), Some("7bf73129-1428-4cd3-a780-95db273d1602"));
+        // One missing what EventBridge always sets stays malformed.
+        let mut incomplete: Value = serde_json::from_str(&sample("eventbridge-other-source-ec2.json")).unwrap();
+        incomplete.as_object_mut().unwrap().remove("time");
+        assert_eq!(parse(&incomplete.to_string()).unwrap_err().metric_label(), "unknown_source");
     }
 
     #[test]
@@ -439,7 +540,8 @@ mod tests {
 
         fn targets_of(envelope: &Envelope) -> Vec<Target> {
             let (db, ssm) = (dynamodb_store(), ssm_store());
-            locate(&envelope.change, &[StoreRef { name: "db", spec: &db }, StoreRef { name: "ssm", spec: &ssm }])
+            let stores = [StoreRef { name: "db", spec: &db }, StoreRef { name: "ssm", spec: &ssm }];
+            envelope.change.as_ref().map_or_else(Vec::new, |change| locate(change, &stores))
         }
     }
 }

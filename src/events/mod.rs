@@ -58,8 +58,9 @@ pub struct EventRouter {
 
 impl EventRouter {
     pub fn targets(&self, envelope: &Envelope) -> Vec<Target> {
+        let Some(change) = &envelope.change else { return Vec::new() };
         let stores = self.stores.state();
-        change::locate(&envelope.change, &StoreRef::all(&stores))
+        change::locate(change, &StoreRef::all(&stores))
     }
 }
 
