@@ -8,12 +8,18 @@ use std::{
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
+    encoding::{
+        DescriptorEncoder, EncodeLabelSet, EncodeMetric,
+        text::{encode_eof, encode_registry},
+    },
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
 use crate::store::stats::CallStats;
+
+mod process;
+pub use process::ProcessCollector;
 
 pub const PREFIX: &str = "tenant_config";
 
@@ -80,6 +86,14 @@ impl Collector for StoreCalls {
 /// Every metric the controller exports.
 pub struct Metrics {
     registry: Registry,
+    /// The standard `process_*` metrics, without the prefix.
+    process: Registry,
+    /// Reconciles running now.
+    pub reconciles_in_flight: Gauge,
+    /// Requested reconciles that have not started.
+    pub reconcile_queue_depth: Gauge,
+    /// Objects whose last reconcile failed, waiting for their retry.
+    pub objects_backing_off: Gauge,
     /// Reconciles by result and error label.
     pub reconciles: Family<ReconcileLabels, Counter>,
     /// Reconcile duration, seconds.
@@ -132,6 +146,22 @@ impl Default for Metrics {
         registry.register("tenant_configs", "TenantConfigs by Ready condition", objects.clone());
         let leader = Gauge::default();
         registry.register("leader", "1 while this process is the active controller", leader.clone());
+        let reconciles_in_flight = Gauge::default();
+        registry.register("reconciles_in_flight", "Reconciles running now", reconciles_in_flight.clone());
+        let reconcile_queue_depth = Gauge::default();
+        registry.register(
+            "reconcile_queue_depth",
+            "TenantConfigs whose reconcile was requested and has not started",
+            reconcile_queue_depth.clone(),
+        );
+        let objects_backing_off = Gauge::default();
+        registry.register(
+            "objects_backing_off",
+            "TenantConfigs whose last reconcile failed and that wait for their retry",
+            objects_backing_off.clone(),
+        );
+        let mut process = Registry::default();
+        process.register_collector(Box::new(ProcessCollector));
         let retries_requested_again = Counter::default();
         registry.register(
             "retries_requested_again",
@@ -140,6 +170,10 @@ impl Default for Metrics {
         );
         Metrics {
             registry,
+            process,
+            reconciles_in_flight,
+            reconcile_queue_depth,
+            objects_backing_off,
             event_messages,
             event_malformed,
             event_triggers,
@@ -152,10 +186,31 @@ impl Default for Metrics {
             retries_requested_again,
             readiness: Mutex::default(),
         }
+        .with_known_series()
     }
 }
 
 impl Metrics {
+    /// Starts the series whose label values are known in advance at zero, so
+    /// that they exist (and `increase()` counts from zero) before the first
+    /// event: dashboards and alerts find every family from the start.
+    fn with_known_series(self) -> Self {
+        for outcome in ["received", "ignored", "malformed", "acked", "unhandled"] {
+            let _ = self.event_messages.get_or_create(&MessageLabels { outcome });
+        }
+        for reason in ["too_large", "not_json_object", "unknown_source", "wrong_shape", "invalid_value"] {
+            let _ = self.event_malformed.get_or_create(&MalformedLabels { reason });
+        }
+        for result in ["hit", "miss"] {
+            let _ = self.shared_cache.get_or_create(&CacheLabels { result });
+        }
+        let _ = self.reconciles.get_or_create(&ReconcileLabels { result: "success", error: "" });
+        for ready in ["true", "false"] {
+            let _ = self.objects.get_or_create(&ReadyLabels { ready });
+        }
+        self
+    }
+
     /// Metrics including the store call counters of `stats`.
     pub fn with_store_calls(stats: Arc<CallStats>) -> Self {
         let mut metrics = Metrics::default();
@@ -210,7 +265,9 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        encode_registry(&mut out, &self.process).expect("writing to a String cannot fail");
+        encode_registry(&mut out, &self.registry).expect("writing to a String cannot fail");
+        encode_eof(&mut out).expect("writing to a String cannot fail");
         out
     }
 }

@@ -19,12 +19,16 @@ use tracing::{debug, info, warn};
 
 use crate::{
     api::{
-        ConfigStore, Guarded,
+        ConfigStore, Guarded, TenantConfig,
         names::{FIELD_MANAGER, MANAGED_BY_LABEL},
     },
     events::{EventRouter, index::Index, sqs, tracker::Tracker},
     metrics::Metrics,
-    reconcile::{self, Context, Settings, context::Backends, context::Claims, context::Progress, echo::OwnWrites},
+    reconcile::{
+        self, Context, Settings,
+        context::{Backends, Claims, Progress, Requests},
+        echo::OwnWrites,
+    },
     server::{Cache, Probes},
     store::{BackendContext, Family, Location, shared_cache::SharedCache},
 };
@@ -93,6 +97,8 @@ pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send +
         })
         .default_backoff()
         .touched_objects();
+    let requests = Arc::new(Requests::new(metrics.reconcile_queue_depth.clone()));
+    let tc_requests = requests.clone();
     let (objects, tc_writer) = reflector::store();
     let (tc_index, objects_listed) = (index.clone(), listed(&probes, Cache::TenantConfigs));
     let tenant_configs = cached(
@@ -100,12 +106,23 @@ pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send +
         watcher(Api::<Guarded>::all(client.clone()), watch.clone()).modify(slim_for_cache),
         move |event| {
             tc_index.observe_tenant_config(event);
+            if let watcher::Event::Delete(tc) = event {
+                tc_requests.forget(&ObjectRef::from_obj(tc));
+            }
             objects_listed(matches!(event, watcher::Event::InitDone));
         },
     )
     .default_backoff()
     .applied_objects()
     .predicate_filter(spec_or_lifecycle, Default::default());
+    // Every request is counted on its way in (the queue depth): the triggers
+    // are fed to the controller as object references, mapped here.
+    let asked = |requests: &Arc<Requests>| {
+        let requests = requests.clone();
+        move |object: &ObjectRef<Guarded>| requests.requested(object)
+    };
+    let tc_requested = asked(&requests);
+    let tenant_configs = tenant_configs.inspect_ok(move |tc| tc_requested(&ObjectRef::from_obj(tc)));
 
     let tracker = Arc::new(Tracker::new(metrics.clone()));
     let shared_cache = Arc::new(SharedCache::new(settings.shared_cache_max_age, metrics.clone()));
@@ -127,8 +144,6 @@ pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send +
     if consumer.is_none() {
         warn!(resync = ?settings.resync_interval, "no event queue configured: store changes arrive only with the resync");
     }
-    let resync = resync_ticks(settings.resync_interval);
-    let all_objects = objects.clone();
     // Owned ConfigMaps: metadata is enough to find the owner, and the
     // controller's own writes coming back are not a reason to reconcile.
     let own_writes = Arc::new(OwnWrites::default());
@@ -146,8 +161,20 @@ pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send +
         futures::future::ready(!echo)
     })
     .touched_objects();
+    let config_map_owners =
+        logged(config_maps).flat_map(|cm| futures::stream::iter(owner_of(&cm))).inspect(asked(&requests));
+    let namespace_index = index.clone();
+    let namespace_requests = logged(namespace_events)
+        .flat_map(move |ns| futures::stream::iter(namespace_index.objects_in(&ns.name_any())))
+        .inspect(asked(&requests));
+    let store_objects = objects.clone();
+    let store_requests =
+        logged(store_events).flat_map(move |_| futures::stream::iter(every(&store_objects))).inspect(asked(&requests));
+    let resync_objects = objects.clone();
+    let resync_requests = resync_ticks(settings.resync_interval)
+        .flat_map(move |()| futures::stream::iter(every(&resync_objects)))
+        .inspect(asked(&requests));
     let controller = Controller::for_stream(tenant_configs, objects)
-        .owns_stream(config_maps)
         .with_config(controller::Config::default().concurrency(settings.concurrency));
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), Reporter { controller: FIELD_MANAGER.into(), instance: None }),
@@ -158,6 +185,7 @@ pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send +
         namespaces,
         backends: Backends::default(),
         retries: Default::default(),
+        requests: requests.clone(),
         progress: tracker,
         claims: index.clone(),
         shared_cache,
@@ -166,17 +194,16 @@ pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send +
         caches_synced: probes.caches_synced(),
         retries_due,
     });
-    let ns_index = index.clone();
     let controller = controller
+        // An owned ConfigMap changed by someone else, or deleted: put it back.
+        .reconcile_on(config_map_owners)
         // A namespace's labels are its tenant identity: re-reconcile its objects.
-        .watches_stream(namespace_events, move |ns: Namespace| ns_index.objects_in(&ns.name_any()))
+        .reconcile_on(namespace_requests)
         // Any store change can change routing for every object.
-        .watches_stream(store_events, move |_: ConfigStore| {
-            all_objects.state().iter().map(|tc| ObjectRef::from_obj(&**tc)).collect::<Vec<_>>()
-        })
-        .reconcile_on(triggered)
-        .reconcile_on(retry_requests)
-        .reconcile_all_on(resync)
+        .reconcile_on(store_requests)
+        .reconcile_on(triggered.inspect(asked(&requests)))
+        .reconcile_on(retry_requests.inspect(asked(&requests)))
+        .reconcile_on(resync_requests)
         .graceful_shutdown_on(shutdown.clone())
         .run(reconcile::reconcile, reconcile::error_policy, context)
         .for_each(|result| async move {
@@ -237,6 +264,26 @@ where
     S: futures::Stream<Item = watcher::Result<watcher::Event<K>>>,
 {
     reflector::reflector(writer, watch).inspect_ok(move |event| observe(event))
+}
+
+/// The items of a watch stream; its errors are logged (the watcher retries
+/// with backoff on its own).
+fn logged<T>(stream: impl futures::Stream<Item = watcher::Result<T>>) -> impl futures::Stream<Item = T> {
+    stream.filter_map(
+        |item| async move { item.map_err(|e| warn!(error = %e, "watch failed; retrying with backoff")).ok() },
+    )
+}
+
+/// Every TenantConfig in the cache.
+fn every(objects: &reflector::Store<Guarded>) -> Vec<ObjectRef<Guarded>> {
+    objects.state().iter().map(|tc| ObjectRef::from_obj(&**tc)).collect()
+}
+
+/// The TenantConfig that controls a ConfigMap (its controller owner reference).
+fn owner_of(cm: &PartialObjectMeta<ConfigMap>) -> Option<ObjectRef<Guarded>> {
+    let owner = cm.owner_references().iter().find(|o| o.controller == Some(true))?;
+    let ours = owner.kind == TenantConfig::kind(&()) && owner.api_version == TenantConfig::api_version(&());
+    Some(ObjectRef::new(&owner.name).within(&cm.namespace()?)).filter(|_| ours)
 }
 
 /// One tick per interval, the first one interval from now.

@@ -6,6 +6,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 pub const READY: &str = "Ready";
 pub const STORE_SYNCED: &str = "StoreSynced";
 pub const PROJECTED: &str = "Projected";
+/// kstatus' abnormal-true conditions (sigs.k8s.io/cli-utils, used by Flux and
+/// kpt): True while a failure is being retried / when only a change of spec,
+/// namespace or store can help.
+pub const RECONCILING: &str = "Reconciling";
+pub const STALLED: &str = "Stalled";
 
 /// Reasons, one per distinct cause a user must act on.
 pub mod reason {

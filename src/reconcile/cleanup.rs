@@ -47,7 +47,8 @@ async fn delete_keys(tc: &TenantConfig, ctx: &Context, ns: &str) -> Result<(), E
             "deletion waits for ConfigStore {missing}: the status names it but it does not exist; \
              recreate it, or remove the finalizer {FINALIZER} to abandon what it holds"
         );
-        status::write(tc, ctx, labels.as_ref(), status::Verdict::refused(reason::STORE_UNAVAILABLE, message)).await?;
+        let verdict = status::Verdict::deletion_waits(reason::STORE_UNAVAILABLE, message, false);
+        status::write(tc, ctx, labels.as_ref(), verdict).await?;
         return Err(Error::StoreMissing { store: missing.clone() });
     }
     let stores = StoreRef::all(&store_objects);
@@ -77,7 +78,7 @@ async fn delete_keys(tc: &TenantConfig, ctx: &Context, ns: &str) -> Result<(), E
             }
             Err(e) => {
                 let message = format!("deletion waits for store {}: {e}", store.name);
-                let verdict = status::Verdict::refused(store_failure_reason(&e), message);
+                let verdict = status::Verdict::deletion_waits(store_failure_reason(&e), message, e.is_transient());
                 status::write(tc, ctx, labels.as_ref(), verdict).await?;
                 return Err(e.into());
             }

@@ -96,6 +96,8 @@ pub struct Context {
     pub backends: Backends,
     pub recorder: Recorder,
     pub retries: Retries,
+    /// Requested reconciles that have not started (the queue depth).
+    pub requests: Arc<Requests>,
     pub progress: Arc<dyn Progress>,
     pub claims: Arc<dyn Claims>,
     pub shared_cache: Arc<SharedCache>,
@@ -151,6 +153,48 @@ impl Context {
     }
 }
 
+/// Objects whose reconcile was requested (a watch change, an owned ConfigMap,
+/// a namespace or store change, an event, the resync, a re-requested retry)
+/// and has not started: the reconcile queue's depth. A retry waiting for its
+/// backoff is not in it (see `objects_backing_off`).
+pub struct Requests {
+    requested: Mutex<HashMap<ObjectRef<Guarded>, Instant>>,
+    depth: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Requests {
+    pub fn new(depth: prometheus_client::metrics::gauge::Gauge) -> Self {
+        Requests { requested: Mutex::default(), depth }
+    }
+
+    /// A reconcile of `object` was requested now (repeats merge, as in the queue).
+    pub fn requested(&self, object: &ObjectRef<Guarded>) {
+        let mut requested = self.requested.lock().unwrap();
+        requested.entry(object.clone()).or_insert_with(Instant::now);
+        self.depth.set(requested.len() as i64);
+    }
+
+    /// A reconcile of `object` started at `at`: it serves every request made before.
+    pub fn started(&self, object: &ObjectRef<Guarded>, at: Instant) {
+        let mut requested = self.requested.lock().unwrap();
+        if requested.get(object).is_some_and(|when| *when <= at) {
+            requested.remove(object);
+        }
+        self.depth.set(requested.len() as i64);
+    }
+
+    /// The object is gone: nothing will start for it.
+    pub fn forget(&self, object: &ObjectRef<Guarded>) {
+        let mut requested = self.requested.lock().unwrap();
+        requested.remove(object);
+        self.depth.set(requested.len() as i64);
+    }
+
+    pub fn depth(&self) -> usize {
+        self.requested.lock().unwrap().len()
+    }
+}
+
 /// Per-object failure and attempt counts, for backoff and for re-requesting
 /// retries that did not start.
 #[derive(Default)]
@@ -179,6 +223,11 @@ impl Retries {
         *n
     }
 
+    /// Objects whose last reconcile failed.
+    pub fn backing_off(&self) -> usize {
+        self.failures.lock().unwrap().len()
+    }
+
     pub fn attempts(&self, key: &ObjectRef<Guarded>) -> Option<u64> {
         self.attempts.lock().unwrap().get(key).copied()
     }
@@ -187,6 +236,23 @@ impl Retries {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_merge_and_a_start_serves_those_before_it() {
+        let requests = Requests::new(Default::default());
+        let (a, b) = (ObjectRef::new("a").within("ns"), ObjectRef::new("b").within("ns"));
+        requests.requested(&a);
+        requests.requested(&a);
+        requests.requested(&b);
+        assert_eq!(requests.depth(), 2, "a repeated request is one entry, as in the queue");
+        let before = Instant::now() - Duration::from_secs(60);
+        requests.started(&a, before);
+        assert_eq!(requests.depth(), 2, "a reconcile that started before the request does not serve it");
+        requests.started(&a, Instant::now());
+        assert_eq!(requests.depth(), 1);
+        requests.forget(&b);
+        assert_eq!(requests.depth(), 0);
+    }
 
     #[test]
     fn default_settings_are_the_flags_defaults() {

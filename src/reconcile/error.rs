@@ -86,6 +86,7 @@ pub fn backoff(failures: u32, throttling: bool) -> Duration {
 pub fn error_policy(tc: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = ObjectRef::from_obj(&*tc);
     let failures = ctx.retries.failed(&key);
+    ctx.metrics.objects_backing_off.set(ctx.retries.backing_off() as i64);
     let capped = backoff(failures, error.is_throttling());
     // Jitter up to +25% so objects that failed together do not retry together.
     let jitter = capped.mul_f64(f64::from(Timestamp::now().subsec_nanosecond().unsigned_abs() % 1000) / 4000.0);

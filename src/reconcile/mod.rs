@@ -49,6 +49,8 @@ pub async fn reconcile(guarded: Arc<Guarded>, ctx: Arc<Context>) -> Result<Actio
     let key = ObjectRef::from_obj(&*guarded);
     let started = Instant::now();
     ctx.retries.started(&key);
+    ctx.requests.started(&key, started);
+    ctx.metrics.reconciles_in_flight.inc();
     let mut timer = ReconcileTimer { ctx: &ctx, started, error: None };
     let result = match &guarded.0 {
         Ok(tc) => reconcile_valid(Arc::new(tc.clone()), &ctx, &key, started).await,
@@ -73,6 +75,7 @@ pub async fn reconcile(guarded: Arc<Guarded>, ctx: Arc<Context>) -> Result<Actio
     match &result {
         Ok(_) => {
             ctx.retries.succeeded(&key);
+            ctx.metrics.objects_backing_off.set(ctx.retries.backing_off() as i64);
             ctx.progress.succeeded(&key, started);
         }
         Err(e) => timer.error = Some(e.metric_label()),
@@ -116,6 +119,7 @@ struct ReconcileTimer<'a> {
 
 impl Drop for ReconcileTimer<'_> {
     fn drop(&mut self) {
+        self.ctx.metrics.reconciles_in_flight.dec();
         self.ctx.metrics.reconciled(self.error, self.started.elapsed().as_secs_f64());
     }
 }
@@ -126,7 +130,7 @@ async fn apply(tc: &TenantConfig, ctx: &Context, key: &ObjectRef<Guarded>, start
     let labels = ctx.namespace_labels(&ns).await?;
     let labels = labels.as_ref();
     let refuse = |refusal: plan::Refusal| async move {
-        status::warn_once(tc, ctx, labels, refusal.reason, refusal.message).await?;
+        status::warn_once(tc, ctx, labels, Verdict::refused(refusal.reason, refusal.message)).await?;
         Ok(Action::await_change())
     };
     let store_objects = ctx.stores.state();
@@ -146,7 +150,7 @@ async fn apply(tc: &TenantConfig, ctx: &Context, key: &ObjectRef<Guarded>, start
         Err(refusal) => return refuse(refusal).await,
     };
     let failed = |failure: stores::StoreFailure| async move {
-        status::warn_once(tc, ctx, labels, failure.reason(), failure.message.clone()).await?;
+        status::warn_once(tc, ctx, labels, failure.verdict()).await?;
         failure.into_result()
     };
     let swept = match stores::sweep(ctx, tc, &plan).await {
@@ -160,8 +164,7 @@ async fn apply(tc: &TenantConfig, ctx: &Context, key: &ObjectRef<Guarded>, start
     let mut layers = match stores::read_includes(ctx, &plan).await {
         Ok(layers) => layers,
         Err(failure) => {
-            let refused = Verdict::refused(failure.reason(), failure.message.clone());
-            status::write(tc, ctx, labels, Verdict { stores: Some(written.summaries), ..refused }).await?;
+            status::write(tc, ctx, labels, Verdict { stores: Some(written.summaries), ..failure.verdict() }).await?;
             return failure.into_result();
         }
     };

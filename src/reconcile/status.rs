@@ -15,16 +15,31 @@ use serde_json::json;
 use super::{context::Context, error::Error};
 use crate::api::{
     StoreSummary, TenantConfig, TenantConfigStatus,
-    conditions::{self, PROJECTED, READY, STORE_SYNCED, reason},
+    conditions::{self, PROJECTED, READY, RECONCILING, STALLED, STORE_SYNCED, reason},
 };
 
 /// One condition as a reconcile concluded it: status, reason, message.
 pub type Concluded = (bool, &'static str, String);
 
+/// Where an object stands after a reconcile, for the Reconciling and Stalled
+/// conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Everything in place.
+    Done,
+    /// A transient failure; the controller retries with backoff.
+    Retrying,
+    /// Refused: only a change of spec, namespace or store can help.
+    Stalled,
+}
+
 /// What one reconcile concluded.
 pub struct Verdict {
+    pub standing: Standing,
     pub ready: Concluded,
-    pub store_synced: Concluded,
+    /// `None`: as it was (a deletion that waits changes nothing about which
+    /// stores hold the object's keys, and a later cleanup relies on that).
+    pub store_synced: Option<Concluded>,
     pub projected: Concluded,
     /// The stores the object's data is in now (`None`: leave the list as it is).
     pub stores: Option<Vec<StoreSummary>>,
@@ -41,11 +56,17 @@ pub struct Projected {
 }
 
 impl Verdict {
-    /// Every condition false for the same reason.
+    /// A refusal: every condition false for the same reason, Stalled.
     pub fn refused(reason: &'static str, message: String) -> Self {
+        Verdict { standing: Standing::Stalled, ..Verdict::retrying(reason, message) }
+    }
+
+    /// A transient failure: every condition false for the same reason, Reconciling.
+    pub fn retrying(reason: &'static str, message: String) -> Self {
         Verdict {
+            standing: Standing::Retrying,
             ready: (false, reason, message.clone()),
-            store_synced: (false, reason, message.clone()),
+            store_synced: Some((false, reason, message.clone())),
             projected: (false, reason, message),
             stores: None,
             projection: None,
@@ -54,11 +75,19 @@ impl Verdict {
 }
 
 impl Verdict {
+    /// A deletion waiting for a store (or a person): StoreSynced is left as
+    /// the last reconcile wrote it.
+    pub fn deletion_waits(reason: &'static str, message: String, transient: bool) -> Self {
+        let verdict = if transient { Verdict::retrying(reason, message) } else { Verdict::refused(reason, message) };
+        Verdict { store_synced: None, ..verdict }
+    }
+
     /// The stores are written but their data cannot be projected (too large).
     pub fn unprojectable(why: String, store_message: String, stores: Vec<StoreSummary>) -> Self {
         Verdict {
+            standing: Standing::Stalled,
             ready: (false, reason::VALIDATION_FAILED, why.clone()),
-            store_synced: (true, reason::RECONCILED, store_message),
+            store_synced: Some((true, reason::RECONCILED, store_message)),
             projected: (false, reason::VALIDATION_FAILED, why),
             stores: Some(stores),
             projection: None,
@@ -73,8 +102,9 @@ impl Verdict {
         projection: Projected,
     ) -> Self {
         Verdict {
+            standing: Standing::Done,
             ready: (true, reason::RECONCILED, String::new()),
-            store_synced: (true, reason::RECONCILED, store_message),
+            store_synced: Some((true, reason::RECONCILED, store_message)),
             projected: (true, reason::RECONCILED, projected_message),
             stores: Some(stores),
             projection: Some(projection),
@@ -92,8 +122,19 @@ pub fn next_status(
     now: Time,
 ) -> TenantConfigStatus {
     let mut new = old.clone();
-    for (type_, (ok, why, message)) in
-        [(READY, verdict.ready), (STORE_SYNCED, verdict.store_synced), (PROJECTED, verdict.projected)]
+    let why = verdict.ready.1;
+    let message = |applies: bool| if applies { verdict.ready.2.clone() } else { String::new() };
+    let reconciling = (verdict.standing == Standing::Retrying, why, message(verdict.standing == Standing::Retrying));
+    let stalled = (verdict.standing == Standing::Stalled, why, message(verdict.standing == Standing::Stalled));
+    for (type_, (ok, why, message)) in [
+        (READY, Some(verdict.ready)),
+        (STORE_SYNCED, verdict.store_synced),
+        (PROJECTED, Some(verdict.projected)),
+        (RECONCILING, Some(reconciling)),
+        (STALLED, Some(stalled)),
+    ]
+    .into_iter()
+    .filter_map(|(type_, concluded)| Some((type_, concluded?)))
     {
         conditions::set_condition(&mut new.conditions, type_, ok, why, &message, generation, now.clone());
     }
@@ -134,16 +175,16 @@ pub async fn write(
     Ok(true)
 }
 
-/// A failure worth telling once: every condition false for `why`, and a
-/// Warning Event when that is news (the status changed).
+/// A failure worth telling once: its verdict, and a Warning Event with its
+/// reason when that is news (the status changed).
 pub async fn warn_once(
     tc: &TenantConfig,
     ctx: &Context,
     labels: Option<&BTreeMap<String, String>>,
-    why: &'static str,
-    message: String,
+    verdict: Verdict,
 ) -> Result<(), Error> {
-    if write(tc, ctx, labels, Verdict::refused(why, message.clone())).await? {
+    let (_, why, message) = verdict.ready.clone();
+    if write(tc, ctx, labels, verdict).await? {
         ctx.publish(tc, EventType::Warning, why, message).await;
     }
     Ok(())
@@ -238,8 +279,9 @@ mod tests {
 
     fn ok_verdict(projection: Option<Projected>) -> Verdict {
         Verdict {
+            standing: Standing::Done,
             ready: (true, "Reconciled", String::new()),
-            store_synced: (true, "Reconciled", "2 managed key(s) in 1 store(s)".into()),
+            store_synced: Some((true, "Reconciled", "2 managed key(s) in 1 store(s)".into())),
             projected: (true, "Reconciled", "2 key(s) projected".into()),
             stores: Some(vec![]),
             projection,
@@ -280,5 +322,44 @@ mod tests {
         assert!(!stores_recorded(Some(&refused), Some(2)));
         let ready = refused.conditions.iter().find(|c| c.type_ == READY).unwrap();
         assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "NoStoreForTags"));
+    }
+
+    /// kstatus reads these two: Reconciling while a failure is retried, Stalled
+    /// when only a change can help.
+    #[test]
+    fn standing_sets_reconciling_and_stalled() {
+        let t = Time(Timestamp::from_second(1_000).unwrap());
+        let get = |s: &TenantConfigStatus, type_: &str| {
+            let c = s.conditions.iter().find(|c| c.type_ == type_).unwrap();
+            (c.status.clone(), c.reason.clone(), c.message.clone())
+        };
+        let of =
+            |status: &str, reason: &str, message: &str| (status.to_string(), reason.to_string(), message.to_string());
+        let done = next_status(&Default::default(), ok_verdict(projected("d", true)), Some(1), None, t.clone());
+        assert_eq!(get(&done, RECONCILING), of("False", "Reconciled", ""));
+        assert_eq!(get(&done, STALLED), of("False", "Reconciled", ""));
+        let retrying = next_status(&done, Verdict::retrying("Throttled", "slow down".into()), Some(1), None, t.clone());
+        assert_eq!(get(&retrying, RECONCILING), of("True", "Throttled", "slow down"));
+        assert_eq!(get(&retrying, STALLED), of("False", "Throttled", ""));
+        let stalled = next_status(&retrying, Verdict::refused("NoStoreForTags", "no store".into()), Some(2), None, t);
+        assert_eq!(get(&stalled, RECONCILING), of("False", "NoStoreForTags", ""));
+        assert_eq!(get(&stalled, STALLED), of("True", "NoStoreForTags", "no store"));
+        assert!(
+            stalled.conditions.iter().all(|c| c.observed_generation == Some(2)),
+            "every condition names its generation"
+        );
+    }
+
+    /// A cleanup that failed must not make the next one distrust the list of
+    /// stores (it would sweep every store instead of the recorded ones).
+    #[test]
+    fn a_deletion_that_waits_keeps_store_synced() {
+        let t = Time(Timestamp::from_second(1_000).unwrap());
+        let done = next_status(&Default::default(), ok_verdict(projected("d", true)), Some(2), None, t.clone());
+        let waiting =
+            next_status(&done, Verdict::deletion_waits("StoreUnavailable", "down".into(), true), Some(3), None, t);
+        assert!(stores_recorded_before_deletion(Some(&waiting), Some(3)), "still settled as of generation 2");
+        let ready = waiting.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "StoreUnavailable"));
     }
 }

@@ -11,6 +11,7 @@ use super::{
     error::{Error, store_failure_reason},
     plan::{ReconcilePlan, Refusal, StoreWrite},
     projection::{Layer, Source},
+    status::Verdict,
 };
 use crate::{
     api::{StoreSummary, TenantConfig},
@@ -26,6 +27,15 @@ pub struct StoreFailure {
 impl StoreFailure {
     pub fn reason(&self) -> &'static str {
         store_failure_reason(&self.error)
+    }
+
+    /// The status it leads to: retried when transient, else stalled.
+    pub fn verdict(&self) -> Verdict {
+        if self.error.is_transient() {
+            Verdict::retrying(self.reason(), self.message.clone())
+        } else {
+            Verdict::refused(self.reason(), self.message.clone())
+        }
     }
 
     /// A transient failure is retried with backoff; any other waits for a
