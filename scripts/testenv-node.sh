@@ -32,13 +32,7 @@ NODE_CGROUP_CONTROLLERS=(cpu cpuacct cpuset memory pids blkio devices freezer hu
 # ---------------------------------------------------------------- build ------
 
 install_node_packages() {
-  local missing=() p
-  for p in "${NODE_DEBIAN_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-  [[ ${#missing[@]} -eq 0 ]] && return
-  log "installing Debian packages: ${missing[*]}"
-  command -v apt-get >/dev/null || die "apt-get is needed to install ${missing[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  install_debian_packages "${NODE_DEBIAN_PACKAGES[@]}"
 }
 
 # containerd (CGO off, without the snapshotters this host cannot use) and

@@ -30,6 +30,8 @@ CACHE_DIR=${TCC_CACHE_DIR:-$ROOT/.testenv/cache}
 STATE_DIR=${TCC_STATE_DIR:-$ROOT/.testenv/run}
 K8S_BIN=$CACHE_DIR/k8s-$KUBE_VERSION-etcd-$ETCD_VERSION/bin
 HELM_BIN=$CACHE_DIR/helm-$HELM_VERSION/bin
+PROMETHEUS_VERSION=v0.316.0   # Prometheus 3.x's Go module version
+PROMTOOL_BIN=$CACHE_DIR/promtool-$PROMETHEUS_VERSION/bin
 MOTO_VENV=$CACHE_DIR/moto-$MOTO_VERSION
 CFN_LINT_VENV=$CACHE_DIR/cfn-lint-$CFN_LINT_VERSION
 ENV_FILE=$STATE_DIR/env
@@ -114,6 +116,29 @@ build_helm() {
   touch "$HELM_BIN/.complete"
 }
 
+# kstatus-check (tests/gitops/kstatus): kstatus as Flux computes it, from
+# sigs.k8s.io/cli-utils at the version its go.sum pins; rebuilt when that changes.
+build_kstatus() {
+  local dir
+  dir=$CACHE_DIR/kstatus-$(cat "$ROOT/tests/gitops/kstatus/go.mod" "$ROOT/tests/gitops/kstatus/go.sum" "$ROOT/tests/gitops/kstatus/main.go" | sha256sum | cut -c1-16)
+  KSTATUS_BIN=$dir/kstatus-check
+  if [[ -f $dir/.complete ]]; then return; fi
+  log "building kstatus-check (sigs.k8s.io/cli-utils)"
+  mkdir -p "$dir"
+  (cd "$ROOT/tests/gitops/kstatus" && GOWORK=off go build -trimpath -ldflags "-s -w" -o "$KSTATUS_BIN" .)
+  touch "$dir/.complete"
+}
+
+# promtool, to check the chart's alert rules and run their unit tests.
+build_promtool() {
+  if [[ -f $PROMTOOL_BIN/.complete ]]; then return; fi
+  log "building promtool (prometheus $PROMETHEUS_VERSION)"
+  mkdir -p "$PROMTOOL_BIN"
+  (cd "$CACHE_DIR" && GOWORK=off GOBIN=$PROMTOOL_BIN go install -trimpath -ldflags "-s -w" \
+    "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION")
+  touch "$PROMTOOL_BIN/.complete"
+}
+
 # A pinned Python tool in its own venv: venv dir, pip requirement.
 build_venv() {
   local venv=$1 requirement=$2
@@ -125,12 +150,30 @@ build_venv() {
   touch "$venv/.complete"
 }
 
+# Interpreters the tests run real configuration with: Argo CD's health checks
+# are Lua (5.4 here; Argo CD embeds gopher-lua, a 5.1 dialect the scripts keep to).
+TOOL_DEBIAN_PACKAGES=(lua5.4 lua-dkjson)
+
+# Installs the Debian packages among "$@" that are missing.
+install_debian_packages() {
+  local missing=() p
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [[ ${#missing[@]} -eq 0 ]] && return
+  log "installing Debian packages: ${missing[*]}"
+  command -v apt-get >/dev/null || die "apt-get is needed to install ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
 build_all() {
   mkdir -p "$CACHE_DIR"
+  install_debian_packages "${TOOL_DEBIAN_PACKAGES[@]}"
   build_venv "$MOTO_VENV" "moto[server]==$MOTO_VERSION"
   build_venv "$CFN_LINT_VENV" "cfn-lint==$CFN_LINT_VERSION"
   build_kubernetes
   build_helm
+  build_kstatus
+  build_promtool
 }
 
 
@@ -256,6 +299,9 @@ export KUBECTL=$K8S_BIN/kubectl
 export HELM=$HELM_BIN/helm
 export TCC_PYTHON=$MOTO_VENV/bin/python   # has boto3, for scripts that act as an operator would
 export CFN_LINT=$CFN_LINT_VENV/bin/cfn-lint
+export TCC_LUA=$(command -v lua5.4)
+export TCC_KSTATUS=$KSTATUS_BIN
+export TCC_PROMTOOL=$PROMTOOL_BIN/promtool
 export TCC_ADMIN_TOKEN=$token
 export TCC_SA_SIGNING_KEY=$STATE_DIR/pki/sa.key
 export AWS_ENDPOINT_URL=http://127.0.0.1:$moto_port

@@ -254,3 +254,82 @@ async fn installed_chart_rbac_is_sufficient_and_not_excessive() {
     let (ok, _, stderr) = helm(&["uninstall", "tcc", "--namespace", &release_ns]);
     assert!(ok, "helm uninstall: {stderr}");
 }
+
+/// Every value of values.yaml as a dotted path, with its default as YAML
+/// prints it (maps are walked; an empty map, a list or a scalar is a value).
+fn value_paths(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
+    match value {
+        Value::Mapping(map) if !map.is_empty() => {
+            for (key, value) in map {
+                let key = key.as_str().expect("string keys");
+                let path = if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") };
+                value_paths(&path, value, out);
+            }
+        }
+        Value::String(s) if s.is_empty() => out.push((prefix.into(), "\"\"".into())),
+        other => {
+            let rendered = serde_yaml::to_string(other).unwrap().trim_end().to_string();
+            out.push((prefix.into(), rendered));
+        }
+    }
+}
+
+/// README's values reference lists every value of values.yaml with its
+/// default, and nothing else.
+#[test]
+fn readme_documents_every_chart_value() {
+    let values: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(support::repo_root().join(CHART).join("values.yaml")).unwrap())
+            .unwrap();
+    let mut in_chart = Vec::new();
+    value_paths("", &values, &mut in_chart);
+    let readme = std::fs::read_to_string(support::repo_root().join("README.md")).unwrap();
+    let table = readme
+        .split("<!-- values-reference:start -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- values-reference:end -->").next())
+        .expect("README has the values reference markers");
+    let documented: Vec<(String, String)> = table
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let key = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+            let default = cells.get(2)?.strip_prefix('`')?.strip_suffix('`')?;
+            Some((key.to_string(), default.to_string()))
+        })
+        .collect();
+    let chart_keys: std::collections::BTreeSet<&str> = in_chart.iter().map(|(k, _)| k.as_str()).collect();
+    let readme_keys: std::collections::BTreeSet<&str> = documented.iter().map(|(k, _)| k.as_str()).collect();
+    let undocumented: Vec<_> = chart_keys.difference(&readme_keys).collect();
+    let stale: Vec<_> = readme_keys.difference(&chart_keys).collect();
+    assert!(undocumented.is_empty() && stale.is_empty(), "undocumented values {undocumented:?}; stale rows {stale:?}");
+    for (key, default) in &in_chart {
+        let (_, written) = documented.iter().find(|(k, _)| k == key).unwrap();
+        assert_eq!(written, default, "README's default of {key}");
+    }
+}
+
+/// `helm package` makes the chart archive, versioned as the crate.
+#[test]
+fn the_chart_packages_with_the_crate_version() {
+    let chart: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(support::repo_root().join(CHART).join("Chart.yaml")).unwrap())
+            .unwrap();
+    let crate_version = env!("CARGO_PKG_VERSION");
+    assert_eq!(chart["version"].as_str(), Some(crate_version), "Chart.yaml version");
+    assert_eq!(chart["appVersion"].as_str(), Some(crate_version), "Chart.yaml appVersion");
+    let out = std::env::temp_dir().join(unique("chart-package"));
+    let (ok, stdout, stderr) = helm(&["package", CHART, "--destination", out.to_str().unwrap()]);
+    assert!(ok, "helm package: {stderr}");
+    let archive = out.join(format!("tenant-config-controller-{crate_version}.tgz"));
+    assert!(archive.is_file(), "{stdout}");
+    let listing = Command::new("tar").arg("-tzf").arg(&archive).output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for file in ["Chart.yaml", "values.yaml", "values.schema.json", "crds/tenantconfigs.tenantconfig.io.yaml"] {
+        assert!(
+            listing.lines().any(|l| l == format!("tenant-config-controller/{file}")),
+            "{file} in the archive: {listing}"
+        );
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+}
