@@ -359,4 +359,20 @@ mod tests {
             "both objects were cached when the listing was complete"
         );
     }
+
+    #[test]
+    fn an_owned_config_map_names_its_tenant_config() {
+        let cm = |kind: &str, controller: bool| -> PartialObjectMeta<ConfigMap> {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "PartialObjectMetadata",
+                "metadata": { "name": "payments", "namespace": "acme", "ownerReferences": [{
+                    "apiVersion": "tenantconfig.io/v1alpha1", "kind": kind, "name": "payments-tc",
+                    "uid": "u", "controller": controller }] }
+            }))
+            .unwrap()
+        };
+        assert_eq!(owner_of(&cm("TenantConfig", true)), Some(ObjectRef::new("payments-tc").within("acme")));
+        assert_eq!(owner_of(&cm("TenantConfig", false)), None, "only the controller owner");
+        assert_eq!(owner_of(&cm("Deployment", true)), None, "another kind's ConfigMap");
+    }
 }
