@@ -185,6 +185,13 @@ impl TenantConfig {
         self.spec.config_type.as_deref().or(self.metadata.name.as_deref()).unwrap_or_default()
     }
 
+    /// `{namespace}/{name}`: the owner the stores record, and the object's key
+    /// in the readiness metric.
+    pub fn owner_key(&self) -> String {
+        let meta = &self.metadata;
+        format!("{}/{}", meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default())
+    }
+
     /// ConfigMap the projection writes, defaulting to the object's name.
     pub fn config_map_name(&self) -> &str {
         self.spec

@@ -62,13 +62,23 @@ impl Collector for ProcessCollector {
 /// Reads `/proc/self`; `None` where there is no procfs.
 pub fn read() -> Option<Sample> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let boot_time = parse_boot_time(&std::fs::read_to_string("/proc/stat").ok()?)?;
-    // SAFETY: sysconf only reads a system constant.
-    let (ticks, page_size) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
-    let mut sample = parse_stat(&stat, ticks.max(1) as f64, page_size.max(1) as u64, boot_time)?;
+    let &(ticks, page_size, boot_time) = constants().as_ref()?;
+    let mut sample = parse_stat(&stat, ticks, page_size, boot_time)?;
     sample.open_fds = std::fs::read_dir("/proc/self/fd").ok().map(|entries| entries.count() as u64);
     sample.max_fds = std::fs::read_to_string("/proc/self/limits").ok().as_deref().and_then(parse_max_open_files);
     Some(sample)
+}
+
+/// Clock ticks per second, page size and boot time: fixed while the process
+/// runs, so read once, not on every scrape.
+fn constants() -> &'static Option<(f64, u64, u64)> {
+    static CONSTANTS: std::sync::OnceLock<Option<(f64, u64, u64)>> = std::sync::OnceLock::new();
+    CONSTANTS.get_or_init(|| {
+        let boot_time = parse_boot_time(&std::fs::read_to_string("/proc/stat").ok()?)?;
+        // SAFETY: sysconf only reads a system constant.
+        let (ticks, page_size) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+        Some((ticks.max(1) as f64, page_size.max(1) as u64, boot_time))
+    })
 }
 
 /// Fields of `/proc/self/stat` (proc(5)): after the command in parentheses

@@ -25,7 +25,7 @@ pub async fn cleanup(tc: &TenantConfig, ctx: &Context) -> Result<Action, Error> 
         delete_keys(tc, ctx, &ns).await?;
     }
     project::delete(ctx, tc).await?;
-    ctx.metrics.set_ready(&format!("{ns}/{}", tc.name_any()), None);
+    ctx.metrics.set_ready(&tc.owner_key(), None);
     Ok(Action::await_change())
 }
 
@@ -34,7 +34,7 @@ async fn delete_keys(tc: &TenantConfig, ctx: &Context, ns: &str) -> Result<(), E
     // Without an identity nothing was ever written for this object.
     let Ok(identity) = ctx.identity(ns, labels.as_ref()) else { return Ok(()) };
     let location = plan::location_of(tc, identity);
-    let owner = format!("{ns}/{}", tc.name_any());
+    let owner = tc.owner_key();
     // Only the stores this object used: an unrelated broken store must not
     // block its deletion.
     let mut used = recorded_stores(tc);

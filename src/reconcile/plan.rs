@@ -107,11 +107,7 @@ pub fn plan<'a>(
 ) -> Result<ReconcilePlan<'a>, Refusal> {
     let identity = identity.map_err(|e| identity_refusal(&e))?;
     let location = location_of(tc, identity);
-    let owner = format!(
-        "{}/{}",
-        tc.metadata.namespace.as_deref().unwrap_or_default(),
-        tc.metadata.name.as_deref().unwrap_or_default()
-    );
+    let owner = tc.owner_key();
     let mut includes = Vec::new();
     for (index, include) in tc.spec.include.iter().enumerate() {
         let store = routing::shared_store_for(&include.parameter_path, stores)

@@ -163,7 +163,7 @@ pub async fn write(
     verdict: Verdict,
 ) -> Result<bool, Error> {
     let ns = tc.namespace().unwrap_or_default();
-    ctx.metrics.set_ready(&format!("{ns}/{}", tc.name_any()), Some(verdict.ready.0));
+    ctx.metrics.set_ready(&tc.owner_key(), Some(verdict.ready.0));
     let old = tc.status.clone().unwrap_or_default();
     let tenant = labels.and_then(|l| l.get(&ctx.settings.tenant_label).cloned());
     let new = next_status(&old, verdict, tc.metadata.generation, tenant, Time(Timestamp::now()));

@@ -46,14 +46,17 @@ impl StoreFailure {
 }
 
 /// A planned write whose backend is built and whose limits are checked.
-pub struct Prepared<'a> {
-    write: StoreWrite<'a>,
+pub struct Prepared<'p, 'a> {
+    write: &'p StoreWrite<'a>,
     backend: Arc<dyn Backend>,
 }
 
 /// Builds each store's backend and checks, without a call, every limit the
 /// desired entries must meet: a refused object writes nothing anywhere.
-pub fn prepare<'a>(ctx: &Context, plan: &ReconcilePlan<'a>) -> Result<Result<Vec<Prepared<'a>>, Refusal>, Error> {
+pub fn prepare<'p, 'a>(
+    ctx: &Context,
+    plan: &'p ReconcilePlan<'a>,
+) -> Result<Result<Vec<Prepared<'p, 'a>>, Refusal>, Error> {
     let mut prepared = Vec::with_capacity(plan.writes.len());
     for write in &plan.writes {
         let backend = ctx.backend(write.store, write.spec)?;
@@ -61,7 +64,7 @@ pub fn prepare<'a>(ctx: &Context, plan: &ReconcilePlan<'a>) -> Result<Result<Vec
             let message = format!("store {}: {e}", write.store);
             return Ok(Err(Refusal { reason: store_failure_reason(&e), message }));
         }
-        prepared.push(Prepared { write: write.clone(), backend });
+        prepared.push(Prepared { write, backend });
     }
     Ok(Ok(prepared))
 }
@@ -121,7 +124,7 @@ pub async fn write(
     ctx: &Context,
     tc: &TenantConfig,
     plan: &ReconcilePlan<'_>,
-    prepared: Vec<Prepared<'_>>,
+    prepared: Vec<Prepared<'_, '_>>,
 ) -> Result<Written, StoreFailure> {
     let mut written = Written { summaries: Vec::new(), layers: Vec::new(), changed_keys: 0 };
     let mut notes = Vec::new();
