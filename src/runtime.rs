@@ -140,6 +140,7 @@ pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send +
         tracker: tracker.clone(),
         metrics: metrics.clone(),
         gate: backend_ctx.gate("sqs", |_| Family::Sqs),
+        caches_synced: probes.caches_synced(),
     });
     if consumer.is_none() {
         warn!(resync = ?settings.resync_interval, "no event queue configured: store changes arrive only with the resync");

@@ -17,6 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_ssm::types::ParameterType;
 use k8s_openapi::api::{
     core::v1::{ConfigMap, Namespace, ServiceAccount},
@@ -38,6 +39,7 @@ struct World {
     client: Client,
     ssm: aws_sdk_ssm::Client,
     ddb: aws_sdk_dynamodb::Client,
+    sqs: aws_sdk_sqs::Client,
     queue: EventQueue,
     ns: String,
     tenant: String,
@@ -76,6 +78,7 @@ impl World {
             client,
             ssm: aws_sdk_ssm::Client::new(&sdk),
             ddb: aws_sdk_dynamodb::Client::new(&sdk),
+            sqs: aws_sdk_sqs::Client::new(&sdk),
             queue,
             ns,
             tenant,
@@ -120,6 +123,27 @@ impl World {
             .unwrap()
             .and_then(|cm| cm.data)
             .unwrap_or_default()
+    }
+
+    /// Messages on the event queue, visible or being handled.
+    async fn queued_messages(&self) -> u64 {
+        use aws_sdk_sqs::types::QueueAttributeName::{
+            ApproximateNumberOfMessages, ApproximateNumberOfMessagesNotVisible,
+        };
+        let attributes = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&self.queue.queue_url)
+            .attribute_names(ApproximateNumberOfMessages)
+            .attribute_names(ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .unwrap();
+        let attributes = attributes.attributes().cloned().unwrap_or_default();
+        [ApproximateNumberOfMessages, ApproximateNumberOfMessagesNotVisible]
+            .iter()
+            .filter_map(|name| attributes.get(name)?.parse::<u64>().ok())
+            .sum()
     }
 
     async fn parameters(&self) -> usize {
@@ -167,12 +191,35 @@ async fn metrics_move_and_readiness_follows_the_caches() {
     let sa: ServiceAccount = serde_json::from_value(json!({ "metadata": { "name": sa_name } })).unwrap();
     sas.create(&PostParams::default(), &sa).await.unwrap();
     let kubeconfig = kubeconfig_as_service_account(&w.client, &w.ns, &sa_name).await;
+    // A backlog waiting when the controller starts, as a new leader finds it:
+    // an object and an out-of-band change to its item, its event queued.
+    let db = format!("{}-db", w.id);
+    w.tenant_config("payments", json!({ "defaultTags": [db], "entries": [{ "key": "k", "value": "v" }] })).await;
+    let item = [("pk", format!("TENANT#{}", w.tenant)), ("sk", "CONFIG#payments".to_string())];
+    let backlog = w
+        .ddb
+        .update_item()
+        .table_name(format!("{}-table", w.id))
+        .set_key(Some(item.into_iter().map(|(k, v)| (k.to_string(), AttributeValue::S(v))).collect()))
+        .update_expression("SET #d = :m")
+        .expression_attribute_names("#d", "data")
+        .expression_attribute_values(
+            ":m",
+            AttributeValue::M([("backlog".to_string(), AttributeValue::S("1".into()))].into()),
+        );
+    backlog.send().await.unwrap();
+    eventually("the change's event waits in the queue", || async { (w.queued_messages().await >= 1).then_some(()) })
+        .await;
     let mut args = w.args();
     args.extend(["--leader-election".into(), "false".into()]);
     let mut p = Process::spawn("ops-metrics", &strs(&args), &[("KUBECONFIG", kubeconfig.to_str().unwrap())]);
     eventually("/healthz answers", || async { (p.get("/healthz")?.0 == 200).then_some(()) }).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(p.get("/readyz").unwrap().0, 503, "not ready before the caches sync");
+    // Routed against empty caches the event would concern no object and be
+    // deleted: nothing is received before the caches sync.
+    let received = r#"tenant_config_event_messages_total{outcome="received"}"#;
+    assert_eq!(p.metric(received), Some(0.0), "no message received before the caches sync");
 
     // Grant access: the watches retry, the caches sync, /readyz turns 200.
     let binding: ClusterRoleBinding = serde_json::from_value(json!({
@@ -184,9 +231,14 @@ async fn metrics_move_and_readiness_follows_the_caches() {
     Api::<ClusterRoleBinding>::all(w.client.clone()).create(&PostParams::default(), &binding).await.unwrap();
     eventually("/readyz 200 after the caches sync", || async { (p.get("/readyz")?.0 == 200).then_some(()) }).await;
 
-    let db = format!("{}-db", w.id);
-    w.tenant_config("payments", json!({ "defaultTags": [db], "entries": [{ "key": "k", "value": "v" }] })).await;
     w.wait_ready(1).await;
+    eventually("the backlog's event acknowledged, not ignored", || async {
+        let acked = p.metric(r#"tenant_config_event_messages_total{outcome="acked"}"#)? >= 1.0;
+        (acked && w.queued_messages().await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(p.metric(r#"tenant_config_event_messages_total{outcome="ignored"}"#), Some(0.0));
+    assert_eq!(w.config_map("payments").await.get("backlog").map(String::as_str), Some("1"));
     eventually("reconcile and store metrics", || async {
         let ok = p.metric(r#"tenant_config_reconciles_total{result="success",error=""}"#)? >= 1.0;
         let writes =
@@ -215,12 +267,12 @@ async fn metrics_move_and_readiness_follows_the_caches() {
     w.ddb
         .update_item()
         .table_name(format!("{}-table", w.id))
-        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(format!("TENANT#{}", w.tenant)))
-        .key("sk", aws_sdk_dynamodb::types::AttributeValue::S("CONFIG#payments".into()))
+        .key("pk", AttributeValue::S(format!("TENANT#{}", w.tenant)))
+        .key("sk", AttributeValue::S("CONFIG#payments".into()))
         .update_expression("SET #d.#k = :v")
         .expression_attribute_names("#d", "data")
         .expression_attribute_names("#k", "extra")
-        .expression_attribute_values(":v", aws_sdk_dynamodb::types::AttributeValue::S("1".into()))
+        .expression_attribute_values(":v", AttributeValue::S("1".into()))
         .send()
         .await
         .unwrap();

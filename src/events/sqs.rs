@@ -6,6 +6,10 @@
 //! dead-letter queue); well-formed events that concern no object are deleted
 //! at once. A message not handled within 80% of its visibility timeout is left
 //! alone: it becomes visible again and is handled anew.
+//!
+//! Nothing is received before the caches have listed: routed against an empty
+//! ConfigStore or TenantConfig cache, a change would concern no object and be
+//! deleted as such, lost (a new leader finds the queue's backlog at once).
 
 use std::{
     future::Future,
@@ -77,6 +81,8 @@ pub struct Consumer {
     pub metrics: Arc<Metrics>,
     /// Counts the calls with the stores' (one source for metrics and benchmarks).
     pub gate: CallGate,
+    /// Whether the caches the router reads have listed; receiving waits for it.
+    pub caches_synced: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The queue's client, with the stores' retry policy.
@@ -105,8 +111,13 @@ impl Consumer {
             if stop_at.is_none() && receiving.is_none() && waiting.len() < self.settings.max_in_flight {
                 let backoff = backoff(failures);
                 let (sqs, settings, gate) = (self.sqs.clone(), self.settings.clone(), self.gate.clone());
+                let mut synced = self.caches_synced.clone();
                 receiving = Some(Box::pin(async move {
                     tokio::time::sleep(backoff).await;
+                    if synced.wait_for(|synced| *synced).await.is_err() {
+                        // The probes are gone: the controller is stopping.
+                        std::future::pending::<()>().await;
+                    }
                     receive(&sqs, &settings, &gate).await
                 }));
             }
