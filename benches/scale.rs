@@ -179,6 +179,77 @@ async fn quiet(p: &Process, still: Duration) {
 }
 
 /// Mutating requests the API server served for the resources the controller writes.
+async fn remove_limit_writes(world: &World, table: &str, objects: usize, concurrency: usize) {
+    stream::iter(0..objects)
+        .map(|i| {
+            let (_, tenant, name) = world.object(i);
+            let ddb = world.ddb.clone();
+            let key = [("pk", format!("TENANT#{tenant}")), ("sk", format!("CONFIG#limit-{name}"))];
+            async move {
+                let key = key.into_iter().map(|(k, v)| (k.to_string(), AttributeValue::S(v))).collect();
+                ddb.delete_item().table_name(table).set_key(Some(key)).send().await.unwrap();
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<()>>()
+        .await;
+    let names: Vec<String> = (0..objects)
+        .map(|i| {
+            let (_, tenant, name) = world.object(i);
+            format!("{}/{tenant}/limit-{name}/c", world.prefix)
+        })
+        .collect();
+    for batch in names.chunks(10) {
+        world.ssm.delete_parameters().set_names(Some(batch.to_vec())).send().await.unwrap();
+    }
+}
+
+/// One steady-state run: AWS calls per simulated hour by operation (queue
+/// calls apart), Kubernetes writes, RSS after and at peak.
+struct Steady {
+    calls: BTreeMap<String, f64>,
+    kubernetes_writes: f64,
+    rss: f64,
+    peak_rss: f64,
+}
+
+async fn steady_state(world: &World, client: &Client, args: &Args, mode: &str) -> Steady {
+    let resync = humantime::format_duration(args.steady_resync).to_string();
+    let max_age = humantime::format_duration(args.steady_resync / 2).to_string();
+    let concurrency = args.concurrency.to_string();
+    let flags = [
+        "--concurrency",
+        &concurrency,
+        "--resync-interval",
+        &resync,
+        "--shared-cache-max-age",
+        &max_age,
+        "--resync-mode",
+        mode,
+    ];
+    let steady = world.controller(&format!("scale-steady-{mode}"), &flags, true);
+    quiet(&steady, Duration::from_secs(3)).await; // the start-up pass
+    let calls_before = store_calls(&steady);
+    let writes_before = kubernetes_writes(client).await;
+    tokio::time::sleep(args.steady_resync * args.cycles).await;
+    let calls_after = store_calls(&steady);
+    let kube_writes = kubernetes_writes(client).await - writes_before;
+    let (rss_after, peak) = rss(steady.child.id());
+    steady.signal("TERM");
+    let mut steady = steady;
+    steady.wait_exit(Duration::from_secs(60));
+    let per_hour = 6.0 / f64::from(args.cycles); // each interval stands for 10 minutes
+    let calls = calls_after
+        .iter()
+        .map(|(op, n)| (op.clone(), (n - calls_before.get(op).copied().unwrap_or(0.0)) * per_hour))
+        // Queue polls follow the clock, not the resync: counted apart.
+        .filter(|(op, n)| {
+            *n > 0.0 && !["ReceiveMessage", "DeleteMessageBatch", "ChangeMessageVisibility"].contains(&op.as_str())
+        })
+        .collect();
+    Steady { calls, kubernetes_writes: kube_writes, rss: rss_after, peak_rss: peak }
+}
+
 async fn kubernetes_writes(client: &Client) -> f64 {
     let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
     let text = client.request_text(request).await.expect("API server /metrics");
@@ -399,6 +470,11 @@ async fn main() {
         .await;
     let limit = limit_started.elapsed();
     let cpu_limit = CpuSnapshot::take(None, "benchmark client").since(&cpu_limit_start, limit);
+    // The limit's items and parameters sit beside the product's in the tenants'
+    // partitions and paths: remove them, so that the fan-out and the steady
+    // state read the product's data only (with them, each tenant's walk would
+    // take twice the pages).
+    remove_limit_writes(&world, &limit_table, args.objects, args.concurrency).await;
 
     let n = args.objects as f64;
     println!("\n### {} TenantConfigs ({} tenants, concurrency {})\n", args.objects, tenants, args.concurrency);
@@ -451,34 +527,13 @@ async fn main() {
     let mut controller = controller;
     controller.wait_exit(Duration::from_secs(60));
 
-    // 3. Steady state: K resyncs with nothing changing.
+    // 3. Steady state: K resyncs with nothing changing, bulk (the default)
+    // and per object (the flag), one after the other.
+    let bulk = steady_state(&world, &client, &args, "bulk").await;
+    let per_object = steady_state(&world, &client, &args, "per-object").await;
+    let (steady_calls, kube_writes, steady_rss, peak_steady) =
+        (&bulk.calls, bulk.kubernetes_writes, bulk.rss, bulk.peak_rss);
     let resync = humantime::format_duration(args.steady_resync).to_string();
-    let max_age = humantime::format_duration(args.steady_resync / 2).to_string();
-    let steady = world.controller(
-        "scale-steady",
-        &["--concurrency", &concurrency, "--resync-interval", &resync, "--shared-cache-max-age", &max_age],
-        true,
-    );
-    quiet(&steady, Duration::from_secs(3)).await; // the start-up pass
-    let calls_before = store_calls(&steady);
-    let writes_before = kubernetes_writes(&client).await;
-    let window = args.steady_resync * args.cycles;
-    tokio::time::sleep(window).await;
-    let calls_after = store_calls(&steady);
-    let kube_writes = kubernetes_writes(&client).await - writes_before;
-    let (steady_rss, peak_steady) = rss(steady.child.id());
-    steady.signal("TERM");
-    let mut steady = steady;
-    steady.wait_exit(Duration::from_secs(60));
-    let per_hour = 6.0 / f64::from(args.cycles); // each interval stands for 10 minutes
-    let steady_calls: BTreeMap<String, f64> = calls_after
-        .iter()
-        .map(|(op, n)| (op.clone(), (n - calls_before.get(op).copied().unwrap_or(0.0)) * per_hour))
-        // Queue polls follow the clock, not the resync: counted apart below.
-        .filter(|(op, n)| {
-            *n > 0.0 && !["ReceiveMessage", "DeleteMessageBatch", "ChangeMessageVisibility"].contains(&op.as_str())
-        })
-        .collect();
     let product_per_hour: f64 = steady_calls.values().sum();
 
     println!("| shared fan-out: change → all {} ConfigMaps | {} |", args.objects, secs(fan_out));
@@ -501,7 +556,14 @@ async fn main() {
     // 180 long polls an hour (20 s each) when nothing arrives.
     let receives = 180.0;
     let ours = product_per_hour + receives;
-    println!("| this controller, resync 10 min | {ours:.0} ({by_op}, ReceiveMessage {receives:.0}) | 1.00 |");
+    println!("| this controller, resync 10 min (bulk) | {ours:.0} ({by_op}, ReceiveMessage {receives:.0}) | 1.00 |");
+    let per_object_ours: f64 = per_object.calls.values().sum::<f64>() + receives;
+    let by_op = per_object.calls.iter().map(|(op, c)| format!("{op} {c:.0}")).collect::<Vec<_>>().join(", ");
+    println!(
+        "| this controller, resync 10 min, `--resync-mode per-object` | {per_object_ours:.0} ({by_op}, ReceiveMessage {receives:.0}; Kubernetes writes {:.0}) | {:.2} |",
+        per_object.kubernetes_writes,
+        per_object_ours / ours
+    );
     let keys = 4.0 * n; // 3 entries + 1 included parameter per object
     for (label, refresh) in [("1 h", 3600.0), ("15 min", 900.0), ("1 min", 60.0)] {
         let polling = keys * 3600.0 / refresh;

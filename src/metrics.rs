@@ -42,6 +42,12 @@ pub struct CacheLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResyncLabels {
+    /// stale (reconciled) | current (its stores unchanged: no call of its own)
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReconcileLabels {
     /// success | error
     pub result: &'static str,
@@ -113,6 +119,8 @@ pub struct Metrics {
     pub event_lag: Histogram,
     /// Shared-path reads served from the cache or filled.
     pub shared_cache: Family<CacheLabels, Counter>,
+    /// Objects each resync found stale (reconciled) or current.
+    pub resync_objects: Family<ResyncLabels, Counter>,
     /// Retries after a failed reconcile that had not started when due and were requested again.
     pub retries_requested_again: Counter,
 }
@@ -138,6 +146,12 @@ impl Default for Metrics {
         );
         let shared_cache = Family::<CacheLabels, Counter>::default();
         registry.register("shared_cache_lookups", "Shared-path reads, by cache result", shared_cache.clone());
+        let resync_objects = Family::<ResyncLabels, Counter>::default();
+        registry.register(
+            "resync_objects",
+            "Objects the periodic resync found stale (and reconciled) or current (no call of their own)",
+            resync_objects.clone(),
+        );
         let reconciles = Family::<ReconcileLabels, Counter>::default();
         registry.register("reconciles", "Reconciles by result and error label", reconciles.clone());
         let reconcile_duration = Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
@@ -179,6 +193,7 @@ impl Default for Metrics {
             event_triggers,
             event_lag,
             shared_cache,
+            resync_objects,
             reconciles,
             reconcile_duration,
             objects,
@@ -203,6 +218,9 @@ impl Metrics {
         }
         for result in ["hit", "miss"] {
             let _ = self.shared_cache.get_or_create(&CacheLabels { result });
+        }
+        for result in ["stale", "current"] {
+            let _ = self.resync_objects.get_or_create(&ResyncLabels { result });
         }
         let _ = self.reconciles.get_or_create(&ReconcileLabels { result: "success", error: "" });
         for ready in ["true", "false"] {

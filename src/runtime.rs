@@ -28,6 +28,7 @@ use crate::{
         self, Context, Settings,
         context::{Backends, Claims, Progress, Requests},
         echo::OwnWrites,
+        last_read::LastReads,
     },
     server::{Cache, Probes},
     store::{BackendContext, Family, Location, shared_cache::SharedCache},
@@ -101,6 +102,8 @@ pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send +
     let tc_requests = requests.clone();
     let (objects, tc_writer) = reflector::store();
     let (tc_index, objects_listed) = (index.clone(), listed(&probes, Cache::TenantConfigs));
+    let last_reads = Arc::new(LastReads::default());
+    let tc_last_reads = last_reads.clone();
     let tenant_configs = cached(
         tc_writer,
         watcher(Api::<Guarded>::all(client.clone()), watch.clone()).modify(slim_for_cache),
@@ -108,6 +111,7 @@ pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send +
             tc_index.observe_tenant_config(event);
             if let watcher::Event::Delete(tc) = event {
                 tc_requests.forget(&ObjectRef::from_obj(tc));
+                tc_last_reads.forget(&ObjectRef::from_obj(tc));
             }
             objects_listed(matches!(event, watcher::Event::InitDone));
         },
@@ -171,11 +175,8 @@ pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send +
     let store_objects = objects.clone();
     let store_requests =
         logged(store_events).flat_map(move |_| futures::stream::iter(every(&store_objects))).inspect(asked(&requests));
-    let resync_objects = objects.clone();
-    let resync_requests = resync_ticks(settings.resync_interval)
-        .flat_map(move |()| futures::stream::iter(every(&resync_objects)))
-        .inspect(asked(&requests));
-    let controller = Controller::for_stream(tenant_configs, objects)
+    let resync_interval = settings.resync_interval;
+    let controller = Controller::for_stream(tenant_configs, objects.clone())
         .with_config(controller::Config::default().concurrency(settings.concurrency));
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), Reporter { controller: FIELD_MANAGER.into(), instance: None }),
@@ -194,7 +195,16 @@ pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send +
         own_writes,
         caches_synced: probes.caches_synced(),
         retries_due,
+        last_reads,
     });
+    let (resync_ctx, resync_objects) = (context.clone(), objects.clone());
+    let resync_requests = resync_ticks(resync_interval)
+        .then(move |()| {
+            let (ctx, objects) = (resync_ctx.clone(), resync_objects.state());
+            async move { reconcile::resync::due(&ctx, &objects).await }
+        })
+        .flat_map(futures::stream::iter)
+        .inspect(asked(&requests));
     let controller = controller
         // An owned ConfigMap changed by someone else, or deleted: put it back.
         .reconcile_on(config_map_owners)

@@ -89,6 +89,7 @@ fn controller_role_grants_exactly_the_calls_the_controller_makes() {
     // Every AWS operation in src/ (store backends and the event consumer).
     let expected: BTreeSet<String> = [
         "dynamodb:GetItem",
+        "dynamodb:Query",
         "dynamodb:UpdateItem",
         "dynamodb:DeleteItem",
         "ssm:GetParametersByPath",
@@ -113,6 +114,7 @@ fn controller_role_grants_exactly_the_calls_the_controller_makes() {
         let source = std::fs::read_to_string(repo_root().join(file)).unwrap();
         for (method, action) in [
             (".get_item()", "dynamodb:GetItem"),
+            (".query()", "dynamodb:Query"),
             (".update_item()", "dynamodb:UpdateItem"),
             (".delete_item()", "dynamodb:DeleteItem"),
             (".put_item()", "dynamodb:PutItem"),

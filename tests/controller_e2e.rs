@@ -28,6 +28,7 @@ use support::{
 use tenant_config_controller::{
     api::{ConfigStore, TenantConfig, names},
     reconcile::Settings,
+    store::stats::Outcome,
 };
 
 async fn wait_reason(client: &Client, ns: &str, name: &str, status: &str, reason: &str) -> TenantConfig {
@@ -183,9 +184,11 @@ async fn controller_end_to_end() {
     // --- No hot loop: several resyncs of an unchanged object write nothing anywhere.
     let (ddb_writes, ssm_writes) = (stats.writes("DynamoDB"), stats.writes("ParameterStore"));
     let (cm_version, tc_version) = (cm.resource_version(), tc.resource_version());
-    let reads_before = stats.total("DynamoDB") - ddb_writes;
+    let calls = |operation: &str| stats.count("DynamoDB", operation, Outcome::Ok);
+    let (queries_before, get_items_before) = (calls("Query"), calls("GetItem"));
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(stats.total("DynamoDB") - stats.writes("DynamoDB") > reads_before, "resyncs happened");
+    assert!(calls("Query") >= queries_before + 2, "resyncs happened, each a bulk read of the tenant's partition");
+    assert_eq!(calls("GetItem"), get_items_before, "an unchanged object costs no read of its own");
     assert_eq!((stats.writes("DynamoDB"), stats.writes("ParameterStore")), (ddb_writes, ssm_writes), "no store writes");
     assert_eq!(cms.get("payments-config").await.unwrap().resource_version(), cm_version, "no ConfigMap write");
     let tcs = Api::<TenantConfig>::namespaced(client.clone(), &ns_a);
@@ -223,6 +226,22 @@ async fn controller_end_to_end() {
     eventually("DriftCorrected event", || async {
         let list = events.list(&ListParams::default()).await.ok()?;
         list.items.iter().any(|e| e.reason.as_deref() == Some("DriftCorrected")).then_some(())
+    })
+    .await;
+
+    // --- A shared parameter changed with no event: the resync reads the path
+    // once, finds it changed and the include is read afresh (not from the
+    // shared cache, whose entries live 5 minutes).
+    ssm.put_parameter()
+        .name(format!("{shared}/prod/region"))
+        .value("us")
+        .r#type(ParameterType::String)
+        .overwrite(true)
+        .send()
+        .await
+        .unwrap();
+    eventually("the changed shared parameter projected by the resync", || async {
+        (cms.get("payments-config").await.ok()?.data?.get("region")? == "us").then_some(())
     })
     .await;
 

@@ -114,6 +114,7 @@ fn chart_lints_and_renders_what_matters() {
         "events.queueUrl=https://sqs.eu-west-1.amazonaws.com/123456789012/tenant-config-events",
         "controller.concurrency=7",
         "controller.resyncInterval=30m",
+        "controller.resyncMode=per-object",
         "controller.leaderElection.enabled=false",
         "aws.rateLimits.ssmWritesPerSecond=2",
         "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::123456789012:role/tcc",
@@ -124,6 +125,7 @@ fn chart_lints_and_renders_what_matters() {
         "--event-queue-url=https://sqs.eu-west-1.amazonaws.com/123456789012/tenant-config-events",
         "--concurrency=7",
         "--resync-interval=30m",
+        "--resync-mode=per-object",
         "--leader-election=false",
         "--ssm-write-rate=2",
         "--secure-projection",
@@ -147,6 +149,7 @@ fn wrong_values_fail_with_a_clear_message() {
         ("replicaCount=many", "replicaCount"),
         ("controller.logFormat=xml", "logFormat"),
         ("controller.resyncInterval=soon", "resyncInterval"),
+        ("controller.resyncMode=sometimes", "resyncMode"),
         ("events.queueUrl=not-a-url", "queueUrl"),
         ("secureProjection.enable=true", "enable"),
     ] {

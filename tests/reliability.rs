@@ -884,10 +884,23 @@ async fn store_and_queue_outages_recover_without_a_crash_loop() {
     controller.signal("TERM");
     controller.wait_exit(Duration::from_secs(30));
     let controller = w.controller("rel-resync", &["--resync-interval", "15s"], false, None);
+    w.converge(&expected, Duration::from_secs(60)).await;
+    let resynced = |result: &str| {
+        controller.metric(&format!("tenant_config_resync_objects_total{{result=\"{result}\"}}")).unwrap_or(0.0)
+    };
+    support::eventually("a resync found every object current", || async {
+        (resynced("current") >= 20.0).then_some(())
+    })
+    .await;
+    let stale_before = resynced("stale");
     w.put_foreign_db(&ns, "c10", "lost", "by-resync").await;
+    w.put_foreign_ssm(&ns, "c11", "lost", "by-resync").await;
     expected.get_mut(&(ns.clone(), "c10".into())).unwrap().foreign_db.insert("lost".into(), "by-resync".into());
+    expected.get_mut(&(ns.clone(), "c11".into())).unwrap().foreign_ssm.insert("lost".into(), "by-resync".into());
     let took = w.converge(&expected, Duration::from_secs(60)).await;
-    eprintln!("without any event, the resync (15 s) brought the change in {took:?}");
+    eprintln!("without any event, the bulk resync (15 s) brought both changes in {took:?}");
+    // The resync that found them reconciled the two, not all twenty.
+    assert_eq!(resynced("stale") - stale_before, 2.0, "only the objects whose stores changed were reconciled");
     drop(controller);
     w.finish(None, &expected).await;
 }

@@ -627,3 +627,94 @@ async fn call_counts_for_a_ten_key_apply() {
         }
     }
 }
+
+/// The resync's bulk read of a tenant finds, for each location, what a read
+/// of that location finds (the digest the resync compares), and what an apply
+/// reported: an unchanged object is then current without a read of its own.
+#[tokio::test]
+async fn bulk_reads_see_what_each_location_sees_in_few_calls() {
+    let env = env().await;
+    let prefix = format!("/{}", unique("bulk"));
+    let (ddb, table) = dynamodb_backend(&env).await;
+    let ssm = store::build("ssm", &ssm_spec(&prefix, ParameterTier::Standard, None), &env.ctx).unwrap();
+    let at = |tenant: &str, environment: Option<&str>, config_type: &str| Location {
+        tenant: tenant.into(),
+        environment: environment.map(String::from),
+        config_type: config_type.into(),
+    };
+    // Locations that nest (`prod` holds `prod/payments` as nested keys in
+    // Parameter Store), a tenant whose name extends another's, and enough
+    // parameters for several pages (10 per page).
+    let written = [
+        at("acme", None, "payments"),
+        at("acme", Some("prod"), "payments"),
+        at("acme", None, "checkout"),
+        at("acme-two", None, "payments"),
+    ];
+    let mut reports = Vec::new();
+    for (n, location) in written.iter().enumerate() {
+        let entries: Vec<(String, String)> = (0..4).map(|k| (format!("k{k}"), format!("{n}-{k}"))).collect();
+        let entries: Vec<(&str, &str)> = entries.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let owner = format!("ns/{}", location.config_type);
+        for backend in [&ddb, &ssm] {
+            reports.push((
+                backend.kind(),
+                location.clone(),
+                backend.apply(location, &desired(&owner, &entries)).await.unwrap(),
+            ));
+        }
+    }
+    env.ssm
+        .put_parameter()
+        .name(format!("{prefix}/acme/payments/nested/foreign"))
+        .value("x")
+        .r#type(ParameterType::String)
+        .send()
+        .await
+        .unwrap();
+    support::put_foreign_key(&env.ddb, &table, ("TENANT#acme", "CONFIG#checkout"), "foreign", "y").await;
+
+    let asked = [
+        at("acme", None, "payments"),
+        at("acme", Some("prod"), "payments"),
+        at("acme", None, "prod"),
+        at("acme", None, "checkout"),
+        at("acme", None, "absent"),
+    ];
+    for backend in [&ddb, &ssm] {
+        let kind = backend.kind();
+        let calls = || env.ctx.stats.total(kind);
+        let before = calls();
+        let bulk = backend.bulk_read().expect("both backends read in bulk").read_tenant("acme", &asked).await.unwrap();
+        let bulk_calls = calls() - before;
+        for (location, state) in asked.iter().zip(&bulk) {
+            let single = backend.read(location).await.unwrap();
+            assert_eq!(state.entries, single.entries, "{kind} {location:?}");
+            assert_eq!(state.content_digest(), single.content_digest(), "{kind} {location:?}");
+        }
+        assert!(bulk[4].entries.is_empty(), "{kind}: an absent location reads as empty");
+        assert!(
+            bulk.iter().all(|s| !s.entries.values().any(|v| v.value.starts_with("3-"))),
+            "{kind}: acme-two is not acme"
+        );
+        match kind {
+            "DynamoDB" => assert_eq!(bulk_calls, 1, "one Query of the partition"),
+            _ => assert_eq!(bulk_calls, 2, "one walk of the tenant's 13 parameters: 2 pages"),
+        }
+    }
+    assert_eq!(values(&ssm.read(&at("acme", None, "payments")).await.unwrap())["nested.foreign"], "x");
+
+    // What an apply reported is what the bulk read finds, where nobody else wrote since.
+    for (kind, location, report) in &reports {
+        let backend = if *kind == "DynamoDB" { &ddb } else { &ssm };
+        let written_since = (location.config_type == "checkout" && *kind == "DynamoDB")
+            || (location == &at("acme", None, "payments") && *kind == "ParameterStore");
+        let untouched = !written_since;
+        let bulk = backend.bulk_read().unwrap().read_tenant(&location.tenant, std::slice::from_ref(location)).await;
+        let same = bulk.unwrap()[0].content_digest() == report.state.content_digest();
+        assert_eq!(
+            same, untouched,
+            "{kind} {location:?}: the apply's state matches the store unless someone wrote since"
+        );
+    }
+}

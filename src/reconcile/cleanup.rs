@@ -4,7 +4,7 @@
 
 use kube::{
     ResourceExt,
-    runtime::{controller::Action, events::EventType},
+    runtime::{controller::Action, events::EventType, reflector::ObjectRef},
 };
 use tracing::{debug, info};
 
@@ -26,6 +26,7 @@ pub async fn cleanup(tc: &TenantConfig, ctx: &Context) -> Result<Action, Error> 
     }
     project::delete(ctx, tc).await?;
     ctx.metrics.set_ready(&tc.owner_key(), None);
+    ctx.last_reads.forget(&ObjectRef::new(&tc.name_any()).within(&ns));
     Ok(Action::await_change())
 }
 

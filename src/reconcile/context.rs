@@ -18,7 +18,7 @@ use kube::{
 };
 use tracing::warn;
 
-use super::{echo::OwnWrites, error::Error};
+use super::{echo::OwnWrites, error::Error, last_read::LastReads};
 use crate::{
     api::{
         ConfigStore, ConfigStoreSpec, Guarded, TenantConfig,
@@ -40,9 +40,15 @@ pub struct Settings {
     /// Namespace label whose value adds an environment dimension to store keys.
     #[arg(long, env = "TENANT_CONFIG_ENVIRONMENT_LABEL", default_value = names::ENVIRONMENT_LABEL)]
     pub environment_label: String,
-    /// Every object is re-reconciled this often (drift repair, lost events). E.g. 10m, 30s.
+    /// The stores are compared with what every object last projected this often
+    /// (lost events, out-of-band drift); objects that differ are reconciled. E.g. 10m, 30s.
     #[arg(long, env = "TENANT_CONFIG_RESYNC_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,
+    /// How the resync reads the stores: `bulk` reads each tenant once per store and
+    /// reconciles only what changed; `per-object` reconciles every object (one read of
+    /// each of its stores per object; the behaviour before bulk reads, kept for comparison).
+    #[arg(long, env = "TENANT_CONFIG_RESYNC_MODE", value_enum, default_value_t = ResyncMode::Bulk)]
+    pub resync_mode: ResyncMode,
     /// Reconciles running at once.
     #[arg(long, env = "TENANT_CONFIG_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
@@ -52,6 +58,15 @@ pub struct Settings {
     /// A cached read of an included shared path is refreshed after this long even without an event.
     #[arg(long, env = "TENANT_CONFIG_SHARED_CACHE_MAX_AGE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub shared_cache_max_age: Duration,
+}
+
+/// How the periodic resync finds the objects to reconcile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResyncMode {
+    /// One bulk read per tenant and store; only objects whose stores changed.
+    Bulk,
+    /// Every object, each reading its own stores.
+    PerObject,
 }
 
 impl Default for Settings {
@@ -108,6 +123,8 @@ pub struct Context {
     pub caches_synced: tokio::sync::watch::Receiver<bool>,
     /// Reconcile requests for retries that had not started when due.
     pub retries_due: futures::channel::mpsc::UnboundedSender<ObjectRef<Guarded>>,
+    /// What each object's last successful reconcile read (for the resync).
+    pub last_reads: Arc<LastReads>,
 }
 
 impl Context {
@@ -260,6 +277,7 @@ mod tests {
         assert_eq!(s.tenant_label, "tenantconfig.io/tenant");
         assert_eq!(s.environment_label, "tenantconfig.io/environment");
         assert_eq!(s.resync_interval, Duration::from_secs(600));
+        assert_eq!(s.resync_mode, ResyncMode::Bulk);
         assert_eq!(s.concurrency, 16);
         assert!(!s.secure_projection);
         assert_eq!(s.shared_cache_max_age, Duration::from_secs(300));

@@ -9,9 +9,11 @@ pub mod cleanup;
 pub mod context;
 pub mod echo;
 pub mod error;
+pub mod last_read;
 pub mod plan;
 pub mod project;
 pub mod projection;
+pub mod resync;
 pub mod status;
 pub mod stores;
 
@@ -37,8 +39,9 @@ pub use error::{Error, error_policy};
 
 use crate::{
     api::{Guarded, TenantConfig, conditions::reason, names::FINALIZER},
-    store::StoreRef,
+    store::{StoreRef, entries_digest},
 };
+use last_read::LastRead;
 use status::{Projected, Verdict};
 
 /// How long a reconcile waits for the caches' first listing before it backs off.
@@ -127,6 +130,9 @@ impl Drop for ReconcileTimer<'_> {
 /// The driver of one reconcile of an object that is not being deleted.
 async fn apply(tc: &TenantConfig, ctx: &Context, key: &ObjectRef<Guarded>, started: Instant) -> Result<Action, Error> {
     let ns = tc.namespace().ok_or(Error::MissingNamespace)?;
+    // Until this reconcile succeeds, the resync must not take the object as
+    // current.
+    ctx.last_reads.forget(key);
     let labels = ctx.namespace_labels(&ns).await?;
     let labels = labels.as_ref();
     let refuse = |refusal: plan::Refusal| async move {
@@ -172,6 +178,17 @@ async fn apply(tc: &TenantConfig, ctx: &Context, key: &ObjectRef<Guarded>, start
         info!(written = swept + written.changed_keys, "stores updated");
     }
     let store_message = written.message();
+    let last_read = LastRead {
+        generation: tc.metadata.generation,
+        location: plan.location.clone(),
+        stores: written.reads,
+        includes: plan
+            .includes
+            .iter()
+            .zip(&layers)
+            .map(|(include, layer)| (include.store.to_string(), include.path.clone(), entries_digest(&layer.entries)))
+            .collect(),
+    };
     layers.extend(written.layers);
     let rendered = match projection::render(layers, plan.secret_name.is_some()) {
         Ok(rendered) => rendered,
@@ -195,10 +212,11 @@ async fn apply(tc: &TenantConfig, ctx: &Context, key: &ObjectRef<Guarded>, start
         ctx.progress.projected(key, started);
     }
     status::write(tc, ctx, labels, verdict).await?;
+    ctx.last_reads.record(key, last_read);
     if projected_now {
         info!(digest = %rendered.digest, keys, "projected");
     }
-    // The periodic resync (reconcile_all_on) brings it back; events sooner.
+    // Events bring it back when its stores change; the resync when one was lost.
     Ok(Action::await_change())
 }
 

@@ -104,6 +104,8 @@ pub async fn sweep(ctx: &Context, tc: &TenantConfig, plan: &ReconcilePlan<'_>) -
 pub struct Written {
     pub summaries: Vec<StoreSummary>,
     pub layers: Vec<Layer>,
+    /// `(store, content digest)` of each layer, for the resync's comparison.
+    pub reads: Vec<(String, u64)>,
     /// Keys written or deleted.
     pub changed_keys: usize,
 }
@@ -126,7 +128,7 @@ pub async fn write(
     plan: &ReconcilePlan<'_>,
     prepared: Vec<Prepared<'_, '_>>,
 ) -> Result<Written, StoreFailure> {
-    let mut written = Written { summaries: Vec::new(), layers: Vec::new(), changed_keys: 0 };
+    let mut written = Written { summaries: Vec::new(), layers: Vec::new(), reads: Vec::new(), changed_keys: 0 };
     let mut notes = Vec::new();
     for Prepared { write, backend } in prepared {
         let report = match backend.apply(&plan.location, &write.desired).await {
@@ -161,6 +163,7 @@ pub async fn write(
                 location: backend.describe(&plan.location),
                 keys: report.state.managed.len() as i32,
             });
+            written.reads.push((write.store.to_string(), report.state.content_digest()));
             let source = Source::Store { precedence: backend.precedence(), name: write.store.to_string() };
             written.layers.push(Layer { source, entries: Arc::new(report.state.entries) });
         }

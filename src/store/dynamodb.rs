@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use aws_sdk_dynamodb::{Client, error::SdkError, types::AttributeValue};
 
 use super::{
-    ApplyReport, Backend, BackendContext, CallGate, Desired, LimitError, Location, StoreError, StoreState, Value,
-    limits::DYNAMODB_ITEM_MAX_BYTES, plan::plan,
+    ApplyReport, Backend, BackendContext, BulkRead, CallGate, Desired, LimitError, Location, StoreError, StoreState,
+    Value, limits::DYNAMODB_ITEM_MAX_BYTES, plan::plan,
 };
 use crate::api::{DynamoDbStore, is_valid_key};
 
@@ -100,23 +100,75 @@ impl DynamoDbBackend {
             .await
             .map_err(|e| StoreError::from_sdk(KIND, "GetItem", e))?;
         let Some(item) = out.item else { return Ok(ItemRead { state: StoreState::default(), raw: None }) };
-        let entries = match item.get(DATA) {
-            Some(AttributeValue::M(data)) => {
-                data.iter().filter_map(|(k, v)| Some((k.clone(), Value { value: scalar(v)?, secure: false }))).collect()
+        Ok(ItemRead { state: state_of(&item), raw: Some(item) })
+    }
+}
+
+/// What an item says: its data, ownership and version.
+fn state_of(item: &HashMap<String, AttributeValue>) -> StoreState {
+    let entries = match item.get(DATA) {
+        Some(AttributeValue::M(data)) => {
+            data.iter().filter_map(|(k, v)| Some((k.clone(), Value { value: scalar(v)?, secure: false }))).collect()
+        }
+        _ => BTreeMap::new(),
+    };
+    let managed = match item.get(MANAGED_KEYS) {
+        Some(AttributeValue::Ss(keys)) => keys.iter().cloned().collect(),
+        _ => BTreeSet::new(),
+    };
+    StoreState {
+        entries,
+        managed,
+        managed_by: item.get(MANAGED_BY).and_then(|v| v.as_s().ok()).cloned(),
+        version: item.get(VERSION).and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok()).unwrap_or(0),
+    }
+}
+
+/// One Query of the tenant's partition (strongly consistent, paginated, only
+/// the attributes a state needs), instead of one GetItem per location.
+#[async_trait::async_trait]
+impl BulkRead for DynamoDbBackend {
+    async fn read_tenant(&self, tenant: &str, locations: &[Location]) -> Result<Vec<StoreState>, StoreError> {
+        let names = HashMap::from([
+            ("#pk".to_string(), self.partition_key.clone()),
+            ("#sk".to_string(), self.sort_key.clone()),
+            ("#d".to_string(), DATA.to_string()),
+            ("#m".to_string(), MANAGED_KEYS.to_string()),
+            ("#b".to_string(), MANAGED_BY.to_string()),
+            ("#v".to_string(), VERSION.to_string()),
+        ]);
+        let partition = AttributeValue::S(format!("TENANT#{tenant}"));
+        let mut items: HashMap<String, StoreState> = HashMap::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .gate
+                .call(
+                    "Query",
+                    self.client
+                        .query()
+                        .table_name(&self.table)
+                        .key_condition_expression("#pk = :pk")
+                        .projection_expression("#sk, #d, #m, #b, #v")
+                        .set_expression_attribute_names(Some(names.clone()))
+                        .expression_attribute_values(":pk", partition.clone())
+                        .consistent_read(true)
+                        .set_exclusive_start_key(start)
+                        .send(),
+                )
+                .await
+                .map_err(|e| StoreError::from_sdk(KIND, "Query", e))?;
+            for item in page.items() {
+                if let Some(AttributeValue::S(sk)) = item.get(&self.sort_key) {
+                    items.insert(sk.clone(), state_of(item));
+                }
             }
-            _ => BTreeMap::new(),
-        };
-        let managed = match item.get(MANAGED_KEYS) {
-            Some(AttributeValue::Ss(keys)) => keys.iter().cloned().collect(),
-            _ => BTreeSet::new(),
-        };
-        let state = StoreState {
-            entries,
-            managed,
-            managed_by: item.get(MANAGED_BY).and_then(|v| v.as_s().ok()).cloned(),
-            version: item.get(VERSION).and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok()).unwrap_or(0),
-        };
-        Ok(ItemRead { state, raw: Some(item) })
+            start = page.last_evaluated_key().filter(|key| !key.is_empty()).cloned();
+            if start.is_none() {
+                break;
+            }
+        }
+        Ok(locations.iter().map(|l| items.get(&Self::item_key(l).1).cloned().unwrap_or_default()).collect())
     }
 }
 
@@ -386,6 +438,10 @@ impl Backend for DynamoDbBackend {
     fn precedence(&self) -> u8 {
         // High-frequency overrides: above Parameter Store's data.
         2
+    }
+
+    fn bulk_read(&self) -> Option<&dyn BulkRead> {
+        Some(self)
     }
 }
 

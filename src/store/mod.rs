@@ -48,7 +48,7 @@ pub struct Location {
 }
 
 /// One stored or desired value.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Value {
     pub value: String,
     /// Encrypted at rest (SSM SecureString); never projected into a ConfigMap.
@@ -66,6 +66,27 @@ pub struct StoreState {
     pub managed_by: Option<String>,
     /// Optimistic-concurrency version (DynamoDB `version`; 0 when absent or unused).
     pub version: u64,
+}
+
+impl StoreState {
+    /// A fingerprint of what a reconcile decides from: the entries and the
+    /// version. Ownership is left out: Parameter Store reads it only when a
+    /// write is due (the per-object steady-state read does not see it either),
+    /// and DynamoDB writers bump `version` with every change of it.
+    pub fn content_digest(&self) -> u64 {
+        digest(&(&self.entries, self.version))
+    }
+}
+
+/// A fingerprint of entries (a shared path as read). Stable within a process,
+/// which is all it is compared within.
+pub fn entries_digest(entries: &BTreeMap<String, Value>) -> u64 {
+    digest(entries)
+}
+
+fn digest(value: &impl std::hash::Hash) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(value)
 }
 
 /// What a TenantConfig wants at a location.
@@ -129,6 +150,20 @@ pub trait Backend: Send + Sync {
     fn shared_paths(&self) -> Option<&dyn SharedPaths> {
         None
     }
+    /// Reading a tenant's locations in bulk, for backends that can.
+    fn bulk_read(&self) -> Option<&dyn BulkRead> {
+        None
+    }
+}
+
+/// The capability of reading many locations of one tenant in a few calls (the
+/// periodic resync reads each tenant once instead of each object).
+#[async_trait::async_trait]
+pub trait BulkRead: Send + Sync {
+    /// The state of each of `locations` (all of `tenant`), in order, exactly as
+    /// [`Backend::read`] would find each except for ownership, which only
+    /// DynamoDB returns; a location with nothing stored reads as empty.
+    async fn read_tenant(&self, tenant: &str, locations: &[Location]) -> Result<Vec<StoreState>, StoreError>;
 }
 
 /// The capability of serving shared paths (`sharedPaths`, read by includes).

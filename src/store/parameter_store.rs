@@ -16,8 +16,8 @@ use aws_sdk_ssm::{
 };
 
 use super::{
-    ApplyReport, Backend, BackendContext, CallGate, Desired, LimitError, Location, SharedPaths, StoreError, StoreState,
-    Value,
+    ApplyReport, Backend, BackendContext, BulkRead, CallGate, Desired, LimitError, Location, SharedPaths, StoreError,
+    StoreState, Value,
     limits::{check_parameter_name, parameter_tier},
     plan::plan,
 };
@@ -84,7 +84,14 @@ impl ParameterStoreBackend {
     /// Every parameter under `path`, keyed by its name relative to `path` with
     /// `/` flattened to `.` (DESIGN.md §5).
     async fn values_under(&self, path: &str) -> Result<BTreeMap<String, Value>, StoreError> {
-        let mut values = BTreeMap::new();
+        let parameters = self.parameters_under(path).await?;
+        Ok(parameters.into_iter().filter_map(|(name, value)| Some((relative_key(path, &name)?, value))).collect())
+    }
+
+    /// Every parameter under `path` (recursive, decrypted), by full name, in
+    /// the order the store returns them.
+    async fn parameters_under(&self, path: &str) -> Result<Vec<(String, Value)>, StoreError> {
+        let mut parameters = Vec::new();
         let mut token = None;
         loop {
             let page = self
@@ -103,16 +110,14 @@ impl ParameterStoreBackend {
                 .await
                 .map_err(|e| StoreError::from_sdk(KIND, "GetParametersByPath", e))?;
             for p in page.parameters() {
-                if let (Some(name), Some(value)) = (p.name(), p.value())
-                    && let Some(key) = relative_key(path, name)
-                {
+                if let (Some(name), Some(value)) = (p.name(), p.value()) {
                     let secure = p.r#type() == Some(&ParameterType::SecureString);
-                    values.insert(key, Value { value: value.to_string(), secure });
+                    parameters.push((name.to_string(), Value { value: value.to_string(), secure }));
                 }
             }
             token = page.next_token().map(String::from);
             if token.is_none() {
-                return Ok(values);
+                return Ok(parameters);
             }
         }
     }
@@ -385,6 +390,30 @@ impl Backend for ParameterStoreBackend {
 
     fn shared_paths(&self) -> Option<&dyn SharedPaths> {
         Some(self)
+    }
+
+    fn bulk_read(&self) -> Option<&dyn BulkRead> {
+        Some(self)
+    }
+}
+
+/// One recursive walk of the tenant's path, split into its locations as a
+/// walk of each location's own path would find them.
+#[async_trait::async_trait]
+impl BulkRead for ParameterStoreBackend {
+    async fn read_tenant(&self, tenant: &str, locations: &[Location]) -> Result<Vec<StoreState>, StoreError> {
+        let parameters = self.parameters_under(&format!("{}/{tenant}", self.path_prefix)).await?;
+        Ok(locations
+            .iter()
+            .map(|location| {
+                let base = self.base_path(location);
+                let entries = parameters
+                    .iter()
+                    .filter_map(|(name, value)| Some((relative_key(&base, name)?, value.clone())))
+                    .collect();
+                StoreState { entries, ..Default::default() }
+            })
+            .collect())
     }
 }
 

@@ -72,6 +72,12 @@ impl SharedCache {
         self.slots.lock().unwrap().retain(|(s, path), _| !(s == store && strip_path(name, path).is_some()));
     }
 
+    /// A shared path read differently than cached (a change whose event was
+    /// lost): the next reader reads afresh.
+    pub fn invalidate_path(&self, store: &str, path: &str) {
+        self.slots.lock().unwrap().retain(|(s, p), _| !(s == store && p == path));
+    }
+
     /// A store's spec changed: nothing cached for it is trusted.
     pub fn invalidate_store(&self, store: &str) {
         self.slots.lock().unwrap().retain(|(s, _), _| s != store);
