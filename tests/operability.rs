@@ -297,7 +297,8 @@ async fn one_leader_at_a_time_and_prompt_handover() {
     let _turn = SERIAL.lock().await;
     let w = World::new("ops-lease").await;
     let mut args = w.args();
-    args.extend(["--lease-duration".into(), "6s".into()]);
+    // A resync every second: a standby must not make it (or any AWS call).
+    args.extend(["--lease-duration".into(), "6s".into(), "--resync-interval".into(), "1s".into()]);
     let db = format!("{}-db", w.id);
     w.tenant_config("payments", json!({ "defaultTags": [db], "entries": [{ "key": "k", "value": "v" }] })).await;
 
@@ -320,6 +321,10 @@ async fn one_leader_at_a_time_and_prompt_handover() {
         None,
         "b reads nothing from the queue"
     );
+    assert_eq!(b.metric_sum("tenant_config_store_calls_total", &[]), 0.0, "b makes no AWS call at all");
+    let resynced = |p: &Process| p.metric_sum("tenant_config_resync_objects_total", &[]);
+    assert!(resynced(&a) >= 1.0, "a resyncs");
+    assert_eq!(resynced(&b), 0.0, "b does not");
     assert!(a.metric(r#"tenant_config_reconciles_total{result="success",error=""}"#).unwrap_or(0.0) >= 1.0);
 
     // SIGKILL the leader: b takes over within the lease duration.
