@@ -96,10 +96,14 @@ pub async fn due(ctx: &Context, objects: &[Arc<Guarded>]) -> Vec<ObjectRef<Guard
     }
     // A shared path that changed unseen may still be cached: the reconciles
     // it triggers must read it afresh.
-    for ((store, path), digest) in &fresh.shared {
-        if records.values().any(|r| r.includes.iter().any(|(s, p, d)| s == store && p == path && d != digest)) {
-            ctx.shared_cache.invalidate_path(store, path);
-        }
+    let changed_paths: BTreeSet<(&String, &String)> = records
+        .values()
+        .flat_map(|r| &r.includes)
+        .filter(|(store, path, digest)| fresh.shared.get(&(store.clone(), path.clone())).is_some_and(|d| d != digest))
+        .map(|(store, path, _)| (store, path))
+        .collect();
+    for (store, path) in changed_paths {
+        ctx.shared_cache.invalidate_path(store, path);
     }
     let count = |result, n: usize| ctx.metrics.resync_objects.get_or_create(&ResyncLabels { result }).inc_by(n as u64);
     count("stale", due.len());
@@ -123,9 +127,6 @@ async fn read(ctx: &Context, reads: &Reads) -> Fresh {
                 continue;
             }
         };
-        if backend.bulk_read().is_none() {
-            continue;
-        }
         for (tenant, locations) in tenants {
             let locations = locations.iter().cloned().collect();
             tenant_reads.push(read_tenant(store.clone(), backend.clone(), tenant.clone(), locations));
@@ -134,13 +135,17 @@ async fn read(ctx: &Context, reads: &Reads) -> Fresh {
     let mut results = futures::stream::iter(tenant_reads).buffer_unordered(READ_CONCURRENCY);
     while let Some((store, tenant, locations, result)) = results.next().await {
         match result {
-            Ok(states) => {
+            Some(Ok(states)) => {
                 let digests = fresh.stores.entry(store).or_default();
                 for (location, state) in locations.into_iter().zip(states) {
                     digests.insert(location, state.content_digest());
                 }
             }
-            Err(e) => warn!(store, tenant, error = %e, "resync: bulk read failed; its objects reconcile one by one"),
+            Some(Err(e)) => {
+                warn!(store, tenant, error = %e, "resync: bulk read failed; its objects reconcile one by one")
+            }
+            // No bulk reads: its objects reconcile one by one.
+            None => {}
         }
     }
     let mut path_reads = Vec::new();
@@ -162,14 +167,12 @@ async fn read(ctx: &Context, reads: &Reads) -> Fresh {
     fresh
 }
 
-type TenantRead = (String, String, Vec<Location>, Result<Vec<StoreState>, StoreError>);
+type TenantRead = (String, String, Vec<Location>, Option<Result<Vec<StoreState>, StoreError>>);
 
 async fn read_tenant(store: String, backend: Arc<dyn Backend>, tenant: String, locations: Vec<Location>) -> TenantRead {
     let result = match backend.bulk_read() {
-        Some(bulk) => bulk.read_tenant(&tenant, &locations).await,
-        // Not reached (only stores with bulk reads are asked); no digests
-        // means its objects reconcile.
-        None => Ok(Vec::new()),
+        Some(bulk) => Some(bulk.read_tenant(&tenant, &locations).await),
+        None => None,
     };
     (store, tenant, locations, result)
 }
