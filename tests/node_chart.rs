@@ -86,24 +86,6 @@ async fn lease_holder(client: &Client, ns: &str) -> Option<String> {
     lease.spec?.holder_identity.filter(|h| !h.is_empty())
 }
 
-/// Uninstalls the release when the test fails: its controller pods watch the
-/// whole cluster and would reconcile the objects of every later test.
-struct Release {
-    namespace: String,
-    installed: bool,
-}
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        if self.installed {
-            let (ok, _, stderr) = helm(&["uninstall", RELEASE, "-n", &self.namespace, "--wait", "--timeout", "120s"]);
-            if !ok {
-                eprintln!("helm uninstall after a failure: {stderr}");
-            }
-        }
-    }
-}
-
 /// The last line a pod printed.
 async fn last_line(client: &Client, ns: &str, pod: &str) -> Option<String> {
     let params = kube::api::LogParams { tail_lines: Some(1), ..Default::default() };
@@ -183,7 +165,7 @@ async fn the_chart_runs_on_a_node_and_tenant_pods_read_their_config() {
     std::fs::write(&values_file, values.to_string()).unwrap();
     let values_file = values_file.to_str().unwrap();
     let installing = Instant::now();
-    let mut release = Release { namespace: system.clone(), installed: true };
+    let mut release = support::Release { name: RELEASE.into(), namespace: system.clone(), installed: true };
     let (ok, _, stderr) =
         helm(&["install", RELEASE, CHART, "-n", &system, "-f", values_file, "--wait", "--timeout", "180s"]);
     assert!(ok, "helm install: {stderr}");

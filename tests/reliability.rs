@@ -988,6 +988,7 @@ async fn hostile_manifests_and_forged_events_write_nothing_and_cross_no_tenant()
     // The controller runs as the chart's ServiceAccount with the chart's RBAC.
     let release = format!("r{}", std::process::id());
     let release_ns = format!("{}-system", w.id);
+    let mut installed = support::Release { name: release.clone(), namespace: release_ns.clone(), installed: true };
     let helm = |args: &[&str]| {
         let (ok, _, stderr) = support::helm(args);
         assert!(ok, "helm {args:?}: {stderr}");
@@ -1264,4 +1265,5 @@ async fn hostile_manifests_and_forged_events_write_nothing_and_cross_no_tenant()
     let _ = Api::<ConfigStore>::all(w.client.clone()).delete(&big, &DeleteParams::default()).await;
     w.finish(Some(&kubeconfig), &expected).await;
     helm(&["uninstall", &release, "--namespace", &release_ns]);
+    installed.installed = false;
 }

@@ -76,6 +76,30 @@ pub fn helm(args: &[&str]) -> (bool, String, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
+/// A Helm release a test installed, uninstalled when dropped unless the test
+/// did so itself (`installed = false`): after a failed assertion neither chart
+/// pods nor the chart's cluster-wide RBAC may outlive the test and disturb
+/// later ones (a controller watches the whole cluster; a second install of
+/// the same release name collides on its ClusterRole).
+#[allow(dead_code)]
+pub struct Release {
+    pub name: String,
+    pub namespace: String,
+    pub installed: bool,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if self.installed {
+            let (ok, _, stderr) =
+                helm(&["uninstall", &self.name, "-n", &self.namespace, "--wait", "--timeout", "120s"]);
+            if !ok {
+                eprintln!("helm uninstall {} after a failure: {stderr}", self.name);
+            }
+        }
+    }
+}
+
 /// Installs the committed CRDs with kubectl and waits until they are served.
 #[allow(dead_code)]
 pub fn install_crds() {
