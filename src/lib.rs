@@ -1,7 +1,8 @@
 //! tenant-config-controller: pushes `TenantConfig` entries into DynamoDB / SSM
 //! Parameter Store by tag and projects the stores back into ConfigMaps.
 //!
-//! Imports run one way: `api` ← `store` ← (`reconcile`, `events`) ← `runtime` ← `main`.
+//! Imports run one way: `api` ← `store` ← (`reconcile`, `events`) ← `runtime` ← `main`;
+//! `workloads` depends on `api` only and is told by `reconcile` what it projected.
 
 pub mod api;
 pub mod crd;
@@ -13,3 +14,4 @@ pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod workloads;

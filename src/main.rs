@@ -18,6 +18,7 @@ use tenant_config_controller::{
     server::{self, Probes},
     store::{BackendContext, DEFAULT_MAX_ATTEMPTS, RateLimits},
     telemetry::{self, LogFormat},
+    workloads,
 };
 use tracing::info;
 
@@ -53,6 +54,8 @@ struct PatternArgs {
 struct RunArgs {
     #[command(flatten)]
     settings: Settings,
+    #[command(flatten)]
+    workloads: workloads::Settings,
     /// SSM PutParameter/DeleteParameters calls per second, process-wide (0 = unlimited).
     #[arg(long, env = "TENANT_CONFIG_SSM_WRITE_RATE", default_value_t = 3)]
     ssm_write_rate: u32,
@@ -169,6 +172,7 @@ async fn run_cli() -> Result<(), Box<dyn std::error::Error>> {
             events: events.clone(),
             metrics: metrics.clone(),
             probes: probes.clone(),
+            workloads: args.workloads.clone(),
         };
         runtime::run(deps, stop)
     };

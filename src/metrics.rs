@@ -48,6 +48,14 @@ pub struct ResyncLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkloadPatchLabels {
+    /// Pod | Deployment | StatefulSet | DaemonSet
+    pub kind: String,
+    /// ok | error
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReconcileLabels {
     /// success | error
     pub result: &'static str,
@@ -123,6 +131,8 @@ pub struct Metrics {
     pub resync_objects: Family<ResyncLabels, Counter>,
     /// Retries after a failed reconcile that had not started when due and were requested again.
     pub retries_requested_again: Counter,
+    /// Config-digest patches of refreshed pods and rolled workloads.
+    pub workload_patches: Family<WorkloadPatchLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -182,8 +192,15 @@ impl Default for Metrics {
             "Retries after a failed reconcile that had not started a second after they were due and were requested again",
             retries_requested_again.clone(),
         );
+        let workload_patches = Family::<WorkloadPatchLabels, Counter>::default();
+        registry.register(
+            "workload_patches",
+            "Config-digest patches of refreshed pods (kind Pod) and rolled-out workloads, by result",
+            workload_patches.clone(),
+        );
         Metrics {
             registry,
+            workload_patches,
             process,
             reconciles_in_flight,
             reconcile_queue_depth,
@@ -234,6 +251,11 @@ impl Metrics {
         let mut metrics = Metrics::default();
         metrics.registry.register_collector(Box::new(StoreCalls(stats)));
         metrics
+    }
+
+    pub fn workload_patched(&self, kind: &str, ok: bool) {
+        let labels = WorkloadPatchLabels { kind: kind.to_string(), result: if ok { "ok" } else { "error" } };
+        self.workload_patches.get_or_create(&labels).inc();
     }
 
     pub fn count_retry_requested_again(&self) {

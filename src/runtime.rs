@@ -32,6 +32,7 @@ use crate::{
     },
     server::{Cache, Probes},
     store::{BackendContext, Family, Location, shared_cache::SharedCache},
+    workloads::{self, Projections},
 };
 
 /// What the controller runs with.
@@ -43,6 +44,8 @@ pub struct Dependencies {
     pub events: Option<sqs::ConsumerSettings>,
     pub metrics: Arc<Metrics>,
     pub probes: Arc<Probes>,
+    /// Pod refresh and workload rollout (both off by default).
+    pub workloads: workloads::Settings,
 }
 
 impl Claims for Index {
@@ -64,7 +67,7 @@ impl Progress for Tracker {
 /// Runs the controller (and, with `events`, the queue consumer) until
 /// `shutdown` resolves.
 pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send + 'static) {
-    let Dependencies { client, settings, backend_ctx, events, metrics, probes } = deps;
+    let Dependencies { client, settings, backend_ctx, events, metrics, probes, workloads: workload_settings } = deps;
     let shutdown = shutdown.shared();
     let watch = watcher::Config::default().any_semantic();
     let index = Arc::new(Index::new(&settings.tenant_label, &settings.environment_label));
@@ -178,6 +181,19 @@ pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send +
     let resync_interval = settings.resync_interval;
     let controller = Controller::for_stream(tenant_configs, objects.clone())
         .with_config(controller::Config::default().concurrency(settings.concurrency));
+    let projections = Arc::new(Projections::default());
+    let workloads = following_workloads(
+        &workload_settings,
+        workloads::Shared::new(
+            client.clone(),
+            &workload_settings,
+            projections.clone(),
+            objects.clone(),
+            settings.secure_projection,
+            Recorder::new(client.clone(), Reporter { controller: FIELD_MANAGER.into(), instance: None }),
+            metrics.clone(),
+        ),
+    );
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), Reporter { controller: FIELD_MANAGER.into(), instance: None }),
         client,
@@ -196,6 +212,7 @@ pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send +
         caches_synced: probes.caches_synced(),
         retries_due,
         last_reads,
+        projections,
     });
     let (resync_ctx, resync_objects) = (context.clone(), objects.clone());
     let resync_requests = resync_ticks(resync_interval)
@@ -238,6 +255,13 @@ pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send +
             }
         }
     };
+    // Refresh and rollout run as long as the controller: they end with it.
+    let controller = async move {
+        tokio::select! {
+            _ = controller => {}
+            _ = workloads => {}
+        }
+    };
     let work = async move {
         match consumer {
             Some(consumer) => {
@@ -256,6 +280,29 @@ pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send +
         _ = shutdown_before_sync => info!("shutdown before the caches synced: nothing in flight to finish"),
     }
     probes.caches_dropped();
+}
+
+/// Refresh and rollout, as enabled; subscribed before any reconcile runs so
+/// that no projection goes unheard. Never ends on its own.
+fn following_workloads(
+    settings: &workloads::Settings,
+    shared: workloads::Shared,
+) -> futures::future::BoxFuture<'static, ()> {
+    let shared = Arc::new(shared);
+    let mut tasks: Vec<futures::future::BoxFuture<'static, ()>> = Vec::new();
+    if settings.refresh_pods {
+        tasks.push(Box::pin(workloads::refresh::run(shared.clone(), shared.projections.subscribe())));
+        info!("refreshing pods labelled tenantconfig.io/refresh=true");
+    }
+    if settings.rollout_workloads {
+        let window = settings.rollout_window;
+        tasks.push(Box::pin(workloads::rollout::run(shared.clone(), window, shared.projections.subscribe())));
+        info!(?window, "rolling out workloads labelled tenantconfig.io/rollout=true");
+    }
+    Box::pin(async move {
+        futures::future::join_all(tasks).await;
+        std::future::pending::<()>().await
+    })
 }
 
 /// A reflector whose `observe` sees each watch event only after the cache has

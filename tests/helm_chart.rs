@@ -98,6 +98,9 @@ fn chart_lints_and_renders_what_matters() {
     assert!(find(&docs, "PodDisruptionBudget", "").is_some());
     assert!(find(&docs, "ServiceMonitor", "").is_none());
     assert!(grants(&docs, "secrets").is_empty(), "no Secrets access by default");
+    assert!(grants(&docs, "pods").is_empty(), "no pod access without refresh");
+    assert!(grants(&docs, "deployments").is_empty(), "no workload access without rollout");
+    assert!(find(&docs, "ValidatingAdmissionPolicy", "").is_none(), "no policy without refresh or rollout");
     assert_eq!(grants(&docs, "configmaps"), ["get", "list", "watch", "create", "patch", "delete"]);
     assert_eq!(grants(&docs, "configstores"), ["get", "list", "watch"], "stores are read-only");
     let args = args_of(&docs);
@@ -133,6 +136,7 @@ fn chart_lints_and_renders_what_matters() {
         assert!(args.contains(&expected.to_string()), "{expected} in {args:?}");
     }
     assert_eq!(grants(&docs, "secrets"), ["get", "create", "patch", "delete"]);
+
     assert!(find(&docs, "PodDisruptionBudget", "").is_none(), "no PDB for one replica");
     assert!(find(&docs, "Role", "-leader-election").is_none(), "no Lease access without election");
     assert!(find(&docs, "ServiceMonitor", "").is_some());
@@ -141,6 +145,29 @@ fn chart_lints_and_renders_what_matters() {
         sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].as_str(),
         Some("arn:aws:iam::123456789012:role/tcc")
     );
+    assert!(args.contains(&"--refresh-pods=false".into()) && args.contains(&"--rollout-workloads=false".into()));
+
+    // Refresh and rollout: their rights, their flags, and the policy that narrows the rights.
+    let docs =
+        render(&["refresh.enabled=true", "rollout.enabled=true", "rollout.window=30s", "workloadPatches.perSecond=5"]);
+    assert_eq!(grants(&docs, "pods"), ["list", "watch", "patch"]);
+    for kind in ["deployments", "statefulsets", "daemonsets"] {
+        assert_eq!(grants(&docs, kind), ["list", "watch", "patch"], "{kind}");
+    }
+    let args = args_of(&docs);
+    for expected in
+        ["--refresh-pods=true", "--rollout-workloads=true", "--rollout-window=30s", "--workload-patch-rate=5"]
+    {
+        assert!(args.contains(&expected.to_string()), "{expected} in {args:?}");
+    }
+    let policy = find(&docs, "ValidatingAdmissionPolicy", "-config-digest-only").expect("the admission policy");
+    let condition = policy["spec"]["matchConditions"][0]["expression"].as_str().unwrap();
+    assert!(condition.contains("system:serviceaccount:tcc-system:tcc-tenant-config-controller"), "{condition}");
+    let binding = find(&docs, "ValidatingAdmissionPolicyBinding", "-config-digest-only").expect("its binding");
+    assert_eq!(binding["spec"]["validationActions"][0].as_str(), Some("Deny"));
+    let docs = render(&["refresh.enabled=true", "workloadPatches.admissionPolicy=false"]);
+    assert!(find(&docs, "ValidatingAdmissionPolicy", "").is_none(), "the policy can be left to the platform");
+    assert!(grants(&docs, "deployments").is_empty(), "rollout stays off");
 }
 
 #[test]
@@ -152,6 +179,8 @@ fn wrong_values_fail_with_a_clear_message() {
         ("controller.resyncMode=sometimes", "resyncMode"),
         ("events.queueUrl=not-a-url", "queueUrl"),
         ("secureProjection.enable=true", "enable"),
+        ("rollout.window=soon", "window"),
+        ("workloadPatches.perSecond=0", "perSecond"),
     ] {
         let (ok, _, stderr) = helm(&["template", "tcc", CHART, "--kube-version", "1.37.2", "--set", set]);
         assert!(!ok, "{set} must be refused");
@@ -257,6 +286,167 @@ async fn installed_chart_rbac_is_sufficient_and_not_excessive() {
     assert!(controller.wait_exit(Duration::from_secs(30)).success());
     Api::<ConfigStore>::all(admin.clone()).delete(&format!("{id}-db"), &DeleteParams::default()).await.unwrap();
     let (ok, _, stderr) = helm(&["uninstall", "tcc", "--namespace", &release_ns]);
+    assert!(ok, "helm uninstall: {stderr}");
+    release.installed = false;
+}
+
+/// The one right refresh and rollout need, and no more: with the chart's
+/// ServiceAccount token, the config-digest annotation of a pod and of a
+/// workload's pod template can be set in a tenant namespace; a pod's image, a
+/// Deployment's containers or replicas, other labels and annotations, and
+/// anything outside tenant namespaces cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_rights_allow_only_the_config_digest_annotation() {
+    use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+    use kube::api::{Patch, PatchParams};
+    install_crds();
+    let admin = kube_client().await;
+    let id = unique("vap");
+    let release_ns = format!("{id}-system");
+    let mut release = support::Release { name: "tccw".into(), namespace: release_ns.clone(), installed: true };
+    let (ok, stdout, stderr) = helm(&[
+        "install",
+        "tccw",
+        CHART,
+        "--namespace",
+        &release_ns,
+        "--create-namespace",
+        "--set",
+        "replicaCount=1",
+        "--set",
+        "refresh.enabled=true",
+        "--set",
+        "rollout.enabled=true",
+        // Only the rights are under test: no controller pod needs to run.
+        "--set",
+        "image.repository=tenant-config-controller-not-pulled",
+        "--wait=false",
+    ]);
+    assert!(ok, "helm install: {stdout}{stderr}");
+    let kubeconfig = kubeconfig_as_service_account(&admin, &release_ns, "tccw-tenant-config-controller").await;
+    let controller = client_from(&kubeconfig).await;
+
+    let (tenant_ns, plain_ns) = (format!("{id}-tenant"), format!("{id}-plain"));
+    for (name, labels) in [(&tenant_ns, json!({ "tenantconfig.io/tenant": format!("{id}-t") })), (&plain_ns, json!({}))]
+    {
+        let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": name, "labels": labels } })).unwrap();
+        Api::<Namespace>::all(admin.clone()).create(&PostParams::default(), &ns).await.unwrap();
+    }
+    let container = json!({ "name": "app", "image": "registry.example/app:1" });
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "app", "labels": { "tenantconfig.io/refresh": "true" }, "annotations": { "team": "a" } },
+        "spec": { "containers": [container] }
+    }))
+    .unwrap();
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": { "name": "web", "labels": { "tenantconfig.io/rollout": "true" } },
+        "spec": { "replicas": 0, "selector": { "matchLabels": { "app": "web" } },
+                  "template": { "metadata": { "labels": { "app": "web" } }, "spec": { "containers": [container] } } }
+    }))
+    .unwrap();
+    for ns in [&tenant_ns, &plain_ns] {
+        Api::<Pod>::namespaced(admin.clone(), ns).create(&PostParams::default(), &pod).await.unwrap();
+        Api::<Deployment>::namespaced(admin.clone(), ns).create(&PostParams::default(), &deployment).await.unwrap();
+    }
+    let digest = |value: &str| json!({ "metadata": { "annotations": { "tenantconfig.io/config-digest": value } } });
+    let template = |patch: serde_json::Value| json!({ "spec": { "template": patch } });
+    // Strategic merge patches: a container is changed by name, as kubectl does.
+    let patch_pod = |ns: &str, patch: serde_json::Value| {
+        let api = Api::<Pod>::namespaced(controller.clone(), ns);
+        async move { api.patch("app", &PatchParams::default(), &Patch::Strategic(&patch)).await.map(|_| ()) }
+    };
+    let patch_deployment = |ns: &str, patch: serde_json::Value| {
+        let api = Api::<Deployment>::namespaced(controller.clone(), ns);
+        async move { api.patch("web", &PatchParams::default(), &Patch::Strategic(&patch)).await.map(|_| ()) }
+    };
+    let denied = |result: Result<(), kube::Error>, what: &str, says: &str| match result {
+        Err(kube::Error::Api(e)) => {
+            assert!(e.message.contains(says), "{what}: denied for the wrong reason: {}", e.message)
+        }
+        other => panic!("{what} must be denied: {other:?}"),
+    };
+
+    // The policy takes effect once the API server has loaded it: probe with a
+    // change it denies (a new value each time: an unchanged object passes).
+    let started = Instant::now();
+    for attempt in 0.. {
+        match patch_pod(&tenant_ns, json!({ "metadata": { "annotations": { "probe": attempt.to_string() } } })).await {
+            Err(kube::Error::Api(e)) if e.message.contains("config-digest-only") => break,
+            other => {
+                assert!(started.elapsed() < Duration::from_secs(30), "the policy never denied anything: {other:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    denied(
+        patch_pod(&tenant_ns, json!({ "spec": { "containers": [{ "name": "app", "image": "evil:1" }] } })).await,
+        "a pod's image",
+        "may not change a pod's spec",
+    );
+    let pods = Api::<Pod>::namespaced(admin.clone(), &tenant_ns);
+    assert_eq!(
+        pods.get("app").await.unwrap().spec.unwrap().containers[0].image.as_deref(),
+        Some("registry.example/app:1")
+    );
+
+    // Allowed: the annotation, on a pod and on a pod template, in a tenant namespace.
+    patch_pod(&tenant_ns, digest("sha256:1")).await.expect("the pod's config digest");
+    patch_pod(&tenant_ns, digest("sha256:2")).await.expect("changed again");
+    patch_deployment(&tenant_ns, template(digest("sha256:1"))).await.expect("the template's config digest");
+    let web = Api::<Deployment>::namespaced(admin.clone(), &tenant_ns).get("web").await.unwrap();
+    let annotations = web.spec.template.metadata.unwrap().annotations.unwrap();
+    assert_eq!(annotations["tenantconfig.io/config-digest"], "sha256:1");
+
+    // Denied: everything else.
+    let message = "may change only the tenantconfig.io/config-digest annotation";
+    denied(
+        patch_pod(&tenant_ns, json!({ "metadata": { "annotations": { "team": "b" } } })).await,
+        "another annotation",
+        message,
+    );
+    denied(
+        patch_pod(&tenant_ns, json!({ "metadata": { "annotations": { "added": "x" } } })).await,
+        "a new annotation",
+        message,
+    );
+    denied(
+        patch_pod(&tenant_ns, json!({ "metadata": { "labels": { "tenantconfig.io/refresh": null } } })).await,
+        "a label",
+        "may not change labels",
+    );
+    let evil = json!({ "spec": { "template": { "spec": { "containers": [{ "name": "app", "image": "evil:1" }] } } } });
+    denied(patch_deployment(&tenant_ns, evil).await, "a Deployment's containers", "may not change a workload's spec");
+    denied(
+        patch_deployment(&tenant_ns, json!({ "spec": { "replicas": 5 } })).await,
+        "replicas",
+        "may not change a workload's spec",
+    );
+    denied(
+        patch_deployment(&tenant_ns, template(json!({ "metadata": { "annotations": { "other": "x" } } }))).await,
+        "another template annotation",
+        "pod template's tenantconfig.io/config-digest",
+    );
+    let outside = "only in tenant namespaces";
+    denied(patch_pod(&plain_ns, digest("sha256:1")).await, "a pod outside tenant namespaces", outside);
+    denied(patch_deployment(&plain_ns, template(digest("sha256:1"))).await, "a Deployment outside", outside);
+    // And RBAC grants no other verb.
+    let create = Api::<Pod>::namespaced(controller.clone(), &tenant_ns).create(&PostParams::default(), &pod).await;
+    assert!(matches!(create, Err(kube::Error::Api(ref e)) if e.code == 403), "no pod creation: {create:?}");
+    let delete = Api::<Pod>::namespaced(controller.clone(), &tenant_ns).delete("app", &DeleteParams::default()).await;
+    assert!(matches!(delete, Err(kube::Error::Api(ref e)) if e.code == 403), "no pod deletion: {delete:?}");
+    // The policy binds the controller only: the admin still changes images.
+    pods.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Strategic(json!({ "spec": { "containers": [{ "name": "app", "image": "registry.example/app:2" }] } })),
+    )
+    .await
+    .expect("other users are not restricted");
+
+    for ns in [&tenant_ns, &plain_ns, &release_ns] {
+        let _ = Api::<Namespace>::all(admin.clone()).delete(ns, &DeleteParams::default()).await;
+    }
+    let (ok, _, stderr) = helm(&["uninstall", "tccw", "--namespace", &release_ns]);
     assert!(ok, "helm uninstall: {stderr}");
     release.installed = false;
 }

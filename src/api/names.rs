@@ -23,3 +23,14 @@ pub const DIGEST_ANNOTATION: &str = "tenantconfig.io/source-digest";
 pub const TAG_TENANT: &str = TENANT_LABEL;
 pub const TAG_CONFIG_TYPE: &str = "tenantconfig.io/config-type";
 pub const TAG_MANAGED_BY: &str = "tenantconfig.io/managed-by";
+
+/// Pod label opting a pod in to refresh: its annotation
+/// [`CONFIG_DIGEST_ANNOTATION`] is set when a projected ConfigMap or Secret it
+/// mounts changes, which makes the kubelet update the files at once.
+pub const REFRESH_LABEL: &str = "tenantconfig.io/refresh";
+/// Deployment / StatefulSet / DaemonSet label opting a workload in to rollout:
+/// its pod template's [`CONFIG_DIGEST_ANNOTATION`] is set when a projected
+/// ConfigMap or Secret it reads changes (a normal rolling update).
+pub const ROLLOUT_LABEL: &str = "tenantconfig.io/rollout";
+/// Digest of every projected ConfigMap and Secret a pod (template) reads.
+pub const CONFIG_DIGEST_ANNOTATION: &str = "tenantconfig.io/config-digest";

@@ -17,6 +17,7 @@ use super::{
 use crate::{
     api::{DeletionPolicy, TenantConfig, conditions::reason, names::FINALIZER},
     store::{StoreRef, routing},
+    workloads::refs::Kind,
 };
 
 pub async fn cleanup(tc: &TenantConfig, ctx: &Context) -> Result<Action, Error> {
@@ -27,6 +28,10 @@ pub async fn cleanup(tc: &TenantConfig, ctx: &Context) -> Result<Action, Error> 
     project::delete(ctx, tc).await?;
     ctx.metrics.set_ready(&tc.owner_key(), None);
     ctx.last_reads.forget(&ObjectRef::new(&tc.name_any()).within(&ns));
+    let secret = tc.spec.projection.as_ref().and_then(|p| p.secret_name.clone());
+    let projected = std::iter::once((Kind::ConfigMap, tc.config_map_name().to_string()))
+        .chain(secret.map(|name| (Kind::Secret, name)));
+    ctx.projections.forget(&ns, projected);
     Ok(Action::await_change())
 }
 

@@ -27,6 +27,7 @@ use crate::{
     },
     metrics::Metrics,
     store::{self, Backend, BackendContext, Location, StoreError, shared_cache::SharedCache},
+    workloads::Projections,
 };
 
 /// Controller settings: command-line flags (with environment variables),
@@ -125,6 +126,8 @@ pub struct Context {
     pub retries_due: futures::channel::mpsc::UnboundedSender<ObjectRef<Guarded>>,
     /// What each object's last successful reconcile read (for the resync).
     pub last_reads: Arc<LastReads>,
+    /// What each object projected, for pod refresh and workload rollout.
+    pub projections: Arc<Projections>,
 }
 
 impl Context {

@@ -198,7 +198,8 @@ async fn apply(tc: &TenantConfig, ctx: &Context, key: &ObjectRef<Guarded>, start
             return Ok(Action::await_change());
         }
     };
-    let projected_now = project::apply(ctx, tc, &plan, &existing, &rendered).await?;
+    let applied = project::apply(ctx, tc, &plan, &existing, &rendered).await?;
+    let projected_now = applied.wrote_anything();
     let keys = (rendered.config_map.len() + rendered.secret.len()) as i32;
     let projection = Projected {
         config_map: tc.config_map_name().into(),
@@ -213,6 +214,7 @@ async fn apply(tc: &TenantConfig, ctx: &Context, key: &ObjectRef<Guarded>, start
     }
     status::write(tc, ctx, labels, verdict).await?;
     ctx.last_reads.record(key, last_read);
+    ctx.projections.record(&ns, tc.object_ref(&()), project::projected(tc, &plan, &existing, &rendered, &applied));
     if projected_now {
         info!(digest = %rendered.digest, keys, "projected");
     }

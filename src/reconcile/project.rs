@@ -3,7 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::{
+    api::core::v1::{ConfigMap, Secret},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    jiff::Timestamp,
+};
 use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
@@ -16,10 +20,16 @@ use super::{
     plan::{ReconcilePlan, Refusal},
     projection::{self, Projection},
 };
-use crate::api::{
-    TenantConfig,
-    conditions::reason,
-    names::{DIGEST_ANNOTATION, FIELD_MANAGER},
+use crate::{
+    api::{
+        TenantConfig,
+        conditions::reason,
+        names::{DIGEST_ANNOTATION, FIELD_MANAGER},
+    },
+    workloads::{
+        decide::{self, Seen},
+        refs::{Kind, Reference},
+    },
 };
 
 /// What the cluster holds under the projection's names (owned by this object).
@@ -58,20 +68,32 @@ pub async fn existing(
     Ok(Ok(Existing { config_map, secret }))
 }
 
+/// The metadata the API server returned for what [`apply`] wrote.
+#[derive(Default)]
+pub struct Applied {
+    config_map: Option<ObjectMeta>,
+    secret: Option<ObjectMeta>,
+}
+
+impl Applied {
+    pub fn wrote_anything(&self) -> bool {
+        self.config_map.is_some() || self.secret.is_some()
+    }
+}
+
 /// Writes the ConfigMap (and Secret) unless they already hold `rendered`.
-/// Returns whether anything was written.
 pub async fn apply(
     ctx: &Context,
     tc: &TenantConfig,
     plan: &ReconcilePlan<'_>,
     existing: &Existing,
     rendered: &Projection,
-) -> Result<bool, Error> {
+) -> Result<Applied, Error> {
     let ns = tc.namespace().ok_or(Error::MissingNamespace)?;
     let owner = tc.controller_owner_ref(&()).expect("TenantConfig has a name and uid");
     let tenant = &plan.location.tenant;
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let mut wrote = false;
+    let mut applied = Applied::default();
     // Up to date only if both the digest and the data match: a hand edit of the
     // data that leaves the annotation alone must still be reverted.
     let current = |annotations: &BTreeMap<String, String>| annotations.get(DIGEST_ANNOTATION) == Some(&rendered.digest);
@@ -85,7 +107,7 @@ pub async fn apply(
         let written =
             Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns).patch(name, &params, &Patch::Apply(&cm)).await?;
         ctx.own_writes.wrote(&written);
-        wrote = true;
+        applied.config_map = Some(written.metadata);
     }
     if let Some(name) = &plan.secret_name {
         let secret_up_to_date = existing.secret.as_ref().is_some_and(|s| {
@@ -100,11 +122,44 @@ pub async fn apply(
         });
         if !secret_up_to_date {
             let secret = projection::secret(name, &ns, tenant, rendered, owner);
-            Api::<Secret>::namespaced(ctx.client.clone(), &ns).patch(name, &params, &Patch::Apply(&secret)).await?;
-            wrote = true;
+            let written =
+                Api::<Secret>::namespaced(ctx.client.clone(), &ns).patch(name, &params, &Patch::Apply(&secret)).await?;
+            applied.secret = Some(written.metadata);
         }
     }
-    Ok(wrote)
+    Ok(applied)
+}
+
+/// What the projection now holds, for refresh and rollout: each object's
+/// content digest and when this controller last changed its content.
+pub fn projected(
+    tc: &TenantConfig,
+    plan: &ReconcilePlan<'_>,
+    existing: &Existing,
+    rendered: &Projection,
+    applied: &Applied,
+) -> Vec<(Reference, Seen)> {
+    let seen = |data, written: Option<&ObjectMeta>, before: Option<&ObjectMeta>| Seen {
+        digest: decide::content_digest(data),
+        written_at: written.or(before).and_then(last_applied),
+    };
+    let mut parts = vec![(
+        (Kind::ConfigMap, tc.config_map_name().to_string()),
+        seen(&rendered.config_map, applied.config_map.as_ref(), existing.config_map.as_ref().map(|c| &c.metadata)),
+    )];
+    if let Some(name) = &plan.secret_name {
+        let before = existing.secret.as_ref().map(|s| &s.metadata);
+        parts.push(((Kind::Secret, name.clone()), seen(&rendered.secret, applied.secret.as_ref(), before)));
+    }
+    parts
+}
+
+/// When this controller's field manager last applied a change to the object.
+fn last_applied(meta: &ObjectMeta) -> Option<Timestamp> {
+    let ours = meta.managed_fields.iter().flatten();
+    ours.filter(|f| f.manager.as_deref() == Some(FIELD_MANAGER) && f.operation.as_deref() == Some("Apply"))
+        .filter_map(|f| f.time.as_ref().map(|t| t.0))
+        .max()
 }
 
 /// Deletes the ConfigMap (and Secret) this object owns. Owner references

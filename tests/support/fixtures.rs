@@ -175,6 +175,7 @@ impl InProcessController {
             events,
             metrics: metrics.clone(),
             probes: probes.clone(),
+            workloads: Default::default(),
         };
         let task = tokio::spawn(runtime::run(deps, async move {
             let _ = stopped.await;
