@@ -10,16 +10,17 @@
 #       objects, concurrency 16, 3 resyncs of 60s each standing for 10 minutes;
 #       --cold-only: convergence, limit and memory only, for large N;
 #       --settle D: the cold-start controller idles D before its steady RSS is read)
-#   ./scripts/bench.sh freshness [--samples N] [--spacing S]
-#       store write → ConfigMap → the mounted file inside a pod, on the local
-#       node with kubelet defaults (defaults: 20 objects, changes 3s apart)
+#   ./scripts/bench.sh freshness [--samples N] [--spacing S] [--rollout-window W]
+#       store write → ConfigMap → the mounted file inside a pod with and without
+#       refresh, and the env of a rolled-out Deployment, on the local
+#       node with kubelet defaults (defaults: 20 objects, changes 3s apart, window 10s)
 #
 # Runs on its own stack (.testenv/bench; freshness adds the node) and stops it afterwards.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 what=${1:-}
-[[ -n $what ]] || { sed -n '2,17p' "$0" >&2; exit 2; }
+[[ -n $what ]] || { sed -n '2,18p' "$0" >&2; exit 2; }
 shift
 case "$what" in
   latency) bench=event_latency ;;

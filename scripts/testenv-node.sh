@@ -203,6 +203,8 @@ KUBELET
 export TCC_NODE=1
 export TCC_CONTROLLER_IMAGE=$controller_image
 export TCC_BUSYBOX_IMAGE=$BUSYBOX_IMAGE
+# kubelet's root: pods/<uid>/volumes/ holds each mounted file as its container sees it.
+export TCC_KUBELET_ROOT=$NODE_DIR/kubelet
 # How pods on the node reach the loopback-only API server and moto.
 export TCC_NODE_GATEWAY=$NODE_GATEWAY
 export TCC_POD_KUBERNETES_SERVICE_HOST=$NODE_GATEWAY
