@@ -13,7 +13,7 @@
 #   ./scripts/bench.sh freshness [--samples N] [--spacing S] [--rollout-window W]
 #       store write → ConfigMap → the mounted file inside a pod with and without
 #       refresh, and the env of a rolled-out Deployment, on the local
-#       node with kubelet defaults (defaults: 20 objects, changes 3s apart, window 10s)
+#       node with kubelet defaults (defaults: 16 objects, changes 3s apart, window 10s)
 #
 # Runs on its own stack (.testenv/bench; freshness adds the node) and stops it afterwards.
 set -euo pipefail

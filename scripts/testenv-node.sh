@@ -241,6 +241,25 @@ node_cgroups() {
   return 0
 }
 
+# Kills (SIGKILL, by PID) every process still in one of the node's pod cgroups
+# and waits for the cgroups to empty (at most 10 s).
+node_kill_pod_processes() {
+  local name pid i busy
+  for i in $(seq 1 50); do
+    busy=0
+    while read -r name; do
+      [[ -f $name/tasks ]] || continue
+      for pid in $(cat "$name/tasks" 2>/dev/null); do
+        busy=1
+        kill -KILL "$pid" 2>/dev/null || true
+      done
+    done < <(node_cgroups)
+    [[ $busy == 0 ]] && return 0
+    sleep 0.2
+  done
+  return 0
+}
+
 node_down() {
   [[ -d $NODE_DIR ]] || return 0
   local name i
@@ -269,8 +288,13 @@ node_down() {
   if [[ -f $NODE_DIR/sysctls.orig ]]; then
     while IFS== read -r key value; do [[ -z $value ]] || sysctl -qw "$key=$value"; done <"$NODE_DIR/sysctls.orig"
   fi
+  # Pod processes whose shim went first (crictl rmp can time out with many
+  # pods; pause outlives its shim): by PID, only those in the node's pod cgroups.
+  node_kill_pod_processes
   while read -r name; do rmdir "$name" 2>/dev/null || true; done < <(node_cgroups)
-  node_check_clean
+  # Called as `node_down || rc=1`, where errexit is off: fail explicitly,
+  # keeping the state for a look.
+  node_check_clean || return 1
   rm -rf "$NODE_DIR"
   rm -f "$NODE_LOCK"
 }

@@ -51,7 +51,7 @@ pub struct ResyncLabels {
 pub struct WorkloadPatchLabels {
     /// Pod | Deployment | StatefulSet | DaemonSet
     pub kind: String,
-    /// ok | error
+    /// ok | gone (deleted since the cache saw it) | error
     pub result: &'static str,
 }
 
@@ -253,8 +253,8 @@ impl Metrics {
         metrics
     }
 
-    pub fn workload_patched(&self, kind: &str, ok: bool) {
-        let labels = WorkloadPatchLabels { kind: kind.to_string(), result: if ok { "ok" } else { "error" } };
+    pub fn workload_patched(&self, kind: &str, result: &'static str) {
+        let labels = WorkloadPatchLabels { kind: kind.to_string(), result };
         self.workload_patches.get_or_create(&labels).inc();
     }
 

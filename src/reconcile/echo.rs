@@ -6,23 +6,56 @@
 //! through it too, and re-reconciling then re-reads every store of the object
 //! for nothing (measured: one extra GetItem and GetParametersByPath per object
 //! during a cold start). A write is recognised by the resourceVersion the API
-//! server returned for it: any later change, by anyone, has another one.
+//! server returned for it: any later change, by anyone, has another one. The
+//! watch can bring the write back before its response has been handled; while
+//! a write is in flight, an event whose newest managed-fields entry is this
+//! controller's apply (and nobody else's at that second) is taken as its echo.
 
 use std::{collections::HashMap, sync::Mutex};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 
 use kube::{
     ResourceExt,
     runtime::{reflector::ObjectRef, watcher},
 };
 
+use crate::api::names::FIELD_MANAGER;
+
 /// resourceVersions of the controller's own writes whose watch event has not
 /// come back yet, by object.
 #[derive(Default)]
 pub struct OwnWrites {
     pending: Mutex<HashMap<(String, String), String>>,
+    in_flight: Mutex<HashMap<(String, String), u32>>,
+}
+
+/// A write under way; dropped when it ended, however it ended.
+pub struct Writing<'a> {
+    own: &'a OwnWrites,
+    key: (String, String),
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self.own.in_flight.lock().unwrap();
+        if let Some(n) = in_flight.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                in_flight.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl OwnWrites {
+    /// A write of `namespace/name` starts now.
+    pub fn writing(&self, namespace: &str, name: &str) -> Writing<'_> {
+        let key = (namespace.to_string(), name.to_string());
+        *self.in_flight.lock().unwrap().entry(key.clone()).or_insert(0) += 1;
+        Writing { own: self, key }
+    }
+
     /// Remembers a write the controller made (the object the API server returned).
     pub fn wrote(&self, written: &impl ResourceExt) {
         if let (Some(ns), Some(rv)) = (written.namespace(), written.resource_version()) {
@@ -52,7 +85,7 @@ impl OwnWrites {
                     pending.remove(&key);
                     return true;
                 }
-                false
+                self.in_flight.lock().unwrap().contains_key(&key) && applied_last_by_us(object.managed_fields())
             }
             watcher::Event::Delete(object) => {
                 if let Some(ns) = object.namespace() {
@@ -64,14 +97,24 @@ impl OwnWrites {
         }
     }
 
-    /// Writes still waiting for their echo (for tests and the memory bound).
+    /// Writes still waiting for their echo, or in flight (for tests and the memory bound).
     pub fn len(&self) -> usize {
-        self.pending.lock().unwrap().len()
+        self.pending.lock().unwrap().len() + self.in_flight.lock().unwrap().len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Whether the newest managed-fields entry is this controller's apply, and no
+/// other manager's entry is as new (timestamps have one-second resolution).
+fn applied_last_by_us(fields: &[ManagedFieldsEntry]) -> bool {
+    let ours = |f: &&ManagedFieldsEntry| {
+        f.manager.as_deref() == Some(FIELD_MANAGER) && f.operation.as_deref() == Some("Apply")
+    };
+    let Some(our_time) = fields.iter().filter(ours).filter_map(|f| f.time.as_ref()).max() else { return false };
+    fields.iter().filter(|f| !ours(f)).filter_map(|f| f.time.as_ref()).all(|t| t < our_time)
 }
 
 #[cfg(test)]
@@ -129,6 +172,42 @@ mod tests {
         let own = OwnWrites::default();
         own.wrote(&cm("a", "x", "10"));
         assert!(!own.is_echo(&watcher::Event::Delete(cm("a", "x", "10"))));
+        assert!(own.is_empty());
+    }
+
+    fn managed(cm: &mut ConfigMap, entries: &[(&str, &str, &str)]) {
+        cm.metadata.managed_fields = Some(
+            entries
+                .iter()
+                .map(|(manager, operation, time)| {
+                    serde_json::from_value(
+                        serde_json::json!({ "manager": manager, "operation": operation, "time": time }),
+                    )
+                    .unwrap()
+                })
+                .collect(),
+        );
+    }
+
+    #[test]
+    fn an_echo_that_beats_the_response_is_still_an_echo() {
+        let own = OwnWrites::default();
+        let mut echo = cm("a", "x", "10");
+        managed(
+            &mut echo,
+            &[("kubectl", "Update", "2026-12-01T10:00:00Z"), (FIELD_MANAGER, "Apply", "2026-12-01T10:00:05Z")],
+        );
+        assert!(!own.is_echo(&watcher::Event::Apply(echo.clone())), "no write in flight: a change to look at");
+        let writing = own.writing("a", "x");
+        assert!(own.is_echo(&watcher::Event::Apply(echo.clone())), "in flight, and ours is the newest entry");
+        let mut foreign = cm("a", "x", "11");
+        managed(
+            &mut foreign,
+            &[(FIELD_MANAGER, "Apply", "2026-12-01T10:00:05Z"), ("kubectl", "Update", "2026-12-01T10:00:05Z")],
+        );
+        assert!(!own.is_echo(&watcher::Event::Apply(foreign)), "someone else wrote in the same second");
+        drop(writing);
+        assert!(!own.is_echo(&watcher::Event::Apply(echo)), "not in flight any more");
         assert!(own.is_empty());
     }
 

@@ -104,9 +104,11 @@ pub async fn apply(
     if !cm_up_to_date {
         let name = tc.config_map_name();
         let cm = projection::config_map(name, &ns, tenant, rendered, owner.clone());
+        let writing = ctx.own_writes.writing(&ns, name);
         let written =
             Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns).patch(name, &params, &Patch::Apply(&cm)).await?;
         ctx.own_writes.wrote(&written);
+        drop(writing);
         applied.config_map = Some(written.metadata);
     }
     if let Some(name) = &plan.secret_name {
@@ -154,12 +156,18 @@ pub fn projected(
     parts
 }
 
-/// When this controller's field manager last applied a change to the object.
+/// When this controller's field manager last changed the object's content:
+/// `None` while it holds what it was created with, which no reader can have
+/// seen an older version of (a pod that reads it could not start before it
+/// existed).
 fn last_applied(meta: &ObjectMeta) -> Option<Timestamp> {
     let ours = meta.managed_fields.iter().flatten();
-    ours.filter(|f| f.manager.as_deref() == Some(FIELD_MANAGER) && f.operation.as_deref() == Some("Apply"))
+    let applied = ours
+        .filter(|f| f.manager.as_deref() == Some(FIELD_MANAGER) && f.operation.as_deref() == Some("Apply"))
         .filter_map(|f| f.time.as_ref().map(|t| t.0))
-        .max()
+        .max()?;
+    let created = meta.creation_timestamp.as_ref().map(|t| t.0);
+    created.is_none_or(|created| applied > created).then_some(applied)
 }
 
 /// Deletes the ConfigMap (and Secret) this object owns. Owner references
@@ -186,4 +194,31 @@ pub async fn delete(ctx: &Context, tc: &TenantConfig) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn meta(created: &str, applied: &[(&str, &str, &str)]) -> ObjectMeta {
+        let fields: Vec<_> = applied
+            .iter()
+            .map(|(manager, operation, time)| json!({ "manager": manager, "operation": operation, "time": time }))
+            .collect();
+        serde_json::from_value(json!({ "creationTimestamp": created, "managedFields": fields })).unwrap()
+    }
+
+    #[test]
+    fn only_a_change_after_the_creation_is_a_write_readers_may_be_behind() {
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        let created = "2026-12-01T10:00:00Z";
+        assert_eq!(last_applied(&meta(created, &[(FIELD_MANAGER, "Apply", created)])), None, "only created");
+        let changed = meta(
+            created,
+            &[(FIELD_MANAGER, "Apply", "2026-12-01T10:05:00Z"), ("kubectl", "Update", "2026-12-01T11:00:00Z")],
+        );
+        assert_eq!(last_applied(&changed), Some(t("2026-12-01T10:05:00Z")), "ours, not another manager's");
+        assert_eq!(last_applied(&meta(created, &[("kubectl", "Apply", "2026-12-01T10:05:00Z")])), None);
+    }
 }

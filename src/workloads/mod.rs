@@ -158,17 +158,17 @@ impl Shared {
         let result = Api::<K>::namespaced(self.client.clone(), namespace)
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await;
-        let ok = match result {
-            Ok(_) => true,
+        let outcome = match result {
+            Ok(_) => "ok",
             // Gone since the cache saw it: nothing to do.
-            Err(kube::Error::Api(e)) if e.code == 404 => false,
+            Err(kube::Error::Api(e)) if e.code == 404 => "gone",
             Err(e) => {
                 warn!(kind = %kind, namespace, name, error = %e, "could not patch the config digest");
-                false
+                "error"
             }
         };
-        self.metrics.workload_patched(&kind, ok);
-        ok
+        self.metrics.workload_patched(&kind, outcome);
+        outcome == "ok"
     }
 
     async fn publish(&self, by: &ObjectReference, reason: &str, note: String) {

@@ -85,8 +85,10 @@ async fn refresh(shared: Arc<Shared>, pods: reflector::Store<Pod>, change: Arc<C
                 // The latest cached copy, and the digest as of now: a later
                 // change already in the map is carried along.
                 let pod = pods.get(&target)?;
-                let mounted = refs::mounted(pod.spec.as_ref()?);
-                let desired = shared.desired(ns, &mounted);
+                // Over everything it reads, as rollout computes it: a pod
+                // created by a rolled-out template already carries it.
+                let reads = refs::read(pod.spec.as_ref()?);
+                let desired = shared.desired(ns, &reads);
                 let current = pod.annotations().get(CONFIG_DIGEST_ANNOTATION).map(String::as_str);
                 let created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
                 let Some(digest) = decide::patch_to(current, created, &desired) else {
