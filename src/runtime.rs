@@ -222,6 +222,18 @@ pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send +
         })
         .flat_map(futures::stream::iter)
         .inspect(asked(&requests));
+    // An event under shared paths only may let the reconcile reuse the
+    // object's own-store reads; any other request for it before it starts
+    // makes it a full one.
+    let event_requests = requests.clone();
+    let triggered_objects = triggered.map(move |t: sqs::Trigger| {
+        if t.shared_only {
+            event_requests.requested_by_shared_change(&t.object);
+        } else {
+            event_requests.requested(&t.object);
+        }
+        t.object
+    });
     let controller = controller
         // An owned ConfigMap changed by someone else, or deleted: put it back.
         .reconcile_on(config_map_owners)
@@ -229,7 +241,7 @@ pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send +
         .reconcile_on(namespace_requests)
         // Any store change can change routing for every object.
         .reconcile_on(store_requests)
-        .reconcile_on(triggered.inspect(asked(&requests)))
+        .reconcile_on(triggered_objects)
         .reconcile_on(retry_requests.inspect(asked(&requests)))
         .reconcile_on(resync_requests)
         .graceful_shutdown_on(shutdown.clone())

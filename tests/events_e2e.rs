@@ -347,6 +347,12 @@ async fn out_of_band_changes_arrive_by_event() {
     h.wait_queue_empty().await; // the controller's own writes echo back as events; let them settle
     let walks = || h.stats().count("ParameterStore", "GetParametersByPath", Outcome::Ok);
     let (walks_before, misses_before) = (walks(), h.metrics().shared_cache_lookups("miss"));
+    // The objects' own store (DynamoDB) did not change: none of them reads it again.
+    let own_reads = || {
+        let stats = h.stats();
+        stats.count("DynamoDB", "GetItem", Outcome::Ok) + stats.count("DynamoDB", "Query", Outcome::Ok)
+    };
+    let own_reads_before = own_reads();
     h.put_parameter(&format!("{shared}/prod/timeout-ms"), "30").await;
     let started = std::time::Instant::now();
     fan_out.push((ns.clone(), "payments".into()));
@@ -358,6 +364,20 @@ async fn out_of_band_changes_arrive_by_event() {
     h.wait_queue_empty().await;
     assert_eq!(walks() - walks_before, 1, "one GetParametersByPath walk for {} TenantConfigs", fan_out.len());
     assert_eq!(h.metrics().shared_cache_lookups("miss") - misses_before, 1);
+    assert_eq!(own_reads() - own_reads_before, 0, "a shared change re-reads no object's own store");
+    for (ns, name) in &fan_out {
+        let data = h.config_map(ns, name).await;
+        assert!(data.contains_key("app") || data.contains_key("provider"), "{ns}/{name} kept its own keys: {data:?}");
+    }
+    // A change of an object's own store right after: a full reconcile projects it.
+    let (fan_ns, fan_name) = fan_out[0].clone();
+    let fan_tenant = h.tenant(1);
+    h.set_item_key(&fan_tenant, &fan_name, "after-shared", Some("1")).await;
+    h.put_parameter(&format!("{shared}/prod/timeout-ms"), "31").await;
+    h.wait_config_map(&fan_ns, &fan_name, "own and shared change", |d| {
+        d.get("after-shared").map(String::as_str) == Some("1") && d.get("timeout-ms").map(String::as_str) == Some("31")
+    })
+    .await;
     assert!(h.metrics().message("acked") >= 5, "messages acknowledged");
     assert_eq!(h.metrics().message("malformed"), 0);
     h.finish().await;

@@ -65,9 +65,11 @@ impl EventRouter {
 }
 
 impl sqs::Router for EventRouter {
-    fn route(&self, envelope: &Envelope) -> Vec<ObjectRef<Guarded>> {
+    fn route(&self, envelope: &Envelope) -> sqs::Routed {
+        let targets = self.targets(envelope);
+        let shared_only = !targets.is_empty() && targets.iter().all(|t| matches!(t, Target::Shared { .. }));
         let mut objects = Vec::new();
-        for target in self.targets(envelope) {
+        for target in targets {
             // Before any reconcile is triggered: each of them must read afresh.
             if let Target::Shared { store, name } = &target {
                 self.shared_cache.invalidate(store, name);
@@ -76,7 +78,7 @@ impl sqs::Router for EventRouter {
         }
         objects.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         objects.dedup();
-        objects
+        sqs::Routed { objects, shared_only }
     }
 
     fn exists(&self, obj: &ObjectRef<Guarded>) -> bool {

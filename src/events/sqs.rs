@@ -65,10 +65,27 @@ impl ConsumerSettings {
     }
 }
 
+/// The objects one event concerns.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Routed {
+    pub objects: Vec<ObjectRef<Guarded>>,
+    /// The change is under a shared path only: the objects' own stores did not
+    /// change (their last read of them may be reused).
+    pub shared_only: bool,
+}
+
+/// A reconcile an event asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trigger {
+    pub object: ObjectRef<Guarded>,
+    /// See [`Routed::shared_only`].
+    pub shared_only: bool,
+}
+
 /// What the consumer needs from the controller.
 pub trait Router: Send + Sync + 'static {
     /// The objects a parsed event concerns (and any cache it must invalidate).
-    fn route(&self, envelope: &envelope::Envelope) -> Vec<ObjectRef<Guarded>>;
+    fn route(&self, envelope: &envelope::Envelope) -> Routed;
     /// Whether the object still exists (a deleted one holds no message).
     fn exists(&self, obj: &ObjectRef<Guarded>) -> bool;
 }
@@ -99,7 +116,7 @@ type Receiving = Pin<Box<dyn Future<Output = Option<Vec<Message>>> + Send>>;
 impl Consumer {
     /// Runs until `shutdown` resolves, then acknowledges what completes within
     /// the grace period and returns.
-    pub async fn run(self, trigger: UnboundedSender<ObjectRef<Guarded>>, shutdown: impl Future<Output = ()>) {
+    pub async fn run(self, trigger: UnboundedSender<Trigger>, shutdown: impl Future<Output = ()>) {
         info!(queue = %self.settings.queue_url, "consuming store-change events");
         let mut waiting: FuturesUnordered<Handled> = FuturesUnordered::new();
         let mut acknowledged: Vec<String> = Vec::new();
@@ -169,7 +186,7 @@ impl Consumer {
     fn accept(
         &self,
         message: Message,
-        trigger: &UnboundedSender<ObjectRef<Guarded>>,
+        trigger: &UnboundedSender<Trigger>,
         waiting: &mut FuturesUnordered<Handled>,
     ) -> Option<String> {
         let received = Instant::now();
@@ -186,7 +203,7 @@ impl Consumer {
                 return None;
             }
         };
-        let objects = self.router.route(&envelope);
+        let Routed { objects, shared_only } = self.router.route(&envelope);
         if objects.is_empty() {
             self.metrics.count_message("ignored", 1);
             debug!(message_id = %id, event_id = envelope.id.as_deref(), change = ?envelope.change, "event concerns no TenantConfig");
@@ -196,7 +213,7 @@ impl Consumer {
         self.tracker.expect(&objects, received, sent_at(&message, received));
         for obj in &objects {
             // The controller only stops reading when it shuts down.
-            let _ = trigger.unbounded_send(obj.clone());
+            let _ = trigger.unbounded_send(Trigger { object: obj.clone(), shared_only });
         }
         self.metrics.event_triggers.inc_by(objects.len() as u64);
         let (tracker, router, sqs, gate) =

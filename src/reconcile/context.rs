@@ -178,8 +178,14 @@ impl Context {
 /// and has not started: the reconcile queue's depth. A retry waiting for its
 /// backoff is not in it (see `objects_backing_off`).
 pub struct Requests {
-    requested: Mutex<HashMap<ObjectRef<Guarded>, Instant>>,
+    requested: Mutex<HashMap<ObjectRef<Guarded>, Request>>,
     depth: prometheus_client::metrics::gauge::Gauge,
+}
+
+/// A pending request: since when, and whether only shared-path changes asked.
+struct Request {
+    since: Instant,
+    shared_only: bool,
 }
 
 impl Requests {
@@ -189,18 +195,32 @@ impl Requests {
 
     /// A reconcile of `object` was requested now (repeats merge, as in the queue).
     pub fn requested(&self, object: &ObjectRef<Guarded>) {
+        self.request(object, false)
+    }
+
+    /// A reconcile was requested by a change under a shared path only: unless
+    /// anything else asks too before it starts, it may reuse the object's last
+    /// read of its own stores.
+    pub fn requested_by_shared_change(&self, object: &ObjectRef<Guarded>) {
+        self.request(object, true)
+    }
+
+    fn request(&self, object: &ObjectRef<Guarded>, shared_only: bool) {
         let mut requested = self.requested.lock().unwrap();
-        requested.entry(object.clone()).or_insert_with(Instant::now);
+        let request = requested.entry(object.clone()).or_insert(Request { since: Instant::now(), shared_only });
+        request.shared_only &= shared_only;
         self.depth.set(requested.len() as i64);
     }
 
-    /// A reconcile of `object` started at `at`: it serves every request made before.
-    pub fn started(&self, object: &ObjectRef<Guarded>, at: Instant) {
+    /// A reconcile of `object` started at `at`: it serves every request made
+    /// before. Returns whether only shared-path changes asked for it (a
+    /// reconcile nobody asked for through here, e.g. a retry, did not).
+    pub fn started(&self, object: &ObjectRef<Guarded>, at: Instant) -> bool {
         let mut requested = self.requested.lock().unwrap();
-        if requested.get(object).is_some_and(|when| *when <= at) {
-            requested.remove(object);
-        }
+        let served = requested.get(object).is_some_and(|r| r.since <= at);
+        let shared_only = if served { requested.remove(object).is_some_and(|r| r.shared_only) } else { false };
         self.depth.set(requested.len() as i64);
+        shared_only
     }
 
     /// The object is gone: nothing will start for it.
@@ -272,6 +292,26 @@ mod tests {
         assert_eq!(requests.depth(), 1);
         requests.forget(&b);
         assert_eq!(requests.depth(), 0);
+    }
+
+    #[test]
+    fn only_a_reconcile_that_nothing_but_shared_changes_asked_for_may_reuse_reads() {
+        let requests = Requests::new(Default::default());
+        let a = ObjectRef::new("a").within("ns");
+        requests.requested_by_shared_change(&a);
+        requests.requested_by_shared_change(&a);
+        assert!(requests.started(&a, Instant::now()), "shared changes only");
+        requests.requested_by_shared_change(&a);
+        requests.requested(&a);
+        requests.requested_by_shared_change(&a);
+        assert!(!requests.started(&a, Instant::now()), "another cause, before or after, wins");
+        assert!(!requests.started(&a, Instant::now()), "nothing pending (a retry, a requeue): a full reconcile");
+        requests.requested_by_shared_change(&a);
+        assert!(
+            !requests.started(&a, Instant::now() - Duration::from_secs(60)),
+            "a request after the start is not served"
+        );
+        assert_eq!(requests.depth(), 1);
     }
 
     #[test]

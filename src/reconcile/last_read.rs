@@ -1,12 +1,21 @@
 //! What each object's last successful reconcile read from its stores, as
 //! digests: the bulk resync compares them with a fresh bulk read and
-//! reconciles only the objects whose stores changed since.
+//! reconciles only the objects whose stores changed since. And the layers
+//! themselves, which a reconcile asked for by a shared-path change alone
+//! reuses instead of reading the object's own stores again.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use kube::runtime::reflector::ObjectRef;
 
-use crate::{api::Guarded, store::Location};
+use super::{plan::ReconcilePlan, projection::Layer, stores::Written};
+use crate::{
+    api::{Guarded, StoreSummary},
+    store::Location,
+};
 
 /// One object's last successful reconcile.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,20 +29,65 @@ pub struct LastRead {
     pub includes: Vec<(String, String, u64)>,
 }
 
+/// What the object's own stores held at that reconcile (after its writes).
+#[derive(Clone, Debug)]
+pub struct OwnStores {
+    pub summaries: Vec<StoreSummary>,
+    pub layers: Vec<Layer>,
+}
+
+/// A last reconcile's own-store reads that a new reconcile may stand on.
+pub struct Reusable {
+    read: LastRead,
+    own: Arc<OwnStores>,
+}
+
+impl Reusable {
+    /// The store writes' outcome, as if they had run and found nothing to do —
+    /// if the plan is the one that reconcile carried out: the same location,
+    /// the same stores, nothing to sweep or move out.
+    pub fn written_for(&self, plan: &ReconcilePlan<'_>) -> Option<Written> {
+        let mut planned: Vec<&str> = plan.writes.iter().map(|w| w.store).collect();
+        let mut held: Vec<&str> = self.own.summaries.iter().map(|s| s.name.as_str()).collect();
+        planned.sort_unstable();
+        held.sort_unstable();
+        let same = self.read.location == plan.location
+            && plan.sweep.is_empty()
+            && plan.writes.iter().all(|w| w.routed_here)
+            && planned == held;
+        same.then(|| Written {
+            summaries: self.own.summaries.clone(),
+            layers: self.own.layers.clone(),
+            reads: self.read.stores.clone(),
+            changed_keys: 0,
+        })
+    }
+}
+
 /// The records, by object. An object without one (never reconciled here, or
 /// its last reconcile did not succeed) is reconciled by every resync.
 #[derive(Default)]
 pub struct LastReads {
     records: Mutex<HashMap<ObjectRef<Guarded>, LastRead>>,
+    own: Mutex<HashMap<ObjectRef<Guarded>, Arc<OwnStores>>>,
 }
 
 impl LastReads {
-    pub fn record(&self, object: &ObjectRef<Guarded>, read: LastRead) {
+    pub fn record(&self, object: &ObjectRef<Guarded>, read: LastRead, own: OwnStores) {
         self.records.lock().unwrap().insert(object.clone(), read);
+        self.own.lock().unwrap().insert(object.clone(), Arc::new(own));
     }
 
     pub fn forget(&self, object: &ObjectRef<Guarded>) {
         self.records.lock().unwrap().remove(object);
+        self.own.lock().unwrap().remove(object);
+    }
+
+    /// The last reconcile's reads, if it reconciled this generation.
+    pub fn reusable(&self, object: &ObjectRef<Guarded>, generation: Option<i64>) -> Option<Reusable> {
+        let read = self.records.lock().unwrap().get(object).filter(|r| r.generation == generation)?.clone();
+        let own = self.own.lock().unwrap().get(object)?.clone();
+        Some(Reusable { read, own })
     }
 
     pub fn snapshot(&self) -> HashMap<ObjectRef<Guarded>, LastRead> {

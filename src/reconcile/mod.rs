@@ -32,7 +32,7 @@ use kube::{
         reflector::ObjectRef,
     },
 };
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 pub use context::{Context, Settings};
 pub use error::{Error, error_policy};
@@ -41,7 +41,7 @@ use crate::{
     api::{Guarded, TenantConfig, conditions::reason, names::FINALIZER},
     store::{StoreRef, entries_digest},
 };
-use last_read::LastRead;
+use last_read::{LastRead, OwnStores};
 use status::{Projected, Verdict};
 
 /// How long a reconcile waits for the caches' first listing before it backs off.
@@ -52,11 +52,11 @@ pub async fn reconcile(guarded: Arc<Guarded>, ctx: Arc<Context>) -> Result<Actio
     let key = ObjectRef::from_obj(&*guarded);
     let started = Instant::now();
     ctx.retries.started(&key);
-    ctx.requests.started(&key, started);
+    let shared_only = ctx.requests.started(&key, started);
     ctx.metrics.reconciles_in_flight.inc();
     let mut timer = ReconcileTimer { ctx: &ctx, started, error: None };
     let result = match &guarded.0 {
-        Ok(tc) => reconcile_valid(Arc::new(tc.clone()), &ctx, &key, started).await,
+        Ok(tc) => reconcile_valid(Arc::new(tc.clone()), &ctx, &key, started, shared_only).await,
         Err(invalid) => {
             // Nothing typed can be done with it (not even a status patch): say so
             // once and wait for the object to change.
@@ -92,6 +92,7 @@ async fn reconcile_valid(
     ctx: &Context,
     key: &ObjectRef<Guarded>,
     started: Instant,
+    shared_only: bool,
 ) -> Result<Action, Error> {
     // Routing and cleanup need the complete set of stores and namespaces: a
     // decision taken on a partial cache (no store known → nothing to clean up)
@@ -104,7 +105,7 @@ async fn reconcile_valid(
     let api = Api::<TenantConfig>::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, tc, |event| async {
         match event {
-            Finalizer::Apply(tc) => apply(&tc, ctx, key, started).await,
+            Finalizer::Apply(tc) => apply(&tc, ctx, key, started, shared_only).await,
             Finalizer::Cleanup(tc) => cleanup::cleanup(&tc, ctx).await,
         }
     })
@@ -128,8 +129,20 @@ impl Drop for ReconcileTimer<'_> {
 }
 
 /// The driver of one reconcile of an object that is not being deleted.
-async fn apply(tc: &TenantConfig, ctx: &Context, key: &ObjectRef<Guarded>, started: Instant) -> Result<Action, Error> {
+/// `shared_only`: only changes under shared paths asked for it.
+async fn apply(
+    tc: &TenantConfig,
+    ctx: &Context,
+    key: &ObjectRef<Guarded>,
+    started: Instant,
+    shared_only: bool,
+) -> Result<Action, Error> {
     let ns = tc.namespace().ok_or(Error::MissingNamespace)?;
+    // A shared-path change leaves the object's own stores as its last
+    // successful reconcile of this spec found them: that read is reused (their
+    // own events, and the resync for a lost one, ask for a full reconcile).
+    // One walk of the shared path then serves every object including it.
+    let reusable = if shared_only { ctx.last_reads.reusable(key, tc.metadata.generation) } else { None };
     // Until this reconcile succeeds, the resync must not take the object as
     // current.
     ctx.last_reads.forget(key);
@@ -159,13 +172,21 @@ async fn apply(tc: &TenantConfig, ctx: &Context, key: &ObjectRef<Guarded>, start
         status::warn_once(tc, ctx, labels, failure.verdict()).await?;
         failure.into_result()
     };
-    let swept = match stores::sweep(ctx, tc, &plan).await {
-        Ok(swept) => swept,
-        Err(failure) => return failed(failure).await,
-    };
-    let written = match stores::write(ctx, tc, &plan, prepared).await {
-        Ok(written) => written,
-        Err(failure) => return failed(failure).await,
+    let (swept, written) = match reusable.and_then(|r| r.written_for(&plan)) {
+        Some(written) => {
+            debug!("only a shared path changed: the last read of the own stores stands");
+            (0, written)
+        }
+        None => {
+            let swept = match stores::sweep(ctx, tc, &plan).await {
+                Ok(swept) => swept,
+                Err(failure) => return failed(failure).await,
+            };
+            match stores::write(ctx, tc, &plan, prepared).await {
+                Ok(written) => (swept, written),
+                Err(failure) => return failed(failure).await,
+            }
+        }
     };
     let mut layers = match stores::read_includes(ctx, &plan).await {
         Ok(layers) => layers,
@@ -178,6 +199,7 @@ async fn apply(tc: &TenantConfig, ctx: &Context, key: &ObjectRef<Guarded>, start
         info!(written = swept + written.changed_keys, "stores updated");
     }
     let store_message = written.message();
+    let own = OwnStores { summaries: written.summaries.clone(), layers: written.layers.clone() };
     let last_read = LastRead {
         generation: tc.metadata.generation,
         location: plan.location.clone(),
@@ -213,7 +235,7 @@ async fn apply(tc: &TenantConfig, ctx: &Context, key: &ObjectRef<Guarded>, start
         ctx.progress.projected(key, started);
     }
     status::write(tc, ctx, labels, verdict).await?;
-    ctx.last_reads.record(key, last_read);
+    ctx.last_reads.record(key, last_read, own);
     ctx.projections.record(&ns, tc.object_ref(&()), project::projected(tc, &plan, &existing, &rendered, &applied));
     if projected_now {
         info!(digest = %rendered.digest, keys, "projected");
