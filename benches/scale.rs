@@ -62,7 +62,7 @@ struct Args {
 fn args() -> Args {
     let mut args = Args {
         objects: 1000,
-        concurrency: 32,
+        concurrency: 16,
         steady_resync: Duration::from_secs(60),
         cycles: 3,
         cold_only: false,

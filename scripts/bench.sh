@@ -7,7 +7,7 @@
 #   ./scripts/bench.sh scale [--objects N] [--concurrency C] [--steady-resync D] [--cycles K] [--cold-only] [--settle D]
 #       cold convergence against the raw-write limit, shared fan-out, steady-state
 #       AWS/Kubernetes calls against polling, controller memory (defaults: 1000
-#       objects, concurrency 32, 3 resyncs of 60s each standing for 10 minutes;
+#       objects, concurrency 16, 3 resyncs of 60s each standing for 10 minutes;
 #       --cold-only: convergence, limit and memory only, for large N;
 #       --settle D: the cold-start controller idles D before its steady RSS is read)
 #   ./scripts/bench.sh freshness [--samples N] [--spacing S] [--rollout-window W]

@@ -50,9 +50,9 @@ pub struct Settings {
     /// each of its stores per object; the behaviour before bulk reads, kept for comparison).
     #[arg(long, env = "TENANT_CONFIG_RESYNC_MODE", value_enum, default_value_t = ResyncMode::Bulk)]
     pub resync_mode: ResyncMode,
-    /// Reconciles running at once (32 measured faster than 16 here for a cold
-    /// start and a shared fan-out of 1,000 objects; BENCHMARKS.md).
-    #[arg(long, env = "TENANT_CONFIG_CONCURRENCY", default_value_t = 32)]
+    /// Reconciles running at once. 16 and 32 measured side by side
+    /// (BENCHMARKS.md): 32 is faster at 1,000 objects, 16 at 10,000.
+    #[arg(long, env = "TENANT_CONFIG_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
     /// Project secure entries into Secrets (the ServiceAccount then needs to write Secrets).
     #[arg(long, env = "TENANT_CONFIG_SECURE_PROJECTION", default_value_t = false)]
@@ -322,7 +322,7 @@ mod tests {
         assert_eq!(s.environment_label, "tenantconfig.io/environment");
         assert_eq!(s.resync_interval, Duration::from_secs(600));
         assert_eq!(s.resync_mode, ResyncMode::Bulk);
-        assert_eq!(s.concurrency, 32);
+        assert_eq!(s.concurrency, 16);
         assert!(!s.secure_projection);
         assert_eq!(s.shared_cache_max_age, Duration::from_secs(300));
     }
