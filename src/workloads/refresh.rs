@@ -12,7 +12,7 @@ use kube::{
 };
 use serde_json::json;
 use tokio::sync::mpsc::UnboundedReceiver;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{Change, Shared, decide, described, listed, refs};
 use crate::api::names::{CONFIG_DIGEST_ANNOTATION, REFRESH_LABEL};
@@ -24,7 +24,13 @@ pub async fn run(shared: Arc<Shared>, changes: UnboundedReceiver<Arc<Change>>) {
     let watch = watcher::Config::default().labels(&format!("{REFRESH_LABEL}=true")).any_semantic();
     let cache = reflector::reflector(writer, watcher(Api::<Pod>::all(shared.client.clone()), watch).modify(slim))
         .default_backoff()
-        .for_each(|_| futures::future::ready(()));
+        .for_each(|event| {
+            // Without the RBAC for this watch nothing would ever be followed: say so.
+            if let Err(e) = event {
+                warn!(error = %e, "workload watch failed (are its RBAC rules installed?); retrying with backoff");
+            }
+            futures::future::ready(())
+        });
     tokio::select! {
         _ = cache => {}
         _ = follow(shared, pods, changes) => {}

@@ -22,7 +22,7 @@ use kube::{
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::{sync::mpsc::UnboundedReceiver, time::Instant};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{Change, Shared, decide, described, refs};
 use crate::api::names::{CONFIG_DIGEST_ANNOTATION, ROLLOUT_LABEL};
@@ -80,7 +80,13 @@ impl<K: Workload> Cached<K> {
         let watch = watcher::Config::default().labels(&format!("{ROLLOUT_LABEL}=true")).any_semantic();
         let fill = reflector::reflector(writer, watcher(Api::<K>::all(client.clone()), watch).modify(slim::<K>))
             .default_backoff()
-            .for_each(|_| futures::future::ready(()));
+            .for_each(|event| {
+                // Without the RBAC for this watch nothing would ever be followed: say so.
+                if let Err(e) = event {
+                    warn!(error = %e, "workload watch failed (are its RBAC rules installed?); retrying with backoff");
+                }
+                futures::future::ready(())
+            });
         (Cached { store }, Box::pin(fill))
     }
 
