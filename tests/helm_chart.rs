@@ -188,25 +188,28 @@ fn wrong_values_fail_with_a_clear_message() {
     }
 }
 
+/// Installs the chart as `name` into a new namespace, one replica, not
+/// waiting for pods; uninstalled by the returned guard if the test fails.
+fn install(name: &str, namespace: &str, sets: &[&str]) -> (support::Release, String) {
+    let mut args =
+        vec!["install", name, CHART, "--namespace", namespace, "--create-namespace", "--set", "replicaCount=1"];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    args.push("--wait=false");
+    let release = support::Release { name: name.into(), namespace: namespace.into(), installed: true };
+    let (ok, stdout, stderr) = helm(&args);
+    assert!(ok, "helm install {name}: {stdout}{stderr}");
+    (release, stdout)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn installed_chart_rbac_is_sufficient_and_not_excessive() {
     install_crds();
     let admin = kube_client().await;
     let id = unique("helm");
     let release_ns = format!("{id}-system");
-    let mut release = support::Release { name: "tcc".into(), namespace: release_ns.clone(), installed: true };
-    let (ok, stdout, stderr) = helm(&[
-        "install",
-        "tcc",
-        CHART,
-        "--namespace",
-        &release_ns,
-        "--create-namespace",
-        "--set",
-        "replicaCount=1",
-        "--wait=false",
-    ]);
-    assert!(ok, "helm install: {stdout}{stderr}");
+    let (mut release, stdout) = install("tcc", &release_ns, &[]);
     assert!(stdout.contains("events.queueUrl is empty"), "NOTES warn about the missing queue: {stdout}");
 
     // The chart's identity.
@@ -303,26 +306,9 @@ async fn workload_rights_allow_only_the_config_digest_annotation() {
     let admin = kube_client().await;
     let id = unique("vap");
     let release_ns = format!("{id}-system");
-    let mut release = support::Release { name: "tccw".into(), namespace: release_ns.clone(), installed: true };
-    let (ok, stdout, stderr) = helm(&[
-        "install",
-        "tccw",
-        CHART,
-        "--namespace",
-        &release_ns,
-        "--create-namespace",
-        "--set",
-        "replicaCount=1",
-        "--set",
-        "refresh.enabled=true",
-        "--set",
-        "rollout.enabled=true",
-        // Only the rights are under test: no controller pod needs to run.
-        "--set",
-        "image.repository=tenant-config-controller-not-pulled",
-        "--wait=false",
-    ]);
-    assert!(ok, "helm install: {stdout}{stderr}");
+    // Only the rights are under test: no controller pod needs to run.
+    let sets = ["refresh.enabled=true", "rollout.enabled=true", "image.repository=tenant-config-controller-not-pulled"];
+    let (mut release, _) = install("tccw", &release_ns, &sets);
     let kubeconfig = kubeconfig_as_service_account(&admin, &release_ns, "tccw-tenant-config-controller").await;
     let controller = client_from(&kubeconfig).await;
 

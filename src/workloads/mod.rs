@@ -185,6 +185,32 @@ impl Shared {
     }
 }
 
+/// A cache of the objects labelled `{label}=true` (filtered by the API
+/// server), each slimmed by `slim`, and the watch that fills it. A failing
+/// watch (no RBAC for it) is logged: nothing would ever be followed.
+fn labelled_cache<K>(
+    client: &Client,
+    label: &str,
+    slim: fn(&mut K),
+) -> (Store<K>, futures::future::BoxFuture<'static, ()>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    let (store, writer) = reflector::store();
+    let watch = watcher::Config::default().labels(&format!("{label}=true")).any_semantic();
+    let fill = reflector::reflector(writer, watcher(Api::<K>::all(client.clone()), watch).modify(slim))
+        .default_backoff()
+        .for_each(|event| {
+            if let Err(e) = event {
+                warn!(kind = %K::kind(&()), error = %e, "workload watch failed (are its RBAC rules installed?); retrying with backoff");
+            }
+            futures::future::ready(())
+        });
+    (store, Box::pin(fill))
+}
+
 /// Names for an Event: a few, then how many more.
 fn listed(names: &[String]) -> String {
     const SHOWN: usize = 10;

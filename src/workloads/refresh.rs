@@ -7,12 +7,12 @@ use std::sync::Arc;
 use futures::{StreamExt, stream::FuturesUnordered};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
-    Api, ResourceExt,
-    runtime::{WatchStreamExt, reflector, reflector::ObjectRef, watcher},
+    ResourceExt,
+    runtime::{reflector, reflector::ObjectRef},
 };
 use serde_json::json;
 use tokio::sync::mpsc::UnboundedReceiver;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::{Change, Shared, decide, described, listed, refs};
 use crate::api::names::{CONFIG_DIGEST_ANNOTATION, REFRESH_LABEL};
@@ -20,17 +20,7 @@ use crate::api::names::{CONFIG_DIGEST_ANNOTATION, REFRESH_LABEL};
 /// Watches the opted-in pods (filtered by label on the server, cached as
 /// metadata plus volume names) and refreshes them on every change.
 pub async fn run(shared: Arc<Shared>, changes: UnboundedReceiver<Arc<Change>>) {
-    let (pods, writer) = reflector::store();
-    let watch = watcher::Config::default().labels(&format!("{REFRESH_LABEL}=true")).any_semantic();
-    let cache = reflector::reflector(writer, watcher(Api::<Pod>::all(shared.client.clone()), watch).modify(slim))
-        .default_backoff()
-        .for_each(|event| {
-            // Without the RBAC for this watch nothing would ever be followed: say so.
-            if let Err(e) = event {
-                warn!(error = %e, "workload watch failed (are its RBAC rules installed?); retrying with backoff");
-            }
-            futures::future::ready(())
-        });
+    let (pods, cache) = super::labelled_cache::<Pod>(&shared.client, REFRESH_LABEL, slim);
     tokio::select! {
         _ = cache => {}
         _ = follow(shared, pods, changes) => {}

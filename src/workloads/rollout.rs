@@ -16,13 +16,13 @@ use k8s_openapi::{
     },
 };
 use kube::{
-    Api, Resource, ResourceExt,
-    runtime::{WatchStreamExt, reflector, reflector::ObjectRef, watcher},
+    Resource, ResourceExt,
+    runtime::{reflector, reflector::ObjectRef},
 };
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::{sync::mpsc::UnboundedReceiver, time::Instant};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::{Change, Shared, decide, described, refs};
 use crate::api::names::{CONFIG_DIGEST_ANNOTATION, ROLLOUT_LABEL};
@@ -76,18 +76,8 @@ struct Cached<K: Workload> {
 impl<K: Workload> Cached<K> {
     /// The cache and the watch that fills it (filtered by label on the server).
     fn new(client: &kube::Client) -> (Self, BoxFuture<'static, ()>) {
-        let (store, writer) = reflector::store();
-        let watch = watcher::Config::default().labels(&format!("{ROLLOUT_LABEL}=true")).any_semantic();
-        let fill = reflector::reflector(writer, watcher(Api::<K>::all(client.clone()), watch).modify(slim::<K>))
-            .default_backoff()
-            .for_each(|event| {
-                // Without the RBAC for this watch nothing would ever be followed: say so.
-                if let Err(e) = event {
-                    warn!(error = %e, "workload watch failed (are its RBAC rules installed?); retrying with backoff");
-                }
-                futures::future::ready(())
-            });
-        (Cached { store }, Box::pin(fill))
+        let (store, fill) = super::labelled_cache::<K>(client, ROLLOUT_LABEL, slim::<K>);
+        (Cached { store }, fill)
     }
 
     /// Names of the cached workloads in the change's namespace reading one of its objects.
