@@ -2,7 +2,8 @@
 //! Parameter Store by tag and projects the stores back into ConfigMaps.
 //!
 //! Imports run one way: `api` ← `store` ← (`reconcile`, `events`) ← `runtime` ← `main`;
-//! `workloads` depends on `api` only and is told by `reconcile` what it projected.
+//! `workloads` depends on `api` only and is told by `reconcile` what it projected;
+//! both publish Kubernetes Events through `recorder`, which depends on nothing here.
 
 pub mod api;
 pub mod crd;
@@ -10,6 +11,7 @@ pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;
+pub mod recorder;
 pub mod runtime;
 pub mod server;
 pub mod store;

@@ -10,7 +10,6 @@ use kube::{
     api::PartialObjectMeta,
     runtime::{
         Controller, WatchStreamExt, controller,
-        events::{Recorder, Reporter},
         reflector::{self, ObjectRef},
         watcher,
     },
@@ -30,6 +29,7 @@ use crate::{
         echo::OwnWrites,
         last_read::LastReads,
     },
+    recorder::Recorder,
     server::{Cache, Probes},
     store::{BackendContext, Family, Location, shared_cache::SharedCache},
     workloads::{self, Projections},
@@ -182,6 +182,7 @@ pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send +
     let controller = Controller::for_stream(tenant_configs, objects.clone())
         .with_config(controller::Config::default().concurrency(settings.concurrency));
     let projections = Arc::new(Projections::default());
+    let recorder = Arc::new(Recorder::new(client.clone(), FIELD_MANAGER));
     let workloads = following_workloads(
         &workload_settings,
         workloads::Shared::new(
@@ -190,12 +191,12 @@ pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send +
             projections.clone(),
             objects.clone(),
             settings.secure_projection,
-            Recorder::new(client.clone(), Reporter { controller: FIELD_MANAGER.into(), instance: None }),
+            recorder.clone(),
             metrics.clone(),
         ),
     );
     let context = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), Reporter { controller: FIELD_MANAGER.into(), instance: None }),
+        recorder,
         client,
         settings,
         backend_ctx,

@@ -193,3 +193,46 @@ async fn examples_are_accepted_by_the_api_server() {
     let out = kubectl(&["delete", "-f", path.to_str().unwrap()], None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The controller's Event recorder: a repeat within the window counts up the
+/// Event it published; the same reason with another note is a new Event that
+/// says the new note (kube-runtime's recorder showed the first note).
+#[tokio::test]
+async fn events_count_repeats_and_say_each_new_note() {
+    use k8s_openapi::api::events::v1::Event;
+    use kube::runtime::events::EventType;
+    use tenant_config_controller::recorder::{Recorder, Said};
+
+    let (client, ns) = setup().await;
+    let tc: TenantConfig = serde_json::from_value(json!({
+        "apiVersion": "tenantconfig.io/v1alpha1", "kind": "TenantConfig",
+        "metadata": { "name": "noted" },
+        "spec": { "entries": [{ "key": "a", "value": "1" }] }
+    }))
+    .unwrap();
+    let tc = Api::<TenantConfig>::namespaced(client.clone(), &ns).create(&PostParams::default(), &tc).await.unwrap();
+    let regarding = kube::Resource::object_ref(&tc, &());
+    let recorder = Recorder::new(client.clone(), "tenant-config-controller");
+    let said = |note| Said {
+        regarding: &regarding,
+        type_: EventType::Normal,
+        reason: "StoreWritten",
+        action: "Reconcile",
+        note,
+    };
+    recorder.publish(said("wrote a")).await.unwrap();
+    recorder.publish(said("wrote a")).await.unwrap();
+    recorder.publish(said("wrote a")).await.unwrap();
+    recorder.publish(said("wrote b")).await.unwrap();
+
+    let events = Api::<Event>::namespaced(client, &ns).list(&Default::default()).await.unwrap().items;
+    let mut seen: Vec<(String, i32)> =
+        events.iter().map(|e| (e.note.clone().unwrap_or_default(), e.series.as_ref().map_or(1, |s| s.count))).collect();
+    seen.sort();
+    assert_eq!(seen, [("wrote a".to_string(), 3), ("wrote b".to_string(), 1)], "{events:?}");
+    for e in &events {
+        assert_eq!(e.regarding.as_ref().and_then(|r| r.uid.as_deref()), tc.metadata.uid.as_deref());
+        assert_eq!(e.reporting_controller.as_deref(), Some("tenant-config-controller"));
+        assert_eq!(e.reason.as_deref(), Some("StoreWritten"));
+    }
+}

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use kube::{
     Api, Client, Resource,
     runtime::{
-        events::{Event, EventType, Recorder},
+        events::EventType,
         reflector::{ObjectRef, Store},
     },
 };
@@ -26,6 +26,7 @@ use crate::{
         names,
     },
     metrics::Metrics,
+    recorder::{Recorder, Said},
     store::{self, Backend, BackendContext, Location, StoreError, shared_cache::SharedCache},
     workloads::Projections,
 };
@@ -111,7 +112,7 @@ pub struct Context {
     pub stores: Store<ConfigStore>,
     pub namespaces: Store<Namespace>,
     pub backends: Backends,
-    pub recorder: Recorder,
+    pub recorder: Arc<Recorder>,
     pub retries: Retries,
     /// Requested reconciles that have not started (the queue depth).
     pub requests: Arc<Requests>,
@@ -152,9 +153,8 @@ impl Context {
     }
 
     pub async fn publish_for(&self, reference: &ObjectReference, type_: EventType, reason: &str, note: String) {
-        let event =
-            Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
-        if let Err(e) = self.recorder.publish(&event, reference).await {
+        let said = Said { regarding: reference, type_, reason, action: "Reconcile", note: &note };
+        if let Err(e) = self.recorder.publish(said).await {
             warn!(error = %e, "could not publish event");
         }
     }

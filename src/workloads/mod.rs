@@ -26,10 +26,7 @@ use k8s_openapi::{NamespaceResourceScope, api::core::v1::ObjectReference};
 use kube::{
     Api, Client, Resource,
     api::{Patch, PatchParams},
-    runtime::{
-        events::{Event, EventType, Recorder},
-        reflector::Store,
-    },
+    runtime::{events::EventType, reflector::Store},
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
@@ -37,7 +34,11 @@ use tracing::warn;
 
 pub use projections::{Change, Projections};
 
-use crate::{api::Guarded, metrics::Metrics};
+use crate::{
+    api::Guarded,
+    metrics::Metrics,
+    recorder::{Recorder, Said},
+};
 use decide::{Desired, Known};
 use refs::{Kind, Reference};
 
@@ -89,7 +90,7 @@ pub struct Shared {
     /// seen yet since the start).
     pub tenant_configs: Store<Guarded>,
     pub secure_projection: bool,
-    pub recorder: Recorder,
+    pub recorder: Arc<Recorder>,
     pub metrics: Arc<Metrics>,
     limiter: DefaultDirectRateLimiter,
     permits: Semaphore,
@@ -103,7 +104,7 @@ impl Shared {
         projections: Arc<Projections>,
         tenant_configs: Store<Guarded>,
         secure_projection: bool,
-        recorder: Recorder,
+        recorder: Arc<Recorder>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let rate = NonZeroU32::new(settings.workload_patch_rate).unwrap_or(NonZeroU32::MAX);
@@ -172,14 +173,8 @@ impl Shared {
     }
 
     async fn publish(&self, by: &ObjectReference, reason: &str, note: String) {
-        let event = Event {
-            type_: EventType::Normal,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Notify".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, by).await {
+        let said = Said { regarding: by, type_: EventType::Normal, reason, action: "Notify", note: &note };
+        if let Err(e) = self.recorder.publish(said).await {
             warn!(error = %e, "could not publish event");
         }
     }
