@@ -8,7 +8,7 @@
 #       cold convergence against the raw-write limit, shared fan-out, steady-state
 #       AWS/Kubernetes calls against polling, controller memory (defaults: 1000
 #       objects, concurrency 16, 3 resyncs of 60s each standing for 10 minutes;
-#       --cold-only: convergence, limit and memory only, for large N;
+#       --cold-only: convergence, limit and memory only, for large N; --cycles 0: no steady state;
 #       --settle D: the cold-start controller idles D before its steady RSS is read)
 #   ./scripts/bench.sh freshness [--samples N] [--spacing S] [--rollout-window W]
 #       store write → ConfigMap → the mounted file inside a pod with and without
