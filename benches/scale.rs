@@ -138,7 +138,14 @@ impl World {
             all.extend(["--event-queue-url", &self.queue_url]);
         }
         all.extend(args);
-        Process::spawn(name, &all, &[])
+        // The cold-start controller under a profiler, e.g. heaptrack's preload
+        // library (BENCHMARKS.md, "Memory"): space-separated NAME=VALUE pairs.
+        let profiled = std::env::var("TCC_SCALE_COLD_START_ENV").unwrap_or_default();
+        let env: Vec<(&str, &str)> = match name {
+            "scale" => profiled.split_whitespace().filter_map(|pair| pair.split_once('=')).collect(),
+            _ => Vec::new(),
+        };
+        Process::spawn(name, &all, &env)
     }
 }
 
