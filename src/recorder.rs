@@ -2,8 +2,8 @@
 //!
 //! kube-runtime's `Recorder` keeps every Event it published in the last six
 //! minutes — whole objects, about 3.5 KiB each — and scans all of them on
-//! every publish: a cold start of 10,000 TenantConfigs held 35 MiB of Events
-//! and scanned 10⁸ entries. It also counts a repeat by type, reason and
+//! every publish: in a cold start of 3,000 TenantConfigs they were 10.5 MB of
+//! a 30 MB heap (heaptrack, BENCHMARKS.md). It also counts a repeat by type, reason and
 //! object only, so a second `StoreWritten` with a different note was shown
 //! with the first one's note. This recorder remembers a repeat by a 64-bit key
 //! over everything the Event says (note included) and keeps per key only the
