@@ -111,41 +111,34 @@ impl World {
     /// TenantConfigs of this world that are Ready, from a watch: polling with
     /// LIST would put load on the API server that the limit run does not have.
     fn ready_count(&self, cache: &reflector::Store<TenantConfig>) -> usize {
-        let namespaces: BTreeSet<&str> = self.tenants.iter().map(|(ns, _)| ns.as_str()).collect();
-        cache
-            .state()
-            .iter()
-            .filter(|tc| tc.metadata.namespace.as_deref().is_some_and(|ns| namespaces.contains(ns)) && is_ready(tc))
-            .count()
+        self.count(cache, is_ready)
     }
 
     /// Projected ConfigMaps of this world whose `key` is `value`, from a watch
     /// (listing them every 200 ms loaded the API server the fan-out measures).
     fn config_maps_with(&self, cache: &reflector::Store<ConfigMap>, key: &str, value: &str) -> usize {
-        let namespaces: BTreeSet<&str> = self.tenants.iter().map(|(ns, _)| ns.as_str()).collect();
-        cache
-            .state()
-            .iter()
-            .filter(|cm| cm.metadata.namespace.as_deref().is_some_and(|ns| namespaces.contains(ns)))
-            .filter(|cm| cm.data.as_ref().and_then(|d| d.get(key)).map(String::as_str) == Some(value))
-            .count()
+        self.count(cache, |cm| cm.data.as_ref().and_then(|d| d.get(key)).map(String::as_str) == Some(value))
     }
 
-    fn controller(&self, name: &str, args: &[&str], with_queue: bool) -> Process {
+    /// Cached objects in this world's namespaces for which `matches` holds.
+    fn count<K>(&self, cache: &reflector::Store<K>, matches: impl Fn(&K) -> bool) -> usize
+    where
+        K: kube::Resource<DynamicType = ()> + Clone,
+    {
+        let namespaces: BTreeSet<&str> = self.tenants.iter().map(|(ns, _)| ns.as_str()).collect();
+        let in_world = |o: &K| o.meta().namespace.as_deref().is_some_and(|ns| namespaces.contains(ns));
+        cache.state().iter().filter(|o| in_world(o) && matches(o)).count()
+    }
+
+    /// A controller of this world; `env` is added to its environment.
+    fn controller(&self, name: &str, args: &[&str], with_queue: bool, env: &[(&str, &str)]) -> Process {
         let mut all =
             vec!["--leader-election", "false", "--ssm-write-rate", "0", "--ssm-read-rate", "0", "--log-level", "warn"];
         if with_queue {
             all.extend(["--event-queue-url", &self.queue_url]);
         }
         all.extend(args);
-        // The cold-start controller under a profiler, e.g. heaptrack's preload
-        // library (BENCHMARKS.md, "Memory"): space-separated NAME=VALUE pairs.
-        let profiled = std::env::var("TCC_SCALE_COLD_START_ENV").unwrap_or_default();
-        let env: Vec<(&str, &str)> = match name {
-            "scale" => profiled.split_whitespace().filter_map(|pair| pair.split_once('=')).collect(),
-            _ => Vec::new(),
-        };
-        Process::spawn(name, &all, &env)
+        Process::spawn(name, &all, env)
     }
 }
 
@@ -234,7 +227,7 @@ async fn steady_state(world: &World, client: &Client, args: &Args, mode: &str) -
         "--resync-mode",
         mode,
     ];
-    let steady = world.controller(&format!("scale-steady-{mode}"), &flags, true);
+    let steady = world.controller(&format!("scale-steady-{mode}"), &flags, true, &[]);
     quiet(&steady, Duration::from_secs(3)).await; // the start-up pass
     let calls_before = store_calls(&steady);
     let writes_before = kubernetes_writes(client).await;
@@ -378,7 +371,11 @@ async fn main() {
     // receive and delete — with thousands queued it, not the controller, set
     // the pace. The echoes carry nothing new; they are purged afterwards.
     let concurrency = args.concurrency.to_string();
-    let mut controller = world.controller("scale", &["--concurrency", &concurrency], false);
+    // The cold-start controller may run under a profiler, e.g. heaptrack's
+    // preload library (BENCHMARKS.md, "Memory"): space-separated NAME=VALUE pairs.
+    let profiled = std::env::var("TCC_SCALE_COLD_START_ENV").unwrap_or_default();
+    let profiled: Vec<(&str, &str)> = profiled.split_whitespace().filter_map(|pair| pair.split_once('=')).collect();
+    let mut controller = world.controller("scale", &["--concurrency", &concurrency], false, &profiled);
     let pid = controller.child.id();
     let (cache, writer) = reflector::store();
     let watch = reflector::reflector(writer, watcher(Api::<TenantConfig>::all(client.clone()), Default::default()))
@@ -509,7 +506,7 @@ async fn main() {
 
     // 2. Shared fan-out, through the event path.
     world.queue_url = support::event_queue(id, &[&world.prefix, &world.shared], 5, 60).queue_url;
-    let controller = world.controller("scale-events", &["--concurrency", &concurrency], true);
+    let controller = world.controller("scale-events", &["--concurrency", &concurrency], true, &[]);
     let pid = controller.child.id();
     quiet(&controller, Duration::from_secs(5)).await; // its start-up pass
     let cache_misses =

@@ -106,7 +106,7 @@ struct RunArgs {
 /// jemalloc instead of glibc's malloc: with the caches of thousands of objects
 /// glibc's arenas kept freed memory (3,000 objects, cold start then idle: 64 MiB
 /// RSS with glibc limited to two arenas, 70 MiB with mimalloc, 48 MiB with
-/// jemalloc; `scripts/bench.sh scale --objects 3000 --cold-only`).
+/// jemalloc; `scripts/bench.sh scale --objects 3000 --cold-only --settle 20s`).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -52,7 +52,8 @@ pub struct Settings {
     #[arg(long, env = "TENANT_CONFIG_RESYNC_MODE", value_enum, default_value_t = ResyncMode::Bulk)]
     pub resync_mode: ResyncMode,
     /// Reconciles running at once. 16 and 32 measured side by side
-    /// (BENCHMARKS.md): 32 is faster at 1,000 objects, 16 at 10,000.
+    /// (BENCHMARKS.md): 16 is faster for a shared fan-out to 1,000 objects and
+    /// for a cold start of 10,000.
     #[arg(long, env = "TENANT_CONFIG_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
     /// Project secure entries into Secrets (the ServiceAccount then needs to write Secrets).
