@@ -149,7 +149,7 @@ async fn run_cli() -> Result<(), Box<dyn std::error::Error>> {
     .boxed()
     .shared();
     let backend_ctx = BackendContext::new(sdk, limits, args.aws_max_attempts);
-    let metrics = Arc::new(Metrics::with_store_calls(backend_ctx.stats.clone()));
+    let metrics = Arc::new(Metrics::for_backends(&backend_ctx));
     let probes = Arc::new(Probes::default());
     let listener = server::bind(args.http_addr).await.map_err(|e| format!("HTTP endpoint {}: {e}", args.http_addr))?;
     let mut server = tokio::spawn(server::serve(listener, metrics.clone(), probes.clone(), shutdown.clone()));

@@ -16,7 +16,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::store::stats::CallStats;
+use crate::store::{BackendContext, stats::CallStats};
 
 mod process;
 pub use process::ProcessCollector;
@@ -246,10 +246,21 @@ impl Metrics {
         self
     }
 
-    /// Metrics including the store call counters of `stats`.
-    pub fn with_store_calls(stats: Arc<CallStats>) -> Self {
+    /// Metrics including the backends' own counters: store calls, start-up walks.
+    pub fn for_backends(backends: &BackendContext) -> Self {
         let mut metrics = Metrics::default();
-        metrics.registry.register_collector(Box::new(StoreCalls(stats)));
+        metrics.registry.register_collector(Box::new(StoreCalls(backends.stats.clone())));
+        let walks = &backends.tenant_walks;
+        metrics.registry.register(
+            "start_up_walks",
+            "Tenant paths in Parameter Store walked once for the start-up pass's first applies",
+            walks.walked.clone(),
+        );
+        metrics.registry.register(
+            "start_up_walk_first_applies",
+            "First applies planned against a start-up walk instead of a read of their own",
+            walks.served.clone(),
+        );
         metrics
     }
 

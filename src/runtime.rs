@@ -143,6 +143,7 @@ pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send +
             index: index.clone(),
             objects: objects.clone(),
             shared_cache: shared_cache.clone(),
+            tenant_walks: backend_ctx.tenant_walks.clone(),
         }),
         tracker: tracker.clone(),
         metrics: metrics.clone(),

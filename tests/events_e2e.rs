@@ -152,6 +152,14 @@ impl Harness {
         &self.controller.as_ref().expect("controller running").metrics
     }
 
+    /// A counter of the controller's metrics exposition, by name (without prefix).
+    fn counter(&self, name: &str) -> u64 {
+        let exposition = self.metrics().encode();
+        let line = format!("{}_{name} ", tenant_config_controller::metrics::PREFIX);
+        let value = exposition.lines().find_map(|l| l.strip_prefix(&line));
+        value.unwrap_or_else(|| panic!("{name} in the metrics:\n{exposition}")).trim().parse().unwrap()
+    }
+
     fn stats(&self) -> &CallStats {
         &self.controller.as_ref().expect("controller running").stats
     }
@@ -380,6 +388,51 @@ async fn out_of_band_changes_arrive_by_event() {
     .await;
     assert!(h.metrics().message("acked") >= 5, "messages acknowledged");
     assert_eq!(h.metrics().message("malformed"), 0);
+    h.finish().await;
+}
+
+/// A restart's first applies to Parameter Store: one walk of the tenant's path
+/// serves every object that existed before it, keys nobody manages included;
+/// an object created after the walk reads its own path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_up_pass_walks_each_tenant_once() {
+    let _turn = SERIAL.lock().await;
+    let mut h = Harness::new("ev-walk", 5, 30).await;
+    let tenant = h.tenant(0);
+    let ns = h.namespace("a", &tenant).await;
+    let ssm_tag = h.tag("ssm");
+    // A parameter under one object's path that no TenantConfig manages.
+    h.put_parameter(&format!("{}/{tenant}/app0/extra", h.prefix), "before").await;
+    let apps: Vec<String> = (0..6).map(|i| format!("app{i}")).collect();
+    for app in &apps {
+        h.tenant_config(&ns, app, json!({ "defaultTags": [ssm_tag], "entries": [{ "key": "own", "value": app }] }))
+            .await;
+    }
+    // Existing objects, as on a restart: created before the walk by more than
+    // the creation time's granularity.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    h.start();
+    for app in &apps {
+        h.wait_ready(&ns, app).await;
+    }
+    // Counted by the controller's metrics: the echo of each write as an event
+    // triggers a reconcile that reads its path anyway, at no fixed moment.
+    assert_eq!(h.counter("start_up_walks_total"), 1, "one walk of the tenant's path");
+    assert_eq!(h.counter("start_up_walk_first_applies_total"), apps.len() as u64, "every first apply served by it");
+    let data = h.config_map(&ns, "app0").await;
+    assert_eq!(data.get("extra").map(String::as_str), Some("before"), "the walk found the unmanaged key: {data:?}");
+    assert_eq!(data.get("own").map(String::as_str), Some("app0"));
+    assert_eq!(h.config_map(&ns, "app5").await.get("own").map(String::as_str), Some("app5"));
+
+    // Created after the walk, beside a parameter written after it: read on its own.
+    h.put_parameter(&format!("{}/{tenant}/late/extra", h.prefix), "after").await;
+    h.tenant_config(&ns, "late", json!({ "defaultTags": [ssm_tag], "entries": [{ "key": "own", "value": "late" }] }))
+        .await;
+    h.wait_ready(&ns, "late").await;
+    let data = h.config_map(&ns, "late").await;
+    assert_eq!(data.get("extra").map(String::as_str), Some("after"), "its own read found the new key: {data:?}");
+    assert_eq!(h.counter("start_up_walks_total"), 1, "no second walk of the tenant");
+    assert_eq!(h.counter("start_up_walk_first_applies_total"), apps.len() as u64, "the late object read on its own");
     h.finish().await;
 }
 

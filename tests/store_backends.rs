@@ -50,6 +50,7 @@ fn desired(owner: &str, entries: &[(&str, &str)]) -> Desired {
         policy: ManagementPolicy::Enforce,
         owned_before: false,
         expect_absent: false,
+        created: None,
     }
 }
 
@@ -206,6 +207,57 @@ async fn parameter_store_steady_state_reads_once() {
     // Not owned before (a new claimant): never taken as in sync on values alone.
     let other = Desired { owner: "acme-prod/other".into(), ..want.clone() };
     assert!(matches!(ssm.apply(&location("acme"), &other).await, Err(store::StoreError::Conflict { .. })));
+}
+
+/// The start-up pass: first applies of objects created before it are planned
+/// against one walk of the tenant's path. A parameter created after the walk
+/// (no event reported it) makes the create fail on its condition; the apply
+/// then reads and plans as if there had been no walk — another owner's key is
+/// a conflict, not overwritten.
+#[tokio::test]
+async fn parameter_store_first_applies_share_one_tenant_walk_and_replan_on_a_newer_parameter() {
+    let env = env().await;
+    let prefix = format!("/{}", unique("walk"));
+    let ssm = store::build("ssm", &ssm_spec(&prefix, ParameterTier::Standard, None), &env.ctx).unwrap();
+    let calls = |op| env.ctx.stats.count("ParameterStore", op, Outcome::Ok);
+    let existing = |owner: &str, entries: &[(&str, &str)]| Desired {
+        created: Some(k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(60)),
+        ..desired(owner, entries)
+    };
+    let at = |config_type: &str| Location { tenant: "acme".into(), environment: None, config_type: config_type.into() };
+    let put = |name: String, owner: Option<&str>| {
+        let request = env.ssm.put_parameter().name(name).value("theirs").r#type(ParameterType::String);
+        let request = match owner {
+            Some(o) => request.description(format!("managed by tenant-config-controller for {o}")),
+            None => request,
+        };
+        request.send()
+    };
+    put(format!("{prefix}/acme/web/foreign"), None).await.unwrap();
+
+    let report = ssm.apply(&at("web"), &existing("acme/web", &[("a", "1")])).await.unwrap();
+    assert_eq!(values(&report.state), BTreeMap::from([("a", "1"), ("foreign", "theirs")]), "the walk saw the tenant");
+    let report = ssm.apply(&at("payments"), &existing("acme/payments", &[("a", "2")])).await.unwrap();
+    assert_eq!(values(&report.state), BTreeMap::from([("a", "2")]));
+    assert_eq!(calls("GetParametersByPath"), 1, "one walk for two first applies");
+    assert_eq!(env.ctx.tenant_walks.served.get(), 2);
+
+    // After the walk, another object's parameter appears at a third path.
+    put(format!("{prefix}/acme/checkout/a"), Some("acme/other")).await.unwrap();
+    let result = ssm.apply(&at("checkout"), &existing("acme/checkout", &[("a", "3")])).await;
+    assert!(matches!(result, Err(StoreError::Conflict { .. })), "{result:?}");
+    assert_eq!(calls("GetParametersByPath"), 2, "the failed create read the path");
+    let held = env.ssm.get_parameter().name(format!("{prefix}/acme/checkout/a")).send().await.unwrap();
+    assert_eq!(held.parameter().unwrap().value(), Some("theirs"), "not overwritten");
+
+    // A second apply of a served path reads on its own (it wrote since).
+    let report = ssm.apply(&at("payments"), &existing("acme/payments", &[("a", "2")])).await.unwrap();
+    assert!(!report.wrote_anything());
+    assert_eq!(calls("GetParametersByPath"), 3);
+    // After the start-up pass every first apply reads on its own.
+    env.ctx.tenant_walks.close();
+    ssm.apply(&at("search"), &existing("acme/search", &[("a", "4")])).await.unwrap();
+    assert_eq!((calls("GetParametersByPath"), env.ctx.tenant_walks.walked.get()), (4, 1));
 }
 
 /// A never-reconciled object's first DynamoDB write is a guarded create with no

@@ -18,8 +18,9 @@ use crate::{
     api::{ConfigStore, Guarded},
     store::{
         StoreRef,
-        change::{self, Target},
+        change::{self, StoreChange, Target},
         shared_cache::SharedCache,
+        tenant_walks::TenantWalks,
     },
 };
 use envelope::Envelope;
@@ -54,6 +55,8 @@ pub struct EventRouter {
     pub index: Arc<Index>,
     pub objects: Store<Guarded>,
     pub shared_cache: Arc<SharedCache>,
+    /// The start-up pass's tenant walks: a reported change is not taken from one.
+    pub tenant_walks: Arc<TenantWalks>,
 }
 
 impl EventRouter {
@@ -66,6 +69,9 @@ impl EventRouter {
 
 impl sqs::Router for EventRouter {
     fn route(&self, envelope: &Envelope) -> sqs::Routed {
+        if let Some(StoreChange::Parameter { name, .. }) = &envelope.change {
+            self.tenant_walks.changed(name);
+        }
         let targets = self.targets(envelope);
         let shared_only = !targets.is_empty() && targets.iter().all(|t| matches!(t, Target::Shared { .. }));
         let mut objects = Vec::new();

@@ -152,6 +152,7 @@ pub fn plan<'a>(
             policy: tc.spec.management_policy,
             owned_before: settled && before,
             expect_absent,
+            created: tc.metadata.creation_timestamp.as_ref().map(|t| t.0),
         };
         plan.writes.push(StoreWrite { store: store.name, spec: store.spec, desired, routed_here: entries.is_some() });
     }

@@ -79,6 +79,9 @@ pub fn is_stale(record: Option<&LastRead>, generation: Option<i64>, fresh: &Fres
 /// The objects one resync reconciles. Objects that do not deserialize wait
 /// for a change of their own and are left out.
 pub async fn due(ctx: &Context, objects: &[Arc<Guarded>]) -> Vec<ObjectRef<Guarded>> {
+    // The start-up pass ends here: from now on this bulk read is the safety
+    // net, and a first apply reads its path on its own.
+    ctx.backend_ctx.tenant_walks.close();
     let valid = objects.iter().filter_map(|guarded| Some((ObjectRef::from_obj(&**guarded), guarded.0.as_ref().ok()?)));
     if ctx.settings.resync_mode == ResyncMode::PerObject {
         return valid.map(|(object, _)| object).collect();

@@ -23,6 +23,7 @@ pub mod rate_limit;
 pub mod routing;
 pub mod shared_cache;
 pub mod stats;
+pub mod tenant_walks;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -106,6 +107,11 @@ pub struct Desired {
     /// objects saves N reads); when something is there after all, the create
     /// fails on its condition and it reads.
     pub expect_absent: bool,
+    /// When the TenantConfig was created (the API server's clock). During the
+    /// start-up pass a backend may plan the object's first apply against a
+    /// bulk read taken after that instead of reading on its own
+    /// ([`tenant_walks`]).
+    pub created: Option<k8s_openapi::jiff::Timestamp>,
 }
 
 /// The result of an apply.
@@ -349,6 +355,8 @@ pub struct BackendContext {
     pub retry: RetryConfig,
     pub limiters: Arc<Limiters>,
     pub stats: Arc<CallStats>,
+    /// The start-up pass's tenant walks (Parameter Store).
+    pub tenant_walks: Arc<tenant_walks::TenantWalks>,
 }
 
 /// A retry partition of its own for one backend's client, without a retry
@@ -396,6 +404,7 @@ impl BackendContext {
             retry: RetryConfig::standard().with_max_attempts(max_attempts),
             limiters: Arc::new(Limiters::new(limits)),
             stats: Arc::new(CallStats::default()),
+            tenant_walks: Arc::default(),
         }
     }
 
@@ -418,7 +427,9 @@ impl BackendContext {
 pub fn build(store_name: &str, spec: &ConfigStoreSpec, ctx: &BackendContext) -> Result<Arc<dyn Backend>, StoreError> {
     match spec.backend() {
         Some(StoreBackend::DynamoDb(d)) => Ok(Arc::new(dynamodb::DynamoDbBackend::new(d, ctx))),
-        Some(StoreBackend::ParameterStore(p)) => Ok(Arc::new(parameter_store::ParameterStoreBackend::new(p, ctx))),
+        Some(StoreBackend::ParameterStore(p)) => {
+            Ok(Arc::new(parameter_store::ParameterStoreBackend::new(store_name, p, ctx)))
+        }
         None => Err(LimitError::InvalidStore { store: store_name.to_string() }.into()),
     }
 }

@@ -7,19 +7,24 @@
 //! ListTagsForResource call per parameter. The design's tags are still set when a
 //! parameter is created (AWS refuses Tags together with Overwrite).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use aws_sdk_ssm::{
     Client,
     error::SdkError,
     types::{ParameterStringFilter, ParameterType, ResourceTypeForTagging, Tag},
 };
+use tracing::debug;
 
 use super::{
     ApplyReport, Backend, BackendContext, BulkRead, CallGate, Desired, LimitError, Location, SharedPaths, StoreError,
     StoreState, Value,
     limits::{check_parameter_name, parameter_tier},
     plan::plan,
+    tenant_walks::TenantWalks,
 };
 use crate::api::{
     ManagementPolicy, ParameterStoreStore, ParameterTier, is_valid_key,
@@ -35,11 +40,14 @@ const DESCRIBE_PAGE: i32 = 50;
 const DELETE_BATCH: usize = 10;
 
 pub struct ParameterStoreBackend {
+    /// The ConfigStore's name (start-up walks are kept per store).
+    store: String,
     client: Client,
     path_prefix: String,
     tier: ParameterTier,
     kms_key_id: Option<String>,
     gate: CallGate,
+    walks: Arc<TenantWalks>,
 }
 
 impl ParameterStoreBackend {
@@ -63,13 +71,15 @@ impl ParameterStoreBackend {
         Ok(tiers)
     }
 
-    pub fn new(spec: &ParameterStoreStore, ctx: &BackendContext) -> Self {
+    pub fn new(store: &str, spec: &ParameterStoreStore, ctx: &BackendContext) -> Self {
         ParameterStoreBackend {
+            store: store.to_string(),
             client: Client::from_conf(super::service_config!(aws_sdk_ssm, ctx, spec, "tenant-config-ssm")),
             path_prefix: spec.path_prefix.trim_end_matches('/').to_string(),
             tier: spec.tier,
             kms_key_id: spec.kms_key_id.clone(),
             gate: ctx.gate(KIND, family),
+            walks: ctx.tenant_walks.clone(),
         }
     }
 
@@ -84,8 +94,12 @@ impl ParameterStoreBackend {
     /// Every parameter under `path`, keyed by its name relative to `path` with
     /// `/` flattened to `.` (DESIGN.md §5).
     async fn values_under(&self, path: &str) -> Result<BTreeMap<String, Value>, StoreError> {
-        let parameters = self.parameters_under(path).await?;
-        Ok(parameters.into_iter().filter_map(|(name, value)| Some((relative_key(path, &name)?, value))).collect())
+        Ok(relative_values(path, self.parameters_under(path).await?))
+    }
+
+    /// The tenant's path, which holds all its locations.
+    fn tenant_path(&self, tenant: &str) -> String {
+        format!("{}/{tenant}", self.path_prefix)
     }
 
     /// Every parameter under `path` (recursive, decrypted), by full name, in
@@ -120,6 +134,103 @@ impl ParameterStoreBackend {
                 return Ok(parameters);
             }
         }
+    }
+
+    /// Plans and writes `desired` against `entries`, what the path holds
+    /// (read now, or found by the start-up walk: `from_walk`). `None`: a
+    /// create found a parameter the walk did not; read and plan again.
+    async fn apply_against(
+        &self,
+        location: &Location,
+        desired: &Desired,
+        base: &str,
+        tiers: &BTreeMap<String, ParameterTier>,
+        entries: BTreeMap<String, Value>,
+        from_walk: bool,
+    ) -> Result<Option<ApplyReport>, StoreError> {
+        // Steady state (every resync): the path holds exactly what this owner
+        // wrote. Ownership (DescribeParameters) matters only for a change.
+        let in_sync = desired.owned_before
+            && entries.len() == desired.entries.len()
+            && desired.entries.iter().all(|(k, v)| entries.get(k) == Some(v));
+        if in_sync {
+            let managed = desired.entries.keys().cloned().collect();
+            let state = StoreState { entries, managed, managed_by: Some(desired.owner.clone()), version: 0 };
+            return Ok(Some(ApplyReport { state, ..Default::default() }));
+        }
+        // An empty path has no owner to ask about (every new object's first apply).
+        let (managed_by, managed) =
+            if entries.is_empty() { (None, BTreeSet::new()) } else { ownership(&self.owners_under(base).await?) };
+        let current = StoreState { entries, managed, managed_by, version: 0 };
+        let plan =
+            plan(&current, desired).map_err(|e| StoreError::Conflict { location: base.to_string(), owner: e.owner })?;
+        // Keys we adopt without a value change still need our owner recorded.
+        let claims: BTreeSet<String> = plan
+            .managed
+            .iter()
+            .filter(|k| {
+                !current.managed.contains(*k) && !plan.puts.contains_key(*k) && current.entries.contains_key(*k)
+            })
+            .cloned()
+            .collect();
+        if plan.puts.is_empty() && plan.deletes.is_empty() && claims.is_empty() {
+            return Ok(Some(ApplyReport { state: current, ..Default::default() }));
+        }
+
+        let mut state = current.clone();
+        let mut written = BTreeSet::new();
+        for (key, value) in plan.puts.iter().chain(claims.iter().map(|k| (k, &current.entries[k]))) {
+            let name = format!("{base}/{key}");
+            let tier = tiers.get(key).copied().unwrap_or(ParameterTier::Standard);
+            let exists = current.entries.contains_key(key);
+            let mut result = self
+                .put(&name, value, tier, &desired.owner, (!exists).then(|| Self::tags(location, &desired.owner)))
+                .await;
+            if let Err(e) = &result
+                && e.as_service_error().is_some_and(|s| s.is_parameter_already_exists())
+            {
+                // Created by someone else since the read. A walk of the
+                // start-up pass is older than a read of our own: plan again
+                // from one.
+                if from_walk {
+                    return Ok(None);
+                }
+                if desired.policy == ManagementPolicy::CreateOnly {
+                    continue;
+                }
+                result = self.put(&name, value, tier, &desired.owner, None).await;
+            }
+            result.map_err(|e| StoreError::from_sdk(KIND, "PutParameter", e))?;
+            if exists && !current.managed.contains(key) {
+                // Taking over a parameter someone else created: make its tags say so.
+                self.gate
+                    .call(
+                        "AddTagsToResource",
+                        self.client
+                            .add_tags_to_resource()
+                            .resource_type(ResourceTypeForTagging::Parameter)
+                            .resource_id(&name)
+                            .set_tags(Some(Self::tags(location, &desired.owner)))
+                            .send(),
+                    )
+                    .await
+                    .map_err(|e| StoreError::from_sdk(KIND, "AddTagsToResource", e))?;
+            }
+            state.entries.insert(key.clone(), value.clone());
+            written.insert(key.clone());
+        }
+        self.delete(base, &plan.deletes).await?;
+        for key in &plan.deletes {
+            state.entries.remove(key);
+        }
+        state.managed = plan.managed;
+        state.managed_by = Some(desired.owner.clone());
+        Ok(Some(ApplyReport {
+            written: written.into_iter().filter(|k| plan.puts.contains_key(k)).collect(),
+            deleted: plan.deletes,
+            drift_corrected: plan.drift_corrected,
+            state,
+        }))
     }
 
     /// Owner recorded on each parameter under `path` (relative, flattened keys).
@@ -255,6 +366,11 @@ pub fn is_shared(spec: &ParameterStoreStore, name: &str) -> bool {
     spec.shared_paths.iter().any(|shared| strip_path(name, shared).is_some())
 }
 
+/// Parameters by full name as values keyed relative to `path`.
+fn relative_values(path: &str, parameters: Vec<(String, Value)>) -> BTreeMap<String, Value> {
+    parameters.into_iter().filter_map(|(name, value)| Some((relative_key(path, &name)?, value))).collect()
+}
+
 /// `name` relative to `path`, flattened with `.`; `None` when outside it.
 fn relative_key(path: &str, name: &str) -> Option<String> {
     let rest = name.strip_prefix(path)?.strip_prefix('/')?;
@@ -294,85 +410,21 @@ impl Backend for ParameterStoreBackend {
         let base = self.base_path(location);
         // Every limit is checked before the first call: nothing half-written.
         let tiers = self.tiers(location, desired)?;
-        let entries = self.values_under(&base).await?;
-        // Steady state (every resync): the path holds exactly what this owner
-        // wrote. Ownership (DescribeParameters) matters only for a change.
-        let in_sync = desired.owned_before
-            && entries.len() == desired.entries.len()
-            && desired.entries.iter().all(|(k, v)| entries.get(k) == Some(v));
-        if in_sync {
-            let managed = desired.entries.keys().cloned().collect();
-            let state = StoreState { entries, managed, managed_by: Some(desired.owner.clone()), version: 0 };
-            return Ok(ApplyReport { state, ..Default::default() });
-        }
-        // An empty path has no owner to ask about (every new object's first apply).
-        let (managed_by, managed) =
-            if entries.is_empty() { (None, BTreeSet::new()) } else { ownership(&self.owners_under(&base).await?) };
-        let current = StoreState { entries, managed, managed_by, version: 0 };
-        let plan =
-            plan(&current, desired).map_err(|e| StoreError::Conflict { location: base.clone(), owner: e.owner })?;
-        // Keys we adopt without a value change still need our owner recorded.
-        let claims: BTreeSet<String> = plan
-            .managed
-            .iter()
-            .filter(|k| {
-                !current.managed.contains(*k) && !plan.puts.contains_key(*k) && current.entries.contains_key(*k)
-            })
-            .cloned()
-            .collect();
-        if plan.puts.is_empty() && plan.deletes.is_empty() && claims.is_empty() {
-            return Ok(ApplyReport { state: current, ..Default::default() });
-        }
-
-        let mut state = current.clone();
-        let mut written = BTreeSet::new();
-        for (key, value) in plan.puts.iter().chain(claims.iter().map(|k| (k, &current.entries[k]))) {
-            let name = format!("{base}/{key}");
-            let tier = tiers.get(key).copied().unwrap_or(ParameterTier::Standard);
-            let exists = current.entries.contains_key(key);
-            let mut result = self
-                .put(&name, value, tier, &desired.owner, (!exists).then(|| Self::tags(location, &desired.owner)))
-                .await;
-            if let Err(e) = &result
-                && e.as_service_error().is_some_and(|s| s.is_parameter_already_exists())
+        let tenant_path = self.tenant_path(&location.tenant);
+        let walked = self
+            .walks
+            .under(&self.store, &tenant_path, &base, desired.created, || self.parameters_under(&tenant_path))
+            .await;
+        if let Some(parameters) = walked {
+            match self.apply_against(location, desired, &base, &tiers, relative_values(&base, parameters), true).await?
             {
-                // Created concurrently by someone else since our read.
-                if desired.policy == ManagementPolicy::CreateOnly {
-                    continue;
-                }
-                result = self.put(&name, value, tier, &desired.owner, None).await;
+                Some(report) => return Ok(report),
+                None => debug!(path = base, "a parameter appeared after the start-up walk; reading the path"),
             }
-            result.map_err(|e| StoreError::from_sdk(KIND, "PutParameter", e))?;
-            if exists && !current.managed.contains(key) {
-                // Taking over a parameter someone else created: make its tags say so.
-                self.gate
-                    .call(
-                        "AddTagsToResource",
-                        self.client
-                            .add_tags_to_resource()
-                            .resource_type(ResourceTypeForTagging::Parameter)
-                            .resource_id(&name)
-                            .set_tags(Some(Self::tags(location, &desired.owner)))
-                            .send(),
-                    )
-                    .await
-                    .map_err(|e| StoreError::from_sdk(KIND, "AddTagsToResource", e))?;
-            }
-            state.entries.insert(key.clone(), value.clone());
-            written.insert(key.clone());
         }
-        self.delete(&base, &plan.deletes).await?;
-        for key in &plan.deletes {
-            state.entries.remove(key);
-        }
-        state.managed = plan.managed;
-        state.managed_by = Some(desired.owner.clone());
-        Ok(ApplyReport {
-            written: written.into_iter().filter(|k| plan.puts.contains_key(k)).collect(),
-            deleted: plan.deletes,
-            drift_corrected: plan.drift_corrected,
-            state,
-        })
+        let entries = self.values_under(&base).await?;
+        let report = self.apply_against(location, desired, &base, &tiers, entries, false).await?;
+        Ok(report.expect("an apply planned against its own read always completes"))
     }
 
     async fn delete_managed(&self, location: &Location, owner: &str) -> Result<BTreeSet<String>, StoreError> {
@@ -402,7 +454,7 @@ impl Backend for ParameterStoreBackend {
 #[async_trait::async_trait]
 impl BulkRead for ParameterStoreBackend {
     async fn read_tenant(&self, tenant: &str, locations: &[Location]) -> Result<Vec<StoreState>, StoreError> {
-        let parameters = self.parameters_under(&format!("{}/{tenant}", self.path_prefix)).await?;
+        let parameters = self.parameters_under(&self.tenant_path(tenant)).await?;
         Ok(locations
             .iter()
             .map(|location| {

@@ -105,6 +105,7 @@ mod tests {
             policy,
             owned_before: false,
             expect_absent: false,
+            created: None,
         }
     }
 

@@ -165,7 +165,7 @@ impl InProcessController {
     ) -> Self {
         let backend_ctx = BackendContext::new(sdk.clone(), RateLimits::default(), DEFAULT_MAX_ATTEMPTS);
         let stats = backend_ctx.stats.clone();
-        let metrics = Arc::new(Metrics::with_store_calls(stats.clone()));
+        let metrics = Arc::new(Metrics::for_backends(&backend_ctx));
         let probes = Arc::new(Probes::default());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let deps = Dependencies {
