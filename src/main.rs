@@ -198,6 +198,10 @@ async fn run_cli() -> Result<(), Box<dyn std::error::Error>> {
         result = controller => result?,
         error = server_failed => return Err(format!("HTTP endpoint failed: {error}").into()),
     }
+    // The Lease is released by now: the next leader is already receiving.
+    if let Some(events) = &events {
+        events.abandoned.finish(events::sqs::ABANDONED_POLL_WAIT).await;
+    }
     server.abort();
     info!("stopped");
     Ok(())

@@ -26,7 +26,8 @@ pub const PREFIX: &str = "tenant_config";
 /// What happened to an event message.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MessageLabels {
-    /// received | ignored | malformed | acked | unhandled (left for redelivery)
+    /// received | ignored | malformed | acked | unhandled (left for redelivery) |
+    /// released (made visible again by a stopping consumer)
     pub outcome: &'static str,
 }
 
@@ -227,7 +228,7 @@ impl Metrics {
     /// that they exist (and `increase()` counts from zero) before the first
     /// event: dashboards and alerts find every family from the start.
     fn with_known_series(self) -> Self {
-        for outcome in ["received", "ignored", "malformed", "acked", "unhandled"] {
+        for outcome in ["received", "ignored", "malformed", "acked", "unhandled", "released"] {
             let _ = self.event_messages.get_or_create(&MessageLabels { outcome });
         }
         for reason in ["too_large", "not_json_object", "unknown_source", "wrong_shape", "invalid_value"] {

@@ -9,7 +9,7 @@
 
 mod support;
 
-use support::eventually;
+use support::{eventually, eventually_within};
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -113,9 +113,13 @@ impl Harness {
     }
 
     async fn namespace(&mut self, suffix: &str, tenant: &str) -> String {
+        self.namespace_labelled(suffix, "tenantconfig.io/tenant", tenant).await
+    }
+
+    async fn namespace_labelled(&mut self, suffix: &str, tenant_label: &str, tenant: &str) -> String {
         let name = format!("{}-{suffix}", self.id);
         let ns: Namespace = serde_json::from_value(json!({
-            "metadata": { "name": name, "labels": { "tenantconfig.io/tenant": tenant } }
+            "metadata": { "name": name, "labels": { tenant_label: tenant } }
         }))
         .unwrap();
         Api::<Namespace>::all(self.client.clone()).create(&PostParams::default(), &ns).await.unwrap();
@@ -129,8 +133,11 @@ impl Harness {
     }
 
     fn start(&mut self) {
+        self.start_with(Settings { resync_interval: Duration::from_secs(600), ..Settings::default() });
+    }
+
+    fn start_with(&mut self, settings: Settings) {
         assert!(self.controller.is_none());
-        let settings = Settings { resync_interval: Duration::from_secs(600), ..Settings::default() };
         let events = ConsumerSettings {
             visibility_timeout: self.visibility,
             ..ConsumerSettings::new(self.queue.queue_url.clone())
@@ -399,7 +406,10 @@ async fn the_start_up_pass_walks_each_tenant_once() {
     let _turn = SERIAL.lock().await;
     let mut h = Harness::new("ev-walk", 5, 30).await;
     let tenant = h.tenant(0);
-    let ns = h.namespace("a", &tenant).await;
+    // The walk counters are the process's: under a tenant label of its own,
+    // this controller gives no other test's leftover objects a tenant to walk.
+    let tenant_label = format!("{}/tenant", h.id);
+    let ns = h.namespace_labelled("a", &tenant_label, &tenant).await;
     let ssm_tag = h.tag("ssm");
     // A parameter under one object's path that no TenantConfig manages.
     h.put_parameter(&format!("{}/{tenant}/app0/extra", h.prefix), "before").await;
@@ -411,7 +421,7 @@ async fn the_start_up_pass_walks_each_tenant_once() {
     // Existing objects, as on a restart: created before the walk by more than
     // the creation time's granularity.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    h.start();
+    h.start_with(Settings { resync_interval: Duration::from_secs(600), tenant_label, ..Settings::default() });
     for app in &apps {
         h.wait_ready(&ns, app).await;
     }
@@ -647,5 +657,43 @@ async fn restart_with_messages_in_flight_loses_nothing() {
     }
     h.wait_queue_empty().await;
     assert_eq!(h.queue_depth(&h.queue.dead_letter_queue_url).await.0, 0, "nothing went to the dead-letter queue");
+    h.finish().await;
+}
+
+/// A graceful stop in the middle of a long poll: SQS keeps the poll open
+/// after its client has gone and hands it what arrives, which nobody would
+/// handle — hidden for the visibility timeout from whoever leads next. The
+/// stopping consumer lets the poll finish and releases what it brings, and
+/// releases the messages it received and had not handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_mid_long_poll_leaves_no_message_hidden() {
+    let _turn = SERIAL.lock().await;
+    let mut h = Harness::new("ev-stop-poll", 5, 120).await;
+    let tenant = h.tenant(0);
+    let ns = h.namespace("a", &tenant).await;
+    let ssm_tag = h.tag("ssm");
+    h.tenant_config(&ns, "web", json!({ "defaultTags": [ssm_tag], "entries": [{ "key": "api", "value": "v1" }] }))
+        .await;
+    h.start();
+    h.wait_ready(&ns, "web").await;
+    h.wait_queue_empty().await;
+    // Idle: the consumer sits in a long poll. Stop it, then make a change.
+    let controller = h.controller.take().expect("controller running");
+    let stopped = tokio::spawn(controller.stop_within(Duration::from_secs(60)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    h.put_parameter(&format!("{}/{tenant}/web/extra", h.prefix), "1").await;
+    stopped.await.unwrap();
+    // Nobody consumes now. The change's message must be visible to the next
+    // leader well before the 120 s visibility timeout.
+    let url = h.queue.queue_url.clone();
+    let depth = eventually_within(Duration::from_secs(40), "the change's message is visible", || async {
+        let (visible, hidden) = h.queue_depth(&url).await;
+        (visible >= 1 && hidden == 0).then_some((visible, hidden))
+    })
+    .await;
+    println!("queue after the stop: {depth:?} (visible, not visible)");
+    h.start();
+    h.wait_config_map(&ns, "web", "the change after the restart", |d| d.get("extra").map(String::as_str) == Some("1"))
+        .await;
     h.finish().await;
 }

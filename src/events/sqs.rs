@@ -7,18 +7,32 @@
 //! at once. A message not handled within 80% of its visibility timeout is left
 //! alone: it becomes visible again and is handled anew.
 //!
+//! On shutdown nothing new is received. A long poll under way is not dropped:
+//! SQS keeps it open after its client has gone and hands it what arrives,
+//! which would then stay hidden for the visibility timeout from whoever leads
+//! next (a change made during a rollout reached the new leader 60 s late). It
+//! finishes in the background ([`AbandonedPolls`]) and what it brings is made
+//! visible again at once, as are the messages received and not handled
+//! within the grace period.
+//!
 //! Nothing is received before the caches have listed: routed against an empty
 //! ConfigStore or TenantConfig cache, a change would concern no object and be
 //! deleted as such, lost (a new leader finds the queue's backlog at once).
 
 use std::{
+    collections::HashSet,
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName,
+};
 use futures::{StreamExt, channel::mpsc::UnboundedSender, stream::FuturesUnordered};
 use kube::runtime::reflector::ObjectRef;
 use tracing::{debug, info, warn};
@@ -32,6 +46,9 @@ use crate::{
 
 /// SQS's own limits: 20 s long poll, 10 messages per receive / delete batch.
 const WAIT_TIME_SECONDS: i32 = 20;
+/// How long a stopping process waits for its abandoned long poll: the poll's
+/// own limit and some time for the release.
+pub const ABANDONED_POLL_WAIT: Duration = Duration::from_secs(WAIT_TIME_SECONDS as u64 + 5);
 const MAX_MESSAGES: i32 = 10;
 const DELETE_BATCH: usize = 10;
 /// A message whose objects are still being reconciled when 80% of its
@@ -43,6 +60,9 @@ const MAX_VISIBILITY_EXTENSIONS: u32 = 10;
 
 #[derive(Clone, Debug)]
 pub struct ConsumerSettings {
+    /// Where a stopping consumer leaves its long poll to finish; shared by
+    /// every leadership term of the process.
+    pub abandoned: AbandonedPolls,
     pub queue_url: String,
     /// Visibility timeout requested on every receive: how long a message stays
     /// hidden while its objects are reconciled.
@@ -57,10 +77,46 @@ pub struct ConsumerSettings {
 impl ConsumerSettings {
     pub fn new(queue_url: String) -> Self {
         ConsumerSettings {
+            abandoned: AbandonedPolls::default(),
             queue_url,
             visibility_timeout: Duration::from_secs(60),
             max_in_flight: 1000,
             shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Long polls a shutdown cut short, finishing in the background, each
+/// releasing what it brings.
+#[derive(Clone, Default)]
+pub struct AbandonedPolls(Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>);
+
+impl std::fmt::Debug for AbandonedPolls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AbandonedPolls({})", self.0.lock().unwrap().len())
+    }
+}
+
+impl AbandonedPolls {
+    fn push(&self, task: tokio::task::JoinHandle<()>) {
+        let mut tasks = self.0.lock().unwrap();
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
+
+    /// Waits, at most `within`, for the polls to end and their messages to be
+    /// released. Called after the Lease is released: the next leader takes
+    /// over meanwhile.
+    pub async fn finish(&self, within: Duration) {
+        let tasks = std::mem::take(&mut *self.0.lock().unwrap());
+        if tasks.is_empty() {
+            return;
+        }
+        info!(polls = tasks.len(), "waiting for the long poll under way at shutdown, to release what it brings");
+        if tokio::time::timeout(within, futures::future::join_all(tasks)).await.is_err() {
+            warn!(
+                "the long poll under way at shutdown did not end in time; what it brings stays hidden for the visibility timeout"
+            );
         }
     }
 }
@@ -110,8 +166,9 @@ pub fn client(backend_ctx: &BackendContext) -> aws_sdk_sqs::Client {
 
 /// A message being waited on: its receipt handle and whether it was handled.
 type Handled = Pin<Box<dyn Future<Output = (String, bool)> + Send>>;
-/// A receive in progress (None when it failed).
-type Receiving = Pin<Box<dyn Future<Output = Option<Vec<Message>>> + Send>>;
+/// A receive in progress (None when it failed), and whether its request has
+/// been sent (before that it is waiting for a backoff or the caches).
+type Receiving = (Pin<Box<dyn Future<Output = Option<Vec<Message>>> + Send>>, Arc<AtomicBool>);
 
 impl Consumer {
     /// Runs until `shutdown` resolves, then acknowledges what completes within
@@ -119,6 +176,8 @@ impl Consumer {
     pub async fn run(self, trigger: UnboundedSender<Trigger>, shutdown: impl Future<Output = ()>) {
         info!(queue = %self.settings.queue_url, "consuming store-change events");
         let mut waiting: FuturesUnordered<Handled> = FuturesUnordered::new();
+        // Receipt handles of the messages in `waiting`.
+        let mut pending: HashSet<String> = HashSet::new();
         let mut acknowledged: Vec<String> = Vec::new();
         let mut receiving: Option<Receiving> = None;
         let mut failures = 0u32;
@@ -129,29 +188,37 @@ impl Consumer {
                 let backoff = backoff(failures);
                 let (sqs, settings, gate) = (self.sqs.clone(), self.settings.clone(), self.gate.clone());
                 let mut synced = self.caches_synced.clone();
-                receiving = Some(Box::pin(async move {
+                let sent = Arc::new(AtomicBool::new(false));
+                let sending = sent.clone();
+                let poll = Box::pin(async move {
                     tokio::time::sleep(backoff).await;
                     if synced.wait_for(|synced| *synced).await.is_err() {
                         // The probes are gone: the controller is stopping.
                         std::future::pending::<()>().await;
                     }
+                    sending.store(true, Ordering::SeqCst);
                     receive(&sqs, &settings, &gate).await
-                }));
+                });
+                receiving = Some((poll, sent));
             }
             tokio::select! {
                 _ = &mut shutdown, if stop_at.is_none() => {
                     info!(in_flight = waiting.len(), "event consumer stopping: no more receives");
                     stop_at = Some(Instant::now() + self.settings.shutdown_grace);
-                    receiving = None; // a receive cut short leaves its messages for redelivery
+                    if let Some((poll, sent)) = receiving.take()
+                        && sent.load(Ordering::SeqCst)
+                    {
+                        self.abandon(poll);
+                    }
                 }
-                received = async { receiving.as_mut().expect("guarded").await }, if receiving.is_some() => {
+                received = async { receiving.as_mut().expect("guarded").0.as_mut().await }, if receiving.is_some() => {
                     receiving = None;
                     match received {
                         None => failures = failures.saturating_add(1),
                         Some(messages) => {
                             failures = 0;
                             for message in messages {
-                                if let Some(handle) = self.accept(message, &trigger, &mut waiting) {
+                                if let Some(handle) = self.accept(message, &trigger, &mut waiting, &mut pending) {
                                     acknowledged.push(handle);
                                 }
                             }
@@ -159,6 +226,7 @@ impl Consumer {
                     }
                 }
                 Some((handle, handled)) = waiting.next(), if !waiting.is_empty() => {
+                    pending.remove(&handle);
                     if handled {
                         acknowledged.push(handle);
                     } else {
@@ -176,9 +244,35 @@ impl Consumer {
                 break;
             }
         }
-        if !waiting.is_empty() {
-            info!(left = waiting.len(), "event consumer stopped; unhandled messages will be redelivered");
+        if !pending.is_empty() {
+            // Their reconciles may still finish here; the next leader
+            // reconciling them again costs less than waiting for them.
+            info!(
+                left = pending.len(),
+                "event consumer stopped; unhandled messages are made visible for the next leader"
+            );
+            release(&self.sqs, &self.gate, &self.metrics, &self.settings.queue_url, pending.into_iter().collect())
+                .await;
         }
+    }
+
+    /// Lets a long poll cut short by the shutdown finish in the background
+    /// and releases what it brings (nothing of it is handled here any more).
+    fn abandon(&self, poll: Pin<Box<dyn Future<Output = Option<Vec<Message>>> + Send>>) {
+        let (sqs, gate, metrics, queue_url) =
+            (self.sqs.clone(), self.gate.clone(), self.metrics.clone(), self.settings.queue_url.clone());
+        self.settings.abandoned.push(tokio::spawn(async move {
+            let Some(messages) = poll.await else { return };
+            let handles: Vec<String> = messages.iter().filter_map(|m| m.receipt_handle().map(String::from)).collect();
+            if !handles.is_empty() {
+                metrics.count_message("received", handles.len() as u64);
+                info!(
+                    messages = handles.len(),
+                    "the long poll under way at shutdown brought messages; made visible for the next leader"
+                );
+                release(&sqs, &gate, &metrics, &queue_url, handles).await;
+            }
+        }));
     }
 
     /// Parses and dispatches one message. Returns its receipt handle when it
@@ -188,6 +282,7 @@ impl Consumer {
         message: Message,
         trigger: &UnboundedSender<Trigger>,
         waiting: &mut FuturesUnordered<Handled>,
+        pending: &mut HashSet<String>,
     ) -> Option<String> {
         let received = Instant::now();
         self.metrics.count_message("received", 1);
@@ -219,6 +314,7 @@ impl Consumer {
         let (tracker, router, sqs, gate) =
             (self.tracker.clone(), self.router.clone(), self.sqs.clone(), self.gate.clone());
         let (queue_url, visibility) = (self.settings.queue_url.clone(), self.settings.visibility_timeout);
+        pending.insert(handle.clone());
         waiting.push(Box::pin(async move {
             let mut deadline = received + visibility.mul_f64(0.8);
             for extension in 1..=MAX_VISIBILITY_EXTENSIONS + 1 {
@@ -276,6 +372,41 @@ impl Consumer {
             }
             Err(e) => {
                 warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), count = handles.len(), "could not delete event messages; they will be redelivered");
+            }
+        }
+    }
+}
+
+/// Makes messages visible again at once (visibility timeout 0), for another
+/// consumer to handle.
+async fn release(sqs: &aws_sdk_sqs::Client, gate: &CallGate, metrics: &Metrics, queue_url: &str, handles: Vec<String>) {
+    for batch in handles.chunks(DELETE_BATCH) {
+        let entries: Vec<ChangeMessageVisibilityBatchRequestEntry> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, handle)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(handle)
+                    .visibility_timeout(0)
+                    .build()
+                    .expect("id and receipt handle are set")
+            })
+            .collect();
+        let request = sqs.change_message_visibility_batch().queue_url(queue_url).set_entries(Some(entries)).send();
+        match gate.call("ChangeMessageVisibilityBatch", request).await {
+            Ok(output) => {
+                metrics.count_message("released", output.successful().len() as u64);
+                for failed in output.failed() {
+                    warn!(
+                        code = failed.code(),
+                        message = failed.message(),
+                        "could not release an event message; it is redelivered after its visibility timeout"
+                    );
+                }
+            }
+            Err(e) => {
+                warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), count = batch.len(), "could not release event messages; they are redelivered after their visibility timeout");
             }
         }
     }
