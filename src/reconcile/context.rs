@@ -265,6 +265,11 @@ impl Retries {
         *n
     }
 
+    /// Whether the object's last reconcile failed.
+    pub fn failing(&self, key: &ObjectRef<Guarded>) -> bool {
+        self.failures.lock().unwrap().contains_key(key)
+    }
+
     /// Objects whose last reconcile failed.
     pub fn backing_off(&self) -> usize {
         self.failures.lock().unwrap().len()

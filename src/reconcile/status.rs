@@ -8,13 +8,13 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::events::EventType,
+    runtime::{events::EventType, reflector::ObjectRef},
 };
 use serde_json::json;
 
 use super::{context::Context, error::Error};
 use crate::api::{
-    StoreSummary, TenantConfig, TenantConfigStatus,
+    Guarded, StoreSummary, TenantConfig, TenantConfigStatus,
     conditions::{self, PROJECTED, READY, RECONCILING, STALLED, STORE_SYNCED, reason},
 };
 
@@ -166,8 +166,15 @@ pub async fn write(
     ctx.metrics.set_ready(&tc.owner_key(), Some(verdict.ready.0));
     let old = tc.status.clone().unwrap_or_default();
     let tenant = labels.and_then(|l| l.get(&ctx.settings.tenant_label).cloned());
+    let ready = verdict.ready.0;
     let new = next_status(&old, verdict, tc.metadata.generation, tenant, Time(Timestamp::now()));
-    if new == old {
+    // `old` is the cached copy's. Right after a failure it may predate the
+    // failure's own status write (the watch lags under load): the API then
+    // holds the failure and the copy the status before it, equal to the new
+    // one. The first success after a failure writes regardless (seen: an
+    // object left Throttled after it had recovered, reliability suite).
+    let key = ObjectRef::<Guarded>::new(&tc.name_any()).within(&ns);
+    if new == old && !(ready && ctx.retries.failing(&key)) {
         return Ok(false);
     }
     let api = Api::<TenantConfig>::namespaced(ctx.client.clone(), &ns);
