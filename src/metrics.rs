@@ -16,7 +16,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::store::{BackendContext, stats::CallStats};
+use crate::store::{
+    BackendContext,
+    shared_cache::{self, CacheLabels},
+    stats::CallStats,
+};
 
 mod process;
 pub use process::ProcessCollector;
@@ -34,12 +38,6 @@ pub struct MessageLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MalformedLabels {
     pub reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CacheLabels {
-    /// hit | miss
-    pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -127,7 +125,7 @@ pub struct Metrics {
     /// Message arrival in the queue → ConfigMap (or Secret) written, seconds.
     pub event_lag: Histogram,
     /// Shared-path reads served from the cache or filled.
-    pub shared_cache: Family<CacheLabels, Counter>,
+    pub shared_cache: shared_cache::Lookups,
     /// Objects each resync found stale (reconciled) or current.
     pub resync_objects: Family<ResyncLabels, Counter>,
     /// Retries after a failed reconcile that had not started when due and were requested again.
@@ -155,7 +153,7 @@ impl Default for Metrics {
             "Time from an event message's arrival in the queue to the projection it caused",
             event_lag.clone(),
         );
-        let shared_cache = Family::<CacheLabels, Counter>::default();
+        let shared_cache = shared_cache::Lookups::default();
         registry.register("shared_cache_lookups", "Shared-path reads, by cache result", shared_cache.clone());
         let resync_objects = Family::<ResyncLabels, Counter>::default();
         registry.register(

@@ -4,8 +4,10 @@
 //! successful reconcile that started after the message was received. Malformed
 //! messages are never deleted (the queue's redrive policy moves them to its
 //! dead-letter queue); well-formed events that concern no object are deleted
-//! at once. A message not handled within 80% of its visibility timeout is left
-//! alone: it becomes visible again and is handled anew.
+//! at once. A message whose objects are still reconciling when 80% of its
+//! visibility timeout has passed is hidden for another timeout, up to
+//! [`MAX_VISIBILITY_EXTENSIONS`] times; after that it is left alone, becomes
+//! visible again and is handled anew.
 //!
 //! On shutdown nothing new is received. A long poll under way is not dropped:
 //! SQS keeps it open after its client has gone and hands it what arrives,

@@ -11,8 +11,10 @@ use tracing::{debug, info};
 use super::{
     context::Context,
     error::{Error, store_failure_reason},
+    outcome::write_status,
     plan::{self, recorded_stores},
-    project, status,
+    project,
+    status::Verdict,
 };
 use crate::{
     api::{DeletionPolicy, TenantConfig, conditions::reason, names::FINALIZER},
@@ -27,11 +29,11 @@ pub async fn cleanup(tc: &TenantConfig, ctx: &Context) -> Result<Action, Error> 
     }
     project::delete(ctx, tc).await?;
     ctx.metrics.set_ready(&tc.owner_key(), None);
-    ctx.last_reads.forget(&ObjectRef::new(&tc.name_any()).within(&ns));
+    ctx.ledgers.last_reads.forget(&ObjectRef::new(&tc.name_any()).within(&ns));
     let secret = tc.spec.projection.as_ref().and_then(|p| p.secret_name.clone());
     let projected = std::iter::once((Kind::ConfigMap, tc.config_map_name().to_string()))
         .chain(secret.map(|name| (Kind::Secret, name)));
-    ctx.projections.forget(&ns, projected);
+    ctx.outbound.projections.forget(&ns, projected);
     Ok(Action::await_change())
 }
 
@@ -44,7 +46,7 @@ async fn delete_keys(tc: &TenantConfig, ctx: &Context, ns: &str) -> Result<(), E
     // Only the stores this object used: an unrelated broken store must not
     // block its deletion.
     let mut used = recorded_stores(tc);
-    let store_objects = ctx.stores.state();
+    let store_objects = ctx.caches.config_stores.state();
     // A store the status names but the cache does not know (its ConfigStore
     // was deleted) may still hold this object's keys: releasing the finalizer
     // would leave them behind for good.
@@ -53,8 +55,8 @@ async fn delete_keys(tc: &TenantConfig, ctx: &Context, ns: &str) -> Result<(), E
             "deletion waits for ConfigStore {missing}: the status names it but it does not exist; \
              recreate it, or remove the finalizer {FINALIZER} to abandon what it holds"
         );
-        let verdict = status::Verdict::deletion_waits(reason::STORE_UNAVAILABLE, message, false);
-        status::write(tc, ctx, labels.as_ref(), verdict).await?;
+        let verdict = Verdict::deletion_waits(reason::STORE_UNAVAILABLE, message, false);
+        write_status(ctx, tc, labels.as_ref(), verdict).await?;
         return Err(Error::StoreMissing { store: missing.clone() });
     }
     let stores = StoreRef::all(&store_objects);
@@ -63,11 +65,11 @@ async fn delete_keys(tc: &TenantConfig, ctx: &Context, ns: &str) -> Result<(), E
     }
     // As in a reconcile: an unsettled object may have written to stores its
     // status does not name.
-    let settled = status::stores_settled(tc);
+    let settled = plan::stores_settled(tc);
     let swept = |name: &str| !settled && !used.contains(name);
     info!(stores = ?used, sweep_others = !settled, known_stores = stores.len(), "cleanup: removing this object's keys");
     for store in stores.iter().filter(|s| used.contains(s.name) || swept(s.name)) {
-        let backend = ctx.backend(store.name, store.spec)?;
+        let backend = ctx.stores.backend(store.name, store.spec)?;
         match backend.delete_managed(&location, &owner).await {
             Ok(deleted) if !deleted.is_empty() => {
                 let note = format!(
@@ -76,7 +78,7 @@ async fn delete_keys(tc: &TenantConfig, ctx: &Context, ns: &str) -> Result<(), E
                     deleted.len(),
                     backend.describe(&location)
                 );
-                ctx.publish(tc, EventType::Normal, "StoreCleaned", note).await;
+                ctx.kube.publish(tc, EventType::Normal, "StoreCleaned", note).await;
             }
             Ok(_) => {}
             Err(e) if swept(store.name) && !e.is_transient() => {
@@ -84,8 +86,8 @@ async fn delete_keys(tc: &TenantConfig, ctx: &Context, ns: &str) -> Result<(), E
             }
             Err(e) => {
                 let message = format!("deletion waits for store {}: {e}", store.name);
-                let verdict = status::Verdict::deletion_waits(store_failure_reason(&e), message, e.is_transient());
-                status::write(tc, ctx, labels.as_ref(), verdict).await?;
+                let verdict = Verdict::deletion_waits(store_failure_reason(&e), message, e.is_transient());
+                write_status(ctx, tc, labels.as_ref(), verdict).await?;
                 return Err(e.into());
             }
         }

@@ -1,17 +1,8 @@
-//! Reconcile errors and what the controller does about them: back off per
-//! object, briefly for throttling, and re-request a retry that did not start.
+//! The errors a reconcile returns to the controller (each retried with
+//! backoff by [`super::outcome::error_policy`]), with a low-cardinality label
+//! for metrics; and the condition reason of a store failure.
 
-use std::{sync::Arc, time::Duration};
-
-use k8s_openapi::jiff::Timestamp;
-use kube::runtime::{controller::Action, reflector::ObjectRef};
-use tracing::{info, warn};
-
-use super::context::Context;
-use crate::{
-    api::{Guarded, conditions::reason},
-    store::StoreError,
-};
+use crate::{api::conditions::reason, store::StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -56,7 +47,7 @@ impl Error {
     }
 
     /// Throttling says "slower", not "broken".
-    fn is_throttling(&self) -> bool {
+    pub fn is_throttling(&self) -> bool {
         matches!(self.cause(), Error::Store(StoreError::Throttled { .. }))
     }
 }
@@ -71,49 +62,6 @@ pub fn store_failure_reason(e: &StoreError) -> &'static str {
             reason::STORE_UNAVAILABLE
         }
     }
-}
-
-/// The delay before retry number `failures` (1-based): exponential from 1 s,
-/// capped at 30 s for throttling (a short cap keeps objects moving under
-/// sustained partial throttling; the rate limits pace the calls) and at 5 min
-/// otherwise, before jitter.
-pub fn backoff(failures: u32, throttling: bool) -> Duration {
-    let base = Duration::from_secs(1) * 2u32.saturating_pow(failures.saturating_sub(1).min(9));
-    base.min(Duration::from_secs(if throttling { 30 } else { 300 }))
-}
-
-/// Per-object exponential backoff with jitter for failures.
-pub fn error_policy(tc: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = ObjectRef::from_obj(&*tc);
-    let failures = ctx.retries.failed(&key);
-    ctx.metrics.objects_backing_off.set(ctx.retries.backing_off() as i64);
-    let capped = backoff(failures, error.is_throttling());
-    // Jitter up to +25% so objects that failed together do not retry together.
-    let jitter = capped.mul_f64(f64::from(Timestamp::now().subsec_nanosecond().unsigned_abs() % 1000) / 4000.0);
-    warn!(error = %error, label = error.metric_label(), failures, retry_in = ?capped + jitter, "reconcile failed; backing off");
-    watch_retry(&ctx, key, capped + jitter);
-    Action::requeue(capped + jitter)
-}
-
-/// A second path for a retry. kube-runtime 5's scheduler was seen not to run
-/// an error-policy requeue (reliability suite, 30% throttling: one object
-/// stayed `Throttled` with nothing scheduled until the resync, ten minutes
-/// later). If no reconcile of the object has started a second after its
-/// retry was due (its start count is unchanged; a success removes it), it is
-/// requested again from here. That also happens when the retry is merely late
-/// (every reconcile slot busy); the scheduler then merges the two requests.
-fn watch_retry(ctx: &Arc<Context>, key: ObjectRef<Guarded>, due_in: Duration) {
-    let Some(attempts) = ctx.retries.attempts(&key) else { return };
-    let ctx = Arc::downgrade(ctx);
-    tokio::spawn(async move {
-        tokio::time::sleep(due_in + Duration::from_secs(1)).await;
-        let Some(ctx) = ctx.upgrade() else { return };
-        if ctx.retries.attempts(&key) == Some(attempts) {
-            info!(object = %key, attempts, "the retry has not started a second after it was due; requesting it again");
-            ctx.metrics.count_retry_requested_again();
-            let _ = ctx.retries_due.unbounded_send(key);
-        }
-    });
 }
 
 #[cfg(test)]
@@ -132,13 +80,5 @@ mod tests {
         assert_eq!(cleanup.metric_label(), "missing_namespace");
         assert!(!cleanup.is_throttling());
         assert_eq!(Error::Finalizer(Box::new(Finalizer::UnnamedObject)).metric_label(), "finalizer");
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_its_cap() {
-        assert_eq!(backoff(1, false), Duration::from_secs(1));
-        assert_eq!(backoff(4, false), Duration::from_secs(8));
-        assert_eq!(backoff(6, true), Duration::from_secs(30), "throttling caps at 30 s");
-        assert_eq!(backoff(60, false), Duration::from_secs(300));
     }
 }

@@ -11,7 +11,7 @@ use std::{
 
 use kube::runtime::reflector::ObjectRef;
 
-use super::{plan::ReconcilePlan, projection::Layer, stores::Written};
+use super::render::Layer;
 use crate::{
     api::{Guarded, StoreSummary},
     store::Location,
@@ -36,32 +36,11 @@ pub struct OwnStores {
     pub layers: Vec<Layer>,
 }
 
-/// A last reconcile's own-store reads that a new reconcile may stand on.
+/// A last reconcile's own-store reads that a new reconcile may stand on
+/// (`sync_stores` decides whether it does).
 pub struct Reusable {
-    read: LastRead,
-    own: Arc<OwnStores>,
-}
-
-impl Reusable {
-    /// The store writes' outcome, as if they had run and found nothing to do —
-    /// if the plan is the one that reconcile carried out: the same location,
-    /// the same stores, nothing to sweep or move out.
-    pub fn written_for(&self, plan: &ReconcilePlan<'_>) -> Option<Written> {
-        let mut planned: Vec<&str> = plan.writes.iter().map(|w| w.store).collect();
-        let mut held: Vec<&str> = self.own.summaries.iter().map(|s| s.name.as_str()).collect();
-        planned.sort_unstable();
-        held.sort_unstable();
-        let same = self.read.location == plan.location
-            && plan.sweep.is_empty()
-            && plan.writes.iter().all(|w| w.routed_here)
-            && planned == held;
-        same.then(|| Written {
-            summaries: self.own.summaries.clone(),
-            layers: self.own.layers.clone(),
-            reads: self.read.stores.clone(),
-            changed_keys: 0,
-        })
-    }
+    pub read: LastRead,
+    pub own: Arc<OwnStores>,
 }
 
 /// The records, by object. An object without one (never reconciled here, or
@@ -83,11 +62,13 @@ impl LastReads {
         self.own.lock().unwrap().remove(object);
     }
 
-    /// The last reconcile's reads, if it reconciled this generation.
-    pub fn reusable(&self, object: &ObjectRef<Guarded>, generation: Option<i64>) -> Option<Reusable> {
-        let read = self.records.lock().unwrap().get(object).filter(|r| r.generation == generation)?.clone();
-        let own = self.own.lock().unwrap().get(object)?.clone();
-        Some(Reusable { read, own })
+    /// Takes the object's record away (until the reconcile now starting
+    /// succeeds, the resync must not take the object as current) and returns
+    /// it if it is of this generation.
+    pub fn take(&self, object: &ObjectRef<Guarded>, generation: Option<i64>) -> Option<Reusable> {
+        let read = self.records.lock().unwrap().remove(object);
+        let own = self.own.lock().unwrap().remove(object);
+        Some(Reusable { read: read.filter(|r| r.generation == generation)?, own: own? })
     }
 
     pub fn snapshot(&self) -> HashMap<ObjectRef<Guarded>, LastRead> {

@@ -1,24 +1,28 @@
-//! What one reconcile must do, decided before any call. Pure.
+//! The reconcile's `plan` step: what one reconcile must do, decided from what
+//! `resolve` read. Pure.
 //!
 //! identity → location → includes → routing → the stores to write, the stores
 //! to sweep and the includes to read — or a [`Refusal`] that only a spec,
-//! namespace or store change can lift. Everything that can refuse the object
-//! is checked here or in the pre-flight IO steps before the first store write,
-//! so a refused object writes nothing anywhere.
+//! namespace or store change can lift. Every refusal is decided here (the
+//! foreign ConfigMap or Secret in [`check_existing`]) except a store's own
+//! limits, which `sync_stores` checks against each built backend before its
+//! first write: a refused object writes nothing anywhere. Also here: the
+//! readings of status that say which stores may hold the object's keys
+//! ([`stores_settled`]), for a reconcile and for a cleanup.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::Arc,
 };
 
-use super::{
-    projection::{self, Layer, Source},
-    status,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::ResourceExt;
+
+use super::render::{self, Layer, Source};
 use crate::{
     api::{
-        ConfigStoreSpec, Entry, TenantConfig,
-        conditions::reason,
+        ConfigStoreSpec, Entry, TenantConfig, TenantConfigStatus,
+        conditions::{STORE_SYNCED, reason},
         identity::{Identity, IdentityError},
     },
     store::{
@@ -27,7 +31,8 @@ use crate::{
     },
 };
 
-/// Why an object is not reconciled: a condition reason and its message.
+/// Why an object is not reconciled: a condition reason and its message. Only a
+/// change of spec, namespace or store can lift it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub reason: &'static str,
@@ -35,7 +40,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(reason: &'static str, message: impl ToString) -> Self {
+    pub fn new(reason: &'static str, message: impl ToString) -> Self {
         Refusal { reason, message: message.to_string() }
     }
 }
@@ -77,6 +82,37 @@ pub struct ReconcilePlan<'a> {
     pub secret_name: Option<String>,
 }
 
+/// What already stands under the projection's names, as `resolve` read it.
+#[derive(Debug, Default)]
+pub struct Existing {
+    pub config_map: Option<ConfigMap>,
+    pub secret: Option<Secret>,
+}
+
+/// The Secret secure entries go to: secure projection on and a `secretName`.
+pub fn secret_name(tc: &TenantConfig, secure_projection: bool) -> Option<&str> {
+    tc.spec.projection.as_ref().and_then(|p| p.secret_name.as_deref()).filter(|_| secure_projection)
+}
+
+/// Refuses when the ConfigMap or Secret the projection would write exists and
+/// belongs to someone else: it is never overwritten.
+pub fn check_existing(tc: &TenantConfig, plan: &ReconcilePlan<'_>, existing: &Existing) -> Result<(), Refusal> {
+    let uid = tc.uid().unwrap_or_default();
+    let foreign = |kind: &str, name: &str| {
+        let message = format!("{kind} {name} exists and is not managed by this TenantConfig; it is never overwritten");
+        Refusal::new(reason::CONFIG_MAP_CONFLICT, message)
+    };
+    if existing.config_map.as_ref().is_some_and(|cm| !render::owned_by(&cm.metadata, &uid)) {
+        return Err(foreign("ConfigMap", tc.config_map_name()));
+    }
+    if let (Some(secret), Some(name)) = (&existing.secret, &plan.secret_name)
+        && !render::owned_by(&secret.metadata, &uid)
+    {
+        return Err(foreign("Secret", name));
+    }
+    Ok(())
+}
+
 /// The store-independent address of an object's data.
 pub fn location_of(tc: &TenantConfig, identity: Identity) -> Location {
     Location { tenant: identity.tenant, environment: identity.environment, config_type: tc.config_type().into() }
@@ -94,6 +130,42 @@ pub fn identity_refusal(e: &IdentityError) -> Refusal {
 /// The stores a TenantConfig's status names (where its keys were last written).
 pub fn recorded_stores(tc: &TenantConfig) -> BTreeSet<String> {
     tc.status.iter().flat_map(|s| s.stores.iter().map(|s| s.name.clone())).collect()
+}
+
+/// Whether `status.stores` names every store holding keys of this object, as of
+/// `generation`: true only once a reconcile of that generation got through all
+/// its store writes (StoreSynced=True for it).
+///
+/// `observedGeneration` alone does not say this: it is written by failed
+/// reconciles too. A reconcile that wrote to a store and then failed (its
+/// answer lost, a later store throttled, a sweep interrupted) leaves the list
+/// short of that store while `observedGeneration` already matches; trusting
+/// it, the next reconcile skipped the sweep and cleanup skipped the store, and
+/// the store kept keys nothing would ever remove.
+pub fn stores_recorded(status: Option<&TenantConfigStatus>, generation: Option<i64>) -> bool {
+    let Some(status) = status else { return false };
+    generation.is_some()
+        && status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == STORE_SYNCED && c.status == "True" && c.observed_generation == generation)
+}
+
+/// As [`stores_recorded`], for an object being deleted: setting
+/// `deletionTimestamp` bumps a custom resource's generation once, so the last
+/// spec reconciled is one generation back.
+pub fn stores_recorded_before_deletion(status: Option<&TenantConfigStatus>, generation: Option<i64>) -> bool {
+    stores_recorded(status, generation) || stores_recorded(status, generation.map(|g| g - 1))
+}
+
+/// Whether `status.stores` can be trusted to name every store holding keys of
+/// `tc`, for a reconcile or, once it is being deleted, for its cleanup.
+pub fn stores_settled(tc: &TenantConfig) -> bool {
+    if tc.metadata.deletion_timestamp.is_some() {
+        stores_recorded_before_deletion(tc.status.as_ref(), tc.metadata.generation)
+    } else {
+        stores_recorded(tc.status.as_ref(), tc.metadata.generation)
+    }
 }
 
 /// Plans a reconcile of `tc` (not being deleted) against the known stores.
@@ -117,10 +189,10 @@ pub fn plan<'a>(
     }
     let routed = routing::route_entries(&tc.spec, stores).map_err(|e| Refusal::new(reason::NO_STORE_FOR_TAGS, e))?;
 
-    let secret_name = tc.spec.projection.as_ref().and_then(|p| p.secret_name.clone()).filter(|_| secure_projection);
+    let secret_name = secret_name(tc, secure_projection).map(str::to_string);
     // The projection holds at least the spec's own entries.
     let spec_only = Layer { source: Source::Spec, entries: Arc::new(spec_values(&tc.spec.entries)) };
-    if let Err(e) = projection::render(vec![spec_only], secret_name.is_some()) {
+    if let Err(e) = render::render(vec![spec_only], secret_name.is_some()) {
         return Err(Refusal::new(reason::VALIDATION_FAILED, format!("spec entries alone: {e}")));
     }
 
@@ -130,7 +202,7 @@ pub fn plan<'a>(
     // Until a reconcile of this generation has got through its store writes,
     // status.stores may miss a store an interrupted or failed reconcile (crash,
     // lost answer, throttled sweep) wrote to; such stores are swept.
-    let settled = status::stores_settled(tc);
+    let settled = stores_settled(tc);
     // A never-reconciled object may create before it reads — unless another
     // object claims the location (then it holds something, and a create would
     // be a failing write on behalf of a conflicting claim).
@@ -167,7 +239,11 @@ fn spec_values<'e>(entries: impl IntoIterator<Item = &'e Entry>) -> BTreeMap<Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{StoreSummary, TenantConfigStatus};
+    use crate::api::{
+        StoreSummary, TenantConfigStatus,
+        conditions::{READY, set_condition},
+    };
+    use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
     use serde_json::json;
 
     fn tc(spec: serde_json::Value, status: Option<TenantConfigStatus>) -> TenantConfig {
@@ -214,6 +290,48 @@ mod tests {
             k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
         );
         status
+    }
+
+    fn status(conditions: &[(&str, bool, i64)], observed: i64) -> TenantConfigStatus {
+        let mut s = TenantConfigStatus { observed_generation: Some(observed), ..Default::default() };
+        for (type_, ok, generation) in conditions {
+            set_condition(&mut s.conditions, type_, *ok, "R", "", Some(*generation), Time(Timestamp::now()));
+        }
+        s
+    }
+
+    #[test]
+    fn a_completed_reconcile_of_this_generation_records_its_stores() {
+        let s = status(&[(READY, true, 3), (STORE_SYNCED, true, 3)], 3);
+        assert!(stores_recorded(Some(&s), Some(3)));
+        assert!(!stores_recorded(Some(&s), Some(4)), "a newer spec has not been reconciled yet");
+        assert!(!stores_recorded(None, Some(1)), "never reconciled");
+        assert!(!stores_recorded(Some(&s), None));
+    }
+
+    /// The interleaving that orphaned data: a reconcile of generation 2 fails
+    /// while sweeping a store that generation 1 wrote to (throttled); its
+    /// status write sets observedGeneration 2. The retry must still sweep.
+    #[test]
+    fn a_failed_reconcile_leaves_the_list_untrusted_although_observed_generation_matches() {
+        let after_failed_sweep = status(&[(READY, false, 2), (STORE_SYNCED, false, 2)], 2);
+        assert_eq!(after_failed_sweep.observed_generation, Some(2));
+        assert!(!stores_recorded(Some(&after_failed_sweep), Some(2)));
+        // A failure after an earlier success at the same generation (a resync
+        // that was throttled half-way) also makes the next reconcile sweep.
+        let mut s = status(&[(STORE_SYNCED, true, 2)], 2);
+        set_condition(&mut s.conditions, STORE_SYNCED, false, "Throttled", "", Some(2), Time(Timestamp::now()));
+        assert!(!stores_recorded(Some(&s), Some(2)));
+    }
+
+    #[test]
+    fn deletion_looks_one_generation_back() {
+        let s = status(&[(STORE_SYNCED, true, 5)], 5);
+        assert!(stores_recorded_before_deletion(Some(&s), Some(6)));
+        assert!(stores_recorded_before_deletion(Some(&s), Some(5)));
+        assert!(!stores_recorded_before_deletion(Some(&s), Some(7)), "a spec change never reconciled, then deletion");
+        let failed = status(&[(STORE_SYNCED, false, 5)], 5);
+        assert!(!stores_recorded_before_deletion(Some(&failed), Some(6)));
     }
 
     #[test]

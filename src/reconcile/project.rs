@@ -1,5 +1,6 @@
-//! The Kubernetes side of a projection: the ConfigMap (and Secret) a
-//! TenantConfig owns, checked, written by server-side apply, deleted.
+//! The reconcile's `project` step: the ConfigMap (and Secret) a TenantConfig
+//! owns, written by server-side apply when their content changed; what they
+//! now hold, for refresh and rollout; their deletion.
 
 use std::collections::BTreeMap;
 
@@ -17,13 +18,12 @@ use kube::{
 use super::{
     context::Context,
     error::Error,
-    plan::{ReconcilePlan, Refusal},
-    projection::{self, Projection},
+    plan::{Existing, ReconcilePlan},
+    render::{self, Rendered},
 };
 use crate::{
     api::{
         TenantConfig,
-        conditions::reason,
         names::{DIGEST_ANNOTATION, FIELD_MANAGER},
     },
     workloads::{
@@ -31,42 +31,6 @@ use crate::{
         refs::{Kind, Reference},
     },
 };
-
-/// What the cluster holds under the projection's names (owned by this object).
-pub struct Existing {
-    config_map: Option<ConfigMap>,
-    secret: Option<Secret>,
-}
-
-/// Reads the ConfigMap and Secret the projection would write. Refuses when
-/// either exists and belongs to someone else: it is never overwritten.
-pub async fn existing(
-    ctx: &Context,
-    tc: &TenantConfig,
-    plan: &ReconcilePlan<'_>,
-) -> Result<Result<Existing, Refusal>, Error> {
-    let ns = tc.namespace().ok_or(Error::MissingNamespace)?;
-    let uid = tc.uid().unwrap_or_default();
-    let foreign = |kind: &str, name: &str| Refusal {
-        reason: reason::CONFIG_MAP_CONFLICT,
-        message: format!("{kind} {name} exists and is not managed by this TenantConfig; it is never overwritten"),
-    };
-    let cm_name = tc.config_map_name();
-    let config_map = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns).get_opt(cm_name).await?;
-    if config_map.as_ref().is_some_and(|cm| !projection::owned_by(&cm.metadata, &uid)) {
-        return Ok(Err(foreign("ConfigMap", cm_name)));
-    }
-    let secret = match &plan.secret_name {
-        Some(name) => Api::<Secret>::namespaced(ctx.client.clone(), &ns).get_opt(name).await?,
-        None => None,
-    };
-    if let (Some(s), Some(name)) = (&secret, &plan.secret_name)
-        && !projection::owned_by(&s.metadata, &uid)
-    {
-        return Ok(Err(foreign("Secret", name)));
-    }
-    Ok(Ok(Existing { config_map, secret }))
-}
 
 /// The metadata the API server returned for what [`apply`] wrote.
 #[derive(Default)]
@@ -87,7 +51,7 @@ pub async fn apply(
     tc: &TenantConfig,
     plan: &ReconcilePlan<'_>,
     existing: &Existing,
-    rendered: &Projection,
+    rendered: &Rendered,
 ) -> Result<Applied, Error> {
     let ns = tc.namespace().ok_or(Error::MissingNamespace)?;
     let owner = tc.controller_owner_ref(&()).expect("TenantConfig has a name and uid");
@@ -103,11 +67,11 @@ pub async fn apply(
     });
     if !cm_up_to_date {
         let name = tc.config_map_name();
-        let cm = projection::config_map(name, &ns, tenant, rendered, owner.clone());
-        let writing = ctx.own_writes.writing(&ns, name);
+        let cm = render::config_map(name, &ns, tenant, rendered, owner.clone());
+        let writing = ctx.ledgers.own_writes.writing(&ns, name);
         let written =
-            Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns).patch(name, &params, &Patch::Apply(&cm)).await?;
-        ctx.own_writes.wrote(&written);
+            Api::<ConfigMap>::namespaced(ctx.kube.client.clone(), &ns).patch(name, &params, &Patch::Apply(&cm)).await?;
+        ctx.ledgers.own_writes.wrote(&written);
         drop(writing);
         applied.config_map = Some(written.metadata);
     }
@@ -123,9 +87,10 @@ pub async fn apply(
             current(s.annotations()) && same_data
         });
         if !secret_up_to_date {
-            let secret = projection::secret(name, &ns, tenant, rendered, owner);
-            let written =
-                Api::<Secret>::namespaced(ctx.client.clone(), &ns).patch(name, &params, &Patch::Apply(&secret)).await?;
+            let secret = render::secret(name, &ns, tenant, rendered, owner);
+            let written = Api::<Secret>::namespaced(ctx.kube.client.clone(), &ns)
+                .patch(name, &params, &Patch::Apply(&secret))
+                .await?;
             applied.secret = Some(written.metadata);
         }
     }
@@ -138,7 +103,7 @@ pub fn projected(
     tc: &TenantConfig,
     plan: &ReconcilePlan<'_>,
     existing: &Existing,
-    rendered: &Projection,
+    rendered: &Rendered,
     applied: &Applied,
 ) -> Vec<(Reference, Seen)> {
     let seen = |data, written: Option<&ObjectMeta>, before: Option<&ObjectMeta>| Seen {
@@ -176,19 +141,19 @@ fn last_applied(meta: &ObjectMeta) -> Option<Timestamp> {
 pub async fn delete(ctx: &Context, tc: &TenantConfig) -> Result<(), Error> {
     let ns = tc.namespace().ok_or(Error::MissingNamespace)?;
     let uid = tc.uid().unwrap_or_default();
-    let cm_api = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns);
+    let cm_api = Api::<ConfigMap>::namespaced(ctx.kube.client.clone(), &ns);
     if let Some(cm) = cm_api.get_opt(tc.config_map_name()).await?
-        && projection::owned_by(&cm.metadata, &uid)
+        && render::owned_by(&cm.metadata, &uid)
     {
         cm_api.delete(tc.config_map_name(), &DeleteParams::default()).await?;
     }
-    ctx.own_writes.forget(&ObjectRef::<ConfigMap>::new(tc.config_map_name()).within(&ns));
+    ctx.ledgers.own_writes.forget(&ObjectRef::<ConfigMap>::new(tc.config_map_name()).within(&ns));
     if let Some(name) = tc.spec.projection.as_ref().and_then(|p| p.secret_name.as_deref())
         && ctx.settings.secure_projection
     {
-        let secret_api = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
+        let secret_api = Api::<Secret>::namespaced(ctx.kube.client.clone(), &ns);
         if let Some(s) = secret_api.get_opt(name).await?
-            && projection::owned_by(&s.metadata, &uid)
+            && render::owned_by(&s.metadata, &uid)
         {
             secret_api.delete(name, &DeleteParams::default()).await?;
         }

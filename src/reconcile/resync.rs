@@ -18,10 +18,7 @@ use futures::StreamExt;
 use kube::runtime::reflector::ObjectRef;
 use tracing::{debug, info, warn};
 
-use super::{
-    context::{Context, ResyncMode},
-    last_read::LastRead,
-};
+use super::{context::Context, last_read::LastRead, settings::ResyncMode};
 use crate::{
     api::Guarded,
     metrics::ResyncLabels,
@@ -81,12 +78,12 @@ pub fn is_stale(record: Option<&LastRead>, generation: Option<i64>, fresh: &Fres
 pub async fn due(ctx: &Context, objects: &[Arc<Guarded>]) -> Vec<ObjectRef<Guarded>> {
     // The start-up pass ends here: from now on this bulk read is the safety
     // net, and a first apply reads its path on its own.
-    ctx.backend_ctx.tenant_walks.close();
+    ctx.stores.backend_ctx.tenant_walks.close();
     let valid = objects.iter().filter_map(|guarded| Some((ObjectRef::from_obj(&**guarded), guarded.0.as_ref().ok()?)));
     if ctx.settings.resync_mode == ResyncMode::PerObject {
         return valid.map(|(object, _)| object).collect();
     }
-    let records = ctx.last_reads.snapshot();
+    let records = ctx.ledgers.last_reads.snapshot();
     let fresh = read(ctx, &reads(records.values())).await;
     let mut due = Vec::new();
     let mut current = 0usize;
@@ -106,7 +103,7 @@ pub async fn due(ctx: &Context, objects: &[Arc<Guarded>]) -> Vec<ObjectRef<Guard
         .map(|(store, path, _)| (store, path))
         .collect();
     for (store, path) in changed_paths {
-        ctx.shared_cache.invalidate_path(store, path);
+        ctx.stores.shared_cache.invalidate_path(store, path);
     }
     let count = |result, n: usize| ctx.metrics.resync_objects.get_or_create(&ResyncLabels { result }).inc_by(n as u64);
     count("stale", due.len());
@@ -117,13 +114,13 @@ pub async fn due(ctx: &Context, objects: &[Arc<Guarded>]) -> Vec<ObjectRef<Guard
 
 /// Performs the bulk reads. Failures leave gaps (their objects reconcile).
 async fn read(ctx: &Context, reads: &Reads) -> Fresh {
-    let stores = ctx.stores.state();
+    let stores = ctx.caches.config_stores.state();
     let spec_of = |name: &str| stores.iter().find(|s| s.metadata.name.as_deref() == Some(name)).map(|s| &s.spec);
     let mut fresh = Fresh::default();
     let mut tenant_reads = Vec::new();
     for (store, tenants) in &reads.stores {
         let Some(spec) = spec_of(store) else { continue };
-        let backend = match ctx.backend(store, spec) {
+        let backend = match ctx.stores.backend(store, spec) {
             Ok(backend) => backend,
             Err(e) => {
                 debug!(store, error = %e, "resync: store not usable; its objects reconcile one by one");
@@ -153,7 +150,7 @@ async fn read(ctx: &Context, reads: &Reads) -> Fresh {
     }
     let mut path_reads = Vec::new();
     for (store, path) in &reads.shared {
-        if let Some(backend) = spec_of(store).and_then(|spec| ctx.backend(store, spec).ok()) {
+        if let Some(backend) = spec_of(store).and_then(|spec| ctx.stores.backend(store, spec).ok()) {
             path_reads.push(read_path(store.clone(), path.clone(), backend));
         }
     }

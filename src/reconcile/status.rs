@@ -1,25 +1,33 @@
-//! A TenantConfig's status: the pure readings that decide what a reconcile or
-//! a cleanup must touch, the pure [`next_status`] a reconcile's [`Verdict`]
-//! leads to, and the one patch that writes it.
+//! A TenantConfig's status: the [`Verdict`] a reconcile concludes, the pure
+//! [`next_status`] it leads to, and the one patch that writes it. Which
+//! outcome leads to which verdict, and when the patch is sent, is
+//! [`super::outcome`]'s.
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
-    Api, ResourceExt,
+    Api, Client, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{events::EventType, reflector::ObjectRef},
 };
 use serde_json::json;
 
-use super::{context::Context, error::Error};
 use crate::api::{
-    Guarded, StoreSummary, TenantConfig, TenantConfigStatus,
+    StoreSummary, TenantConfig, TenantConfigStatus,
     conditions::{self, PROJECTED, READY, RECONCILING, STALLED, STORE_SYNCED, reason},
 };
 
-/// One condition as a reconcile concluded it: status, reason, message.
-pub type Concluded = (bool, &'static str, String);
+/// One condition as a reconcile concluded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Concluded {
+    pub ok: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Concluded {
+    pub fn new(ok: bool, reason: &'static str, message: impl Into<String>) -> Self {
+        Concluded { ok, reason, message: message.into() }
+    }
+}
 
 /// Where an object stands after a reconcile, for the Reconciling and Stalled
 /// conditions.
@@ -65,9 +73,9 @@ impl Verdict {
     pub fn retrying(reason: &'static str, message: String) -> Self {
         Verdict {
             standing: Standing::Retrying,
-            ready: (false, reason, message.clone()),
-            store_synced: Some((false, reason, message.clone())),
-            projected: (false, reason, message),
+            ready: Concluded::new(false, reason, message.clone()),
+            store_synced: Some(Concluded::new(false, reason, message.clone())),
+            projected: Concluded::new(false, reason, message),
             stores: None,
             projection: None,
         }
@@ -86,9 +94,9 @@ impl Verdict {
     pub fn unprojectable(why: String, store_message: String, stores: Vec<StoreSummary>) -> Self {
         Verdict {
             standing: Standing::Stalled,
-            ready: (false, reason::VALIDATION_FAILED, why.clone()),
-            store_synced: Some((true, reason::RECONCILED, store_message)),
-            projected: (false, reason::VALIDATION_FAILED, why),
+            ready: Concluded::new(false, reason::VALIDATION_FAILED, why.clone()),
+            store_synced: Some(Concluded::new(true, reason::RECONCILED, store_message)),
+            projected: Concluded::new(false, reason::VALIDATION_FAILED, why),
             stores: Some(stores),
             projection: None,
         }
@@ -103,9 +111,9 @@ impl Verdict {
     ) -> Self {
         Verdict {
             standing: Standing::Done,
-            ready: (true, reason::RECONCILED, String::new()),
-            store_synced: Some((true, reason::RECONCILED, store_message)),
-            projected: (true, reason::RECONCILED, projected_message),
+            ready: Concluded::new(true, reason::RECONCILED, ""),
+            store_synced: Some(Concluded::new(true, reason::RECONCILED, store_message)),
+            projected: Concluded::new(true, reason::RECONCILED, projected_message),
             stores: Some(stores),
             projection: Some(projection),
         }
@@ -122,11 +130,13 @@ pub fn next_status(
     now: Time,
 ) -> TenantConfigStatus {
     let mut new = old.clone();
-    let why = verdict.ready.1;
-    let message = |applies: bool| if applies { verdict.ready.2.clone() } else { String::new() };
-    let reconciling = (verdict.standing == Standing::Retrying, why, message(verdict.standing == Standing::Retrying));
-    let stalled = (verdict.standing == Standing::Stalled, why, message(verdict.standing == Standing::Stalled));
-    for (type_, (ok, why, message)) in [
+    let why = verdict.ready.reason;
+    let standing = |s: Standing| {
+        let applies = verdict.standing == s;
+        Concluded::new(applies, why, if applies { verdict.ready.message.clone() } else { String::new() })
+    };
+    let (reconciling, stalled) = (standing(Standing::Retrying), standing(Standing::Stalled));
+    for (type_, concluded) in [
         (READY, Some(verdict.ready)),
         (STORE_SYNCED, verdict.store_synced),
         (PROJECTED, Some(verdict.projected)),
@@ -136,7 +146,8 @@ pub fn next_status(
     .into_iter()
     .filter_map(|(type_, concluded)| Some((type_, concluded?)))
     {
-        conditions::set_condition(&mut new.conditions, type_, ok, why, &message, generation, now.clone());
+        let Concluded { ok, reason, message } = concluded;
+        conditions::set_condition(&mut new.conditions, type_, ok, reason, &message, generation, now.clone());
     }
     new.observed_generation = generation;
     new.tenant = tenant;
@@ -154,131 +165,18 @@ pub fn next_status(
     new
 }
 
-/// Patches status only when it changed. Returns whether it did. `labels` are
-/// the namespace's (the status names its tenant).
-pub async fn write(
-    tc: &TenantConfig,
-    ctx: &Context,
-    labels: Option<&BTreeMap<String, String>>,
-    verdict: Verdict,
-) -> Result<bool, Error> {
-    let ns = tc.namespace().unwrap_or_default();
-    ctx.metrics.set_ready(&tc.owner_key(), Some(verdict.ready.0));
-    let old = tc.status.clone().unwrap_or_default();
-    let tenant = labels.and_then(|l| l.get(&ctx.settings.tenant_label).cloned());
-    let ready = verdict.ready.0;
-    let new = next_status(&old, verdict, tc.metadata.generation, tenant, Time(Timestamp::now()));
-    // `old` is the cached copy's. Right after a failure it may predate the
-    // failure's own status write (the watch lags under load): the API then
-    // holds the failure and the copy the status before it, equal to the new
-    // one. The first success after a failure writes regardless (seen: an
-    // object left Throttled after it had recovered, reliability suite).
-    let key = ObjectRef::<Guarded>::new(&tc.name_any()).within(&ns);
-    if new == old && !(ready && ctx.retries.failing(&key)) {
-        return Ok(false);
-    }
-    let api = Api::<TenantConfig>::namespaced(ctx.client.clone(), &ns);
-    api.patch_status(&tc.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": new }))).await?;
-    Ok(true)
-}
-
-/// A failure worth telling once: its verdict, and a Warning Event with its
-/// reason when that is news (the status changed).
-pub async fn warn_once(
-    tc: &TenantConfig,
-    ctx: &Context,
-    labels: Option<&BTreeMap<String, String>>,
-    verdict: Verdict,
-) -> Result<(), Error> {
-    let (_, why, message) = verdict.ready.clone();
-    if write(tc, ctx, labels, verdict).await? {
-        ctx.publish(tc, EventType::Warning, why, message).await;
-    }
+/// Writes `status` (a merge patch of the status subresource).
+pub async fn patch(client: &Client, tc: &TenantConfig, status: &TenantConfigStatus) -> Result<(), kube::Error> {
+    let api = Api::<TenantConfig>::namespaced(client.clone(), &tc.namespace().unwrap_or_default());
+    api.patch_status(&tc.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await?;
     Ok(())
-}
-
-/// Whether `status.stores` names every store holding keys of this object, as of
-/// `generation`: true only once a reconcile of that generation got through all
-/// its store writes (StoreSynced=True for it).
-///
-/// `observedGeneration` alone does not say this: it is written by failed
-/// reconciles too. A reconcile that wrote to a store and then failed (its
-/// answer lost, a later store throttled, a sweep interrupted) leaves the list
-/// short of that store while `observedGeneration` already matches; trusting
-/// it, the next reconcile skipped the sweep and cleanup skipped the store, and
-/// the store kept keys nothing would ever remove.
-pub fn stores_recorded(status: Option<&TenantConfigStatus>, generation: Option<i64>) -> bool {
-    let Some(status) = status else { return false };
-    generation.is_some()
-        && status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == STORE_SYNCED && c.status == "True" && c.observed_generation == generation)
-}
-
-/// As [`stores_recorded`], for an object being deleted: setting
-/// `deletionTimestamp` bumps a custom resource's generation once, so the last
-/// spec reconciled is one generation back.
-pub fn stores_recorded_before_deletion(status: Option<&TenantConfigStatus>, generation: Option<i64>) -> bool {
-    stores_recorded(status, generation) || stores_recorded(status, generation.map(|g| g - 1))
-}
-
-/// Whether `status.stores` can be trusted to name every store holding keys of
-/// `tc`, for a reconcile or, once it is being deleted, for its cleanup.
-pub fn stores_settled(tc: &TenantConfig) -> bool {
-    if tc.metadata.deletion_timestamp.is_some() {
-        stores_recorded_before_deletion(tc.status.as_ref(), tc.metadata.generation)
-    } else {
-        stores_recorded(tc.status.as_ref(), tc.metadata.generation)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::conditions::set_condition;
-
-    fn status(conditions: &[(&str, bool, i64)], observed: i64) -> TenantConfigStatus {
-        let mut s = TenantConfigStatus { observed_generation: Some(observed), ..Default::default() };
-        for (type_, ok, generation) in conditions {
-            set_condition(&mut s.conditions, type_, *ok, "R", "", Some(*generation), Time(Timestamp::now()));
-        }
-        s
-    }
-
-    #[test]
-    fn a_completed_reconcile_of_this_generation_records_its_stores() {
-        let s = status(&[(READY, true, 3), (STORE_SYNCED, true, 3)], 3);
-        assert!(stores_recorded(Some(&s), Some(3)));
-        assert!(!stores_recorded(Some(&s), Some(4)), "a newer spec has not been reconciled yet");
-        assert!(!stores_recorded(None, Some(1)), "never reconciled");
-        assert!(!stores_recorded(Some(&s), None));
-    }
-
-    /// The interleaving that orphaned data: a reconcile of generation 2 fails
-    /// while sweeping a store that generation 1 wrote to (throttled); its
-    /// status write sets observedGeneration 2. The retry must still sweep.
-    #[test]
-    fn a_failed_reconcile_leaves_the_list_untrusted_although_observed_generation_matches() {
-        let after_failed_sweep = status(&[(READY, false, 2), (STORE_SYNCED, false, 2)], 2);
-        assert_eq!(after_failed_sweep.observed_generation, Some(2));
-        assert!(!stores_recorded(Some(&after_failed_sweep), Some(2)));
-        // A failure after an earlier success at the same generation (a resync
-        // that was throttled half-way) also makes the next reconcile sweep.
-        let mut s = status(&[(STORE_SYNCED, true, 2)], 2);
-        set_condition(&mut s.conditions, STORE_SYNCED, false, "Throttled", "", Some(2), Time(Timestamp::now()));
-        assert!(!stores_recorded(Some(&s), Some(2)));
-    }
-
-    #[test]
-    fn deletion_looks_one_generation_back() {
-        let s = status(&[(STORE_SYNCED, true, 5)], 5);
-        assert!(stores_recorded_before_deletion(Some(&s), Some(6)));
-        assert!(stores_recorded_before_deletion(Some(&s), Some(5)));
-        assert!(!stores_recorded_before_deletion(Some(&s), Some(7)), "a spec change never reconciled, then deletion");
-        let failed = status(&[(STORE_SYNCED, false, 5)], 5);
-        assert!(!stores_recorded_before_deletion(Some(&failed), Some(6)));
-    }
+    use crate::reconcile::plan::{stores_recorded, stores_recorded_before_deletion};
+    use k8s_openapi::jiff::Timestamp;
 
     fn projected(digest: &str, written: bool) -> Option<Projected> {
         Some(Projected { config_map: "cm".into(), keys: 2, digest: digest.into(), written })
@@ -287,9 +185,9 @@ mod tests {
     fn ok_verdict(projection: Option<Projected>) -> Verdict {
         Verdict {
             standing: Standing::Done,
-            ready: (true, "Reconciled", String::new()),
-            store_synced: Some((true, "Reconciled", "2 managed key(s) in 1 store(s)".into())),
-            projected: (true, "Reconciled", "2 key(s) projected".into()),
+            ready: Concluded::new(true, "Reconciled", ""),
+            store_synced: Some(Concluded::new(true, "Reconciled", "2 managed key(s) in 1 store(s)")),
+            projected: Concluded::new(true, "Reconciled", "2 key(s) projected"),
             stores: Some(vec![]),
             projection,
         }

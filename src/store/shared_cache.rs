@@ -10,13 +10,23 @@ use std::{
     time::{Duration, Instant},
 };
 
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+};
 use tokio::sync::OnceCell;
 
 use super::{StoreError, Value};
-use crate::{
-    api::paths::strip_path,
-    metrics::{CacheLabels, Metrics},
-};
+use crate::api::paths::strip_path;
+
+/// Lookups by result; `metrics` registers the family (store does not import it).
+pub type Lookups = Family<CacheLabels, Counter>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// hit | miss
+    pub result: &'static str,
+}
 
 type Entries = Arc<BTreeMap<String, Value>>;
 
@@ -27,12 +37,12 @@ struct Slot {
 pub struct SharedCache {
     slots: Mutex<HashMap<(String, String), Arc<Slot>>>,
     max_age: Duration,
-    metrics: Arc<Metrics>,
+    lookups: Lookups,
 }
 
 impl SharedCache {
-    pub fn new(max_age: Duration, metrics: Arc<Metrics>) -> Self {
-        SharedCache { slots: Mutex::default(), max_age, metrics }
+    pub fn new(max_age: Duration, lookups: Lookups) -> Self {
+        SharedCache { slots: Mutex::default(), max_age, lookups }
     }
 
     /// The entries under `path` in `store`, read with `fill` only when no fresh
@@ -61,7 +71,7 @@ impl SharedCache {
             })
             .await?;
         let result = if filled { "miss" } else { "hit" };
-        self.metrics.shared_cache.get_or_create(&CacheLabels { result }).inc();
+        self.lookups.get_or_create(&CacheLabels { result }).inc();
         Ok(entries.clone())
     }
 
@@ -95,8 +105,9 @@ mod tests {
 
     #[tokio::test]
     async fn one_fill_for_concurrent_readers_until_invalidated() {
-        let metrics = Arc::new(Metrics::default());
-        let cache = Arc::new(SharedCache::new(Duration::from_secs(600), metrics.clone()));
+        let lookups = Lookups::default();
+        let cache = Arc::new(SharedCache::new(Duration::from_secs(600), lookups.clone()));
+        let count = |result| lookups.get_or_create(&CacheLabels { result }).get();
         let fills = Arc::new(AtomicU32::new(0));
         let read = |value: &'static str| {
             let (cache, fills) = (cache.clone(), fills.clone());
@@ -114,7 +125,7 @@ mod tests {
         let results = futures::future::join_all((0..20).map(|_| read("v1"))).await;
         assert!(results.iter().all(|e| e["k"].value == "v1"));
         assert_eq!(fills.load(Ordering::SeqCst), 1);
-        assert_eq!((metrics.shared_cache_lookups("miss"), metrics.shared_cache_lookups("hit")), (1, 19));
+        assert_eq!((count("miss"), count("hit")), (1, 19));
 
         cache.invalidate("ssm", "/shared/other/x"); // not under the path
         cache.invalidate("db", "/shared/prod/x"); // another store
@@ -126,7 +137,7 @@ mod tests {
 
     #[tokio::test]
     async fn failures_are_not_cached_and_age_expires() {
-        let cache = SharedCache::new(Duration::from_millis(30), Arc::new(Metrics::default()));
+        let cache = SharedCache::new(Duration::from_millis(30), Lookups::default());
         let failed = cache
             .get("ssm", "/p", || async {
                 Err(StoreError::Unavailable {

@@ -1,4 +1,5 @@
-//! What a TenantConfig's ConfigMap (and Secret) must contain (DESIGN.md §5). Pure.
+//! The reconcile's `render` step: what a TenantConfig's ConfigMap (and Secret)
+//! must contain (DESIGN.md §5), and the objects to apply. Pure.
 //!
 //! Layers, lowest precedence first: shared includes in listed order, then the
 //! tenant's Parameter Store data, then its DynamoDB data; later layers win.
@@ -44,9 +45,9 @@ pub struct Layer {
     pub entries: Arc<BTreeMap<String, Value>>,
 }
 
-/// The rendered projection.
+/// The rendered projection: the data of the ConfigMap and Secret.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Projection {
+pub struct Rendered {
     pub config_map: BTreeMap<String, String>,
     /// Secure values; empty unless a Secret is configured.
     pub secret: BTreeMap<String, String>,
@@ -66,7 +67,7 @@ pub struct ProjectionTooLarge {
 }
 
 /// Merges the layers (in precedence order, whatever order they come in).
-pub fn render(mut layers: Vec<Layer>, with_secret: bool) -> Result<Projection, ProjectionTooLarge> {
+pub fn render(mut layers: Vec<Layer>, with_secret: bool) -> Result<Rendered, ProjectionTooLarge> {
     layers.sort_by(|a, b| a.source.cmp(&b.source));
     let mut merged: BTreeMap<&str, &Value> = BTreeMap::new();
     let mut skipped = Vec::new();
@@ -79,26 +80,51 @@ pub fn render(mut layers: Vec<Layer>, with_secret: bool) -> Result<Projection, P
             }
         }
     }
-    let mut projection = Projection { skipped_keys: skipped, ..Default::default() };
+    let mut rendered = Rendered { skipped_keys: skipped, ..Default::default() };
     for (key, value) in merged {
         match (value.secure, with_secret) {
             (false, _) => {
-                projection.config_map.insert(key.to_string(), value.value.clone());
+                rendered.config_map.insert(key.to_string(), value.value.clone());
             }
             (true, true) => {
-                projection.secret.insert(key.to_string(), value.value.clone());
+                rendered.secret.insert(key.to_string(), value.value.clone());
             }
-            (true, false) => projection.withheld_secure_keys.push(key.to_string()),
+            (true, false) => rendered.withheld_secure_keys.push(key.to_string()),
         }
     }
-    for (object, data) in [("ConfigMap", &projection.config_map), ("Secret", &projection.secret)] {
+    for (object, data) in [("ConfigMap", &rendered.config_map), ("Secret", &rendered.secret)] {
         let size: usize = data.iter().map(|(k, v)| k.len() + v.len()).sum();
         if size > MAX_OBJECT_DATA_BYTES {
             return Err(ProjectionTooLarge { object, size });
         }
     }
-    projection.digest = digest(&projection.config_map, &projection.secret);
-    Ok(projection)
+    rendered.digest = digest(&rendered.config_map, &rendered.secret);
+    Ok(rendered)
+}
+
+impl Rendered {
+    /// Keys projected into the ConfigMap and the Secret.
+    pub fn keys(&self) -> i32 {
+        (self.config_map.len() + self.secret.len()) as i32
+    }
+
+    /// The Projected condition's message: what was left out and why, else the
+    /// count. `secret_named`: the spec names a Secret (secure projection may
+    /// still be off).
+    pub fn message(&self, secret_named: bool) -> String {
+        let mut notes = Vec::new();
+        if !self.skipped_keys.is_empty() {
+            notes.push(format!("skipped keys that are not valid ConfigMap keys: {}", self.skipped_keys.join(", ")));
+        }
+        if !self.withheld_secure_keys.is_empty() {
+            notes.push(format!(
+                "secure keys not projected ({}): {}",
+                if secret_named { "secure projection is disabled" } else { "no projection.secretName" },
+                self.withheld_secure_keys.join(", ")
+            ));
+        }
+        if notes.is_empty() { format!("{} key(s) projected", self.keys()) } else { notes.join("; ") }
+    }
 }
 
 /// Length-prefixed, so no choice of keys and values can collide.
@@ -131,7 +157,7 @@ fn metadata(name: &str, namespace: &str, tenant: &str, digest: &str, owner: Owne
 }
 
 /// The ConfigMap to server-side apply.
-pub fn config_map(name: &str, namespace: &str, tenant: &str, p: &Projection, owner: OwnerReference) -> ConfigMap {
+pub fn config_map(name: &str, namespace: &str, tenant: &str, p: &Rendered, owner: OwnerReference) -> ConfigMap {
     ConfigMap {
         metadata: metadata(name, namespace, tenant, &p.digest, owner),
         data: Some(p.config_map.clone()),
@@ -140,7 +166,7 @@ pub fn config_map(name: &str, namespace: &str, tenant: &str, p: &Projection, own
 }
 
 /// The Secret to server-side apply, for secure values.
-pub fn secret(name: &str, namespace: &str, tenant: &str, p: &Projection, owner: OwnerReference) -> Secret {
+pub fn secret(name: &str, namespace: &str, tenant: &str, p: &Rendered, owner: OwnerReference) -> Secret {
     Secret {
         metadata: metadata(name, namespace, tenant, &p.digest, owner),
         data: Some(p.secret.iter().map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes()))).collect()),

@@ -1,22 +1,122 @@
-//! The store IO of a reconcile: check, sweep, write, read includes. Thin: what
-//! to do was decided by [`super::plan`]; the backends diff and write.
+//! The reconcile's `sync_stores` step: check each store's limits, sweep, write
+//! (or stand on the last read when only a shared path changed), read the
+//! includes. Thin: what to do was decided by [`super::plan`]; the backends
+//! diff and write.
 
 use std::sync::Arc;
 
-use kube::runtime::{controller::Action, events::EventType};
-use tracing::debug;
+use kube::runtime::events::EventType;
+use tracing::{debug, info};
 
 use super::{
     context::Context,
-    error::{Error, store_failure_reason},
+    error::store_failure_reason,
+    last_read::{LastRead, OwnStores, Reusable},
     plan::{ReconcilePlan, Refusal, StoreWrite},
-    projection::{Layer, Source},
+    render::{Layer, Source},
     status::Verdict,
 };
 use crate::{
     api::{StoreSummary, TenantConfig},
-    store::{Backend, StoreError},
+    store::{Backend, StoreError, entries_digest},
 };
+
+/// Why the step stopped.
+pub enum SyncError {
+    /// A store's limits refuse the desired entries; nothing was written.
+    Refused(Refusal),
+    /// A store's backend could not be built (retried with backoff).
+    Backend(StoreError),
+    /// A store call failed; `stores`: the object's stores, written, when only
+    /// an include could not be read.
+    Failed { failure: Box<StoreFailure>, stores: Option<Vec<StoreSummary>> },
+}
+
+impl From<StoreFailure> for SyncError {
+    fn from(failure: StoreFailure) -> Self {
+        SyncError::Failed { failure: Box::new(failure), stores: None }
+    }
+}
+
+/// What the stores hold for the object now, and the includes.
+pub struct Synced {
+    pub written: Written,
+    pub includes: Vec<Layer>,
+    /// What a later reconcile (or the resync) may stand on.
+    pub last_read: LastRead,
+}
+
+impl Synced {
+    /// Every layer of the projection.
+    pub fn layers(&self) -> Vec<Layer> {
+        self.includes.iter().chain(&self.written.layers).cloned().collect()
+    }
+
+    /// The object's own stores as this reconcile left them, for reuse.
+    pub fn own_stores(&self) -> OwnStores {
+        OwnStores { summaries: self.written.summaries.clone(), layers: self.written.layers.clone() }
+    }
+}
+
+/// The step: prepare, then sweep and write (unless the last read stands),
+/// then the includes.
+pub async fn sync(
+    ctx: &Context,
+    tc: &TenantConfig,
+    plan: &ReconcilePlan<'_>,
+    reusable: Option<Reusable>,
+) -> Result<Synced, SyncError> {
+    let prepared = prepare(ctx, plan)?;
+    let (swept, written) = match reusable.and_then(|r| reused(&r, plan)) {
+        Some(written) => {
+            debug!("only a shared path changed: the last read of the own stores stands");
+            (0, written)
+        }
+        None => {
+            let swept = sweep(ctx, tc, plan).await?;
+            (swept, write(ctx, tc, plan, prepared).await?)
+        }
+    };
+    let includes = match read_includes(ctx, plan).await {
+        Ok(includes) => includes,
+        Err(failure) => return Err(SyncError::Failed { failure: Box::new(failure), stores: Some(written.summaries) }),
+    };
+    if swept + written.changed_keys > 0 {
+        info!(written = swept + written.changed_keys, "stores updated");
+    }
+    let last_read = LastRead {
+        generation: tc.metadata.generation,
+        location: plan.location.clone(),
+        stores: written.reads.clone(),
+        includes: plan
+            .includes
+            .iter()
+            .zip(&includes)
+            .map(|(include, layer)| (include.store.to_string(), include.path.clone(), entries_digest(&layer.entries)))
+            .collect(),
+    };
+    Ok(Synced { written, includes, last_read })
+}
+
+/// The store writes' outcome, as if they had run and found nothing to do —
+/// if the plan is the one the last reconcile carried out: the same location,
+/// the same stores, nothing to sweep or move out.
+fn reused(last: &Reusable, plan: &ReconcilePlan<'_>) -> Option<Written> {
+    let mut planned: Vec<&str> = plan.writes.iter().map(|w| w.store).collect();
+    let mut held: Vec<&str> = last.own.summaries.iter().map(|s| s.name.as_str()).collect();
+    planned.sort_unstable();
+    held.sort_unstable();
+    let same = last.read.location == plan.location
+        && plan.sweep.is_empty()
+        && plan.writes.iter().all(|w| w.routed_here)
+        && planned == held;
+    same.then(|| Written {
+        summaries: last.own.summaries.clone(),
+        layers: last.own.layers.clone(),
+        reads: last.read.stores.clone(),
+        changed_keys: 0,
+    })
+}
 
 /// A store call that failed, with the message status reports.
 pub struct StoreFailure {
@@ -37,12 +137,6 @@ impl StoreFailure {
             Verdict::refused(self.reason(), self.message.clone())
         }
     }
-
-    /// A transient failure is retried with backoff; any other waits for a
-    /// spec or store change.
-    pub fn into_result(self) -> Result<Action, Error> {
-        if self.error.is_transient() { Err(self.error.into()) } else { Ok(Action::await_change()) }
-    }
 }
 
 /// A planned write whose backend is built and whose limits are checked.
@@ -53,29 +147,26 @@ pub struct Prepared<'p, 'a> {
 
 /// Builds each store's backend and checks, without a call, every limit the
 /// desired entries must meet: a refused object writes nothing anywhere.
-pub fn prepare<'p, 'a>(
-    ctx: &Context,
-    plan: &'p ReconcilePlan<'a>,
-) -> Result<Result<Vec<Prepared<'p, 'a>>, Refusal>, Error> {
+fn prepare<'p, 'a>(ctx: &Context, plan: &'p ReconcilePlan<'a>) -> Result<Vec<Prepared<'p, 'a>>, SyncError> {
     let mut prepared = Vec::with_capacity(plan.writes.len());
     for write in &plan.writes {
-        let backend = ctx.backend(write.store, write.spec)?;
+        let backend = ctx.stores.backend(write.store, write.spec).map_err(SyncError::Backend)?;
         if let Err(e) = backend.validate(&plan.location, &write.desired) {
             let message = format!("store {}: {e}", write.store);
-            return Ok(Err(Refusal { reason: store_failure_reason(&e), message }));
+            return Err(SyncError::Refused(Refusal::new(store_failure_reason(&e), message)));
         }
         prepared.push(Prepared { write, backend });
     }
-    Ok(Ok(prepared))
+    Ok(prepared)
 }
 
 /// Deletes this object's keys from the stores an interrupted reconcile may
 /// have written to. Returns how many keys went.
-pub async fn sweep(ctx: &Context, tc: &TenantConfig, plan: &ReconcilePlan<'_>) -> Result<usize, StoreFailure> {
+async fn sweep(ctx: &Context, tc: &TenantConfig, plan: &ReconcilePlan<'_>) -> Result<usize, StoreFailure> {
     let mut deleted_keys = 0;
     for store in &plan.sweep {
         // A store this object cannot use (misconfigured, no access) holds nothing of its.
-        let backend = match ctx.backend(store.name, store.spec) {
+        let backend = match ctx.stores.backend(store.name, store.spec) {
             Ok(backend) => backend,
             Err(e) => {
                 debug!(store = store.name, error = %e, "sweep skipped a store");
@@ -86,7 +177,7 @@ pub async fn sweep(ctx: &Context, tc: &TenantConfig, plan: &ReconcilePlan<'_>) -
             Ok(deleted) if !deleted.is_empty() => {
                 deleted_keys += deleted.len();
                 let note = format!("{}: deleted {} key(s) left by an interrupted reconcile", store.name, deleted.len());
-                ctx.publish(tc, EventType::Normal, "StoreCleaned", note).await;
+                ctx.kube.publish(tc, EventType::Normal, "StoreCleaned", note).await;
             }
             Ok(_) => {}
             Err(error) if error.is_transient() => {
@@ -122,7 +213,7 @@ impl Written {
 
 /// Applies each store's desired entries. One Event for all the stores a
 /// reconcile wrote (each Event is an API write), one per drift correction.
-pub async fn write(
+async fn write(
     ctx: &Context,
     tc: &TenantConfig,
     plan: &ReconcilePlan<'_>,
@@ -151,7 +242,7 @@ pub async fn write(
         if !report.drift_corrected.is_empty() {
             let keys = report.drift_corrected.iter().cloned().collect::<Vec<_>>().join(", ");
             let note = format!("{}: reverted out-of-band changes to {keys}", write.store);
-            ctx.publish(tc, EventType::Normal, "DriftCorrected", note).await;
+            ctx.kube.publish(tc, EventType::Normal, "DriftCorrected", note).await;
         }
         // A store the object only used before (its keys just left) is not a
         // layer: the next reconcile would not read it, and the ConfigMap must
@@ -174,21 +265,22 @@ pub async fn write(
 
 async fn publish_written(ctx: &Context, tc: &TenantConfig, notes: &[String]) {
     if !notes.is_empty() {
-        ctx.publish(tc, EventType::Normal, "StoreWritten", notes.join("; ")).await;
+        ctx.kube.publish(tc, EventType::Normal, "StoreWritten", notes.join("; ")).await;
     }
 }
 
 /// Reads every include (through the shared cache: one read per path however
 /// many objects include it).
-pub async fn read_includes(ctx: &Context, plan: &ReconcilePlan<'_>) -> Result<Vec<Layer>, StoreFailure> {
+async fn read_includes(ctx: &Context, plan: &ReconcilePlan<'_>) -> Result<Vec<Layer>, StoreFailure> {
     let mut layers = Vec::with_capacity(plan.includes.len());
     for include in &plan.includes {
         let failed = |error: StoreError| StoreFailure { message: format!("include {}: {error}", include.path), error };
-        let backend = ctx.backend(include.store, include.spec).map_err(failed)?;
+        let backend = ctx.stores.backend(include.store, include.spec).map_err(failed)?;
         let Some(shared) = backend.shared_paths() else {
             return Err(failed(StoreError::Unsupported { backend: backend.kind(), what: "shared paths" }));
         };
         let entries = ctx
+            .stores
             .shared_cache
             .get(include.store, &include.path, || shared.read_shared(&include.path))
             .await

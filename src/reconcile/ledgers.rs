@@ -1,0 +1,173 @@
+//! What the controller remembers per object between reconciles: requests
+//! not yet started (the queue depth), failures (for backoff), the last reads
+//! (for reuse and the resync) and its own ConfigMap writes (echoes).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use kube::runtime::reflector::ObjectRef;
+
+use super::{echo::OwnWrites, last_read::LastReads};
+use crate::api::Guarded;
+
+/// The per-object memory of the controller.
+pub struct Ledgers {
+    pub retries: Retries,
+    /// Requested reconciles that have not started (the queue depth).
+    pub requests: Arc<Requests>,
+    /// What each object's last successful reconcile read (for the resync and reuse).
+    pub last_reads: Arc<LastReads>,
+    /// ConfigMap writes of this controller whose watch event is still to come.
+    pub own_writes: Arc<OwnWrites>,
+}
+
+/// Objects whose reconcile was requested (a watch change, an owned ConfigMap,
+/// a namespace or store change, an event, the resync, a re-requested retry)
+/// and has not started: the reconcile queue's depth. A retry waiting for its
+/// backoff is not in it (see `objects_backing_off`).
+pub struct Requests {
+    requested: Mutex<HashMap<ObjectRef<Guarded>, Request>>,
+    depth: prometheus_client::metrics::gauge::Gauge,
+}
+
+/// A pending request: since when, and whether only shared-path changes asked.
+struct Request {
+    since: Instant,
+    shared_only: bool,
+}
+
+impl Requests {
+    pub fn new(depth: prometheus_client::metrics::gauge::Gauge) -> Self {
+        Requests { requested: Mutex::default(), depth }
+    }
+
+    /// A reconcile of `object` was requested now (repeats merge, as in the queue).
+    pub fn requested(&self, object: &ObjectRef<Guarded>) {
+        self.request(object, false)
+    }
+
+    /// A reconcile was requested by a change under a shared path only: unless
+    /// anything else asks too before it starts, it may reuse the object's last
+    /// read of its own stores.
+    pub fn requested_by_shared_change(&self, object: &ObjectRef<Guarded>) {
+        self.request(object, true)
+    }
+
+    fn request(&self, object: &ObjectRef<Guarded>, shared_only: bool) {
+        let mut requested = self.requested.lock().unwrap();
+        let request = requested.entry(object.clone()).or_insert(Request { since: Instant::now(), shared_only });
+        request.shared_only &= shared_only;
+        self.depth.set(requested.len() as i64);
+    }
+
+    /// A reconcile of `object` started at `at`: it serves every request made
+    /// before. Returns whether only shared-path changes asked for it (a
+    /// reconcile nobody asked for through here, e.g. a retry, did not).
+    pub fn started(&self, object: &ObjectRef<Guarded>, at: Instant) -> bool {
+        let mut requested = self.requested.lock().unwrap();
+        let served = requested.get(object).is_some_and(|r| r.since <= at);
+        let shared_only = if served { requested.remove(object).is_some_and(|r| r.shared_only) } else { false };
+        self.depth.set(requested.len() as i64);
+        shared_only
+    }
+
+    /// The object is gone: nothing will start for it.
+    pub fn forget(&self, object: &ObjectRef<Guarded>) {
+        let mut requested = self.requested.lock().unwrap();
+        requested.remove(object);
+        self.depth.set(requested.len() as i64);
+    }
+
+    pub fn depth(&self) -> usize {
+        self.requested.lock().unwrap().len()
+    }
+}
+
+/// Per-object failure and attempt counts, for backoff and for re-requesting
+/// retries that did not start.
+#[derive(Default)]
+pub struct Retries {
+    failures: Mutex<HashMap<ObjectRef<Guarded>, u32>>,
+    /// Reconciles started per object since its last success.
+    attempts: Mutex<HashMap<ObjectRef<Guarded>, u64>>,
+}
+
+impl Retries {
+    pub fn started(&self, key: &ObjectRef<Guarded>) {
+        *self.attempts.lock().unwrap().entry(key.clone()).or_insert(0) += 1;
+    }
+
+    /// A success: the backoff starts over.
+    pub fn succeeded(&self, key: &ObjectRef<Guarded>) {
+        self.failures.lock().unwrap().remove(key);
+        self.attempts.lock().unwrap().remove(key);
+    }
+
+    /// Counts a failure; returns how many in a row.
+    pub fn failed(&self, key: &ObjectRef<Guarded>) -> u32 {
+        let mut map = self.failures.lock().unwrap();
+        let n = map.entry(key.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    /// Whether the object's last reconcile failed.
+    pub fn failing(&self, key: &ObjectRef<Guarded>) -> bool {
+        self.failures.lock().unwrap().contains_key(key)
+    }
+
+    /// Objects whose last reconcile failed.
+    pub fn backing_off(&self) -> usize {
+        self.failures.lock().unwrap().len()
+    }
+
+    pub fn attempts(&self, key: &ObjectRef<Guarded>) -> Option<u64> {
+        self.attempts.lock().unwrap().get(key).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn requests_merge_and_a_start_serves_those_before_it() {
+        let requests = Requests::new(Default::default());
+        let (a, b) = (ObjectRef::new("a").within("ns"), ObjectRef::new("b").within("ns"));
+        requests.requested(&a);
+        requests.requested(&a);
+        requests.requested(&b);
+        assert_eq!(requests.depth(), 2, "a repeated request is one entry, as in the queue");
+        let before = Instant::now() - Duration::from_secs(60);
+        requests.started(&a, before);
+        assert_eq!(requests.depth(), 2, "a reconcile that started before the request does not serve it");
+        requests.started(&a, Instant::now());
+        assert_eq!(requests.depth(), 1);
+        requests.forget(&b);
+        assert_eq!(requests.depth(), 0);
+    }
+
+    #[test]
+    fn only_a_reconcile_that_nothing_but_shared_changes_asked_for_may_reuse_reads() {
+        let requests = Requests::new(Default::default());
+        let a = ObjectRef::new("a").within("ns");
+        requests.requested_by_shared_change(&a);
+        requests.requested_by_shared_change(&a);
+        assert!(requests.started(&a, Instant::now()), "shared changes only");
+        requests.requested_by_shared_change(&a);
+        requests.requested(&a);
+        requests.requested_by_shared_change(&a);
+        assert!(!requests.started(&a, Instant::now()), "another cause, before or after, wins");
+        assert!(!requests.started(&a, Instant::now()), "nothing pending (a retry, a requeue): a full reconcile");
+        requests.requested_by_shared_change(&a);
+        assert!(
+            !requests.started(&a, Instant::now() - Duration::from_secs(60)),
+            "a request after the start is not served"
+        );
+        assert_eq!(requests.depth(), 1);
+    }
+}

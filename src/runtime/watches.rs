@@ -1,0 +1,266 @@
+//! The watches and their caches, and the reconcile requests each one makes:
+//! TenantConfigs (the controller's own stream), ConfigStores, Namespaces and
+//! the ConfigMaps this controller owns.
+
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt, stream::BoxStream};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::PartialObjectMeta,
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, ObjectRef},
+        watcher,
+    },
+};
+use tracing::{debug, warn};
+
+use crate::{
+    api::{
+        ConfigStore, Guarded, TenantConfig,
+        names::{FIELD_MANAGER, MANAGED_BY_LABEL},
+    },
+    events::index::Index,
+    reconcile::{
+        echo::OwnWrites,
+        ledgers::{Ledgers, Requests},
+    },
+    server::{Cache, Probes},
+};
+
+pub type Requested = BoxStream<'static, ObjectRef<Guarded>>;
+
+/// The watches and their caches, and the reconcile requests each watch makes.
+pub struct Watches {
+    pub config_stores: reflector::Store<ConfigStore>,
+    pub namespaces: reflector::Store<Namespace>,
+    pub objects: reflector::Store<Guarded>,
+    /// TenantConfigs whose spec or lifecycle changed (the controller's own stream).
+    pub tenant_configs: BoxStream<'static, watcher::Result<Guarded>>,
+    /// Objects whose owned ConfigMap was changed by someone else, or deleted.
+    pub config_map_owners: Requested,
+    /// Objects in a namespace whose labels (its tenant identity) changed.
+    pub namespace_requests: Requested,
+    /// Every object, on any store change (routing may change for all).
+    pub store_requests: Requested,
+    pub requests: Arc<Requests>,
+}
+
+impl Watches {
+    /// Starts every watch. Readiness comes from each watch's first complete
+    /// listing, not from Store::wait_until_ready: that wakes only the last of
+    /// several concurrent waiters (kube-runtime 5.0's DelayedInit keeps one
+    /// waker), which left reconciles waiting for their timeout and stalled
+    /// shutdown. Every request is counted on its way in (the queue depth).
+    pub fn start(client: &Client, probes: &Arc<Probes>, index: &Arc<Index>, ledgers: &Ledgers) -> Self {
+        let watch = watcher::Config::default().any_semantic();
+        let listed = |cache| {
+            let probes = probes.clone();
+            move |done: bool| {
+                if done {
+                    probes.listed(cache)
+                }
+            }
+        };
+        let (config_stores, writer) = reflector::store();
+        let stores_listed = listed(Cache::ConfigStores);
+        let store_events = cached(writer, watcher(Api::<ConfigStore>::all(client.clone()), watch.clone()), move |e| {
+            stores_listed(matches!(e, watcher::Event::InitDone))
+        });
+        let (namespaces, writer) = reflector::store();
+        let (ns_index, namespaces_listed) = (index.clone(), listed(Cache::Namespaces));
+        let namespace_events =
+            cached(writer, watcher(Api::<Namespace>::all(client.clone()), watch.clone()), move |e| {
+                ns_index.observe_namespace(e);
+                namespaces_listed(matches!(e, watcher::Event::InitDone));
+            });
+        let (objects, writer) = reflector::store();
+        let (tc_index, objects_listed) = (index.clone(), listed(Cache::TenantConfigs));
+        let (requests, last_reads) = (ledgers.requests.clone(), ledgers.last_reads.clone());
+        let tc_requests = requests.clone();
+        let tenant_configs = watcher(Api::<Guarded>::all(client.clone()), watch.clone()).modify(slim_for_cache);
+        let tenant_configs = cached(writer, tenant_configs, move |event| {
+            tc_index.observe_tenant_config(event);
+            if let watcher::Event::Delete(tc) = event {
+                tc_requests.forget(&ObjectRef::from_obj(tc));
+                last_reads.forget(&ObjectRef::from_obj(tc));
+            }
+            objects_listed(matches!(event, watcher::Event::InitDone));
+        })
+        .default_backoff()
+        .applied_objects()
+        .predicate_filter(spec_or_lifecycle, Default::default())
+        .inspect_ok(asked(&requests, |tc: &Guarded| ObjectRef::from_obj(tc)))
+        .boxed();
+        let namespace_index = index.clone();
+        let namespace_requests = logged(namespace_events.default_backoff().touched_objects())
+            .flat_map(move |ns| futures::stream::iter(namespace_index.objects_in(&ns.name_any())))
+            .inspect(asked(&requests, Clone::clone))
+            .boxed();
+        let every_object = objects.clone();
+        let store_requests = logged(store_events.default_backoff().touched_objects())
+            .flat_map(move |_| futures::stream::iter(every(&every_object)))
+            .inspect(asked(&requests, Clone::clone))
+            .boxed();
+        let config_map_owners = owned_config_map_changes(client, watch, ledgers.own_writes.clone())
+            .inspect(asked(&requests, Clone::clone))
+            .boxed();
+        Watches {
+            config_stores,
+            namespaces,
+            objects,
+            tenant_configs,
+            config_map_owners,
+            namespace_requests,
+            store_requests,
+            requests,
+        }
+    }
+}
+
+/// Counts a request for the object `of` names (the queue depth).
+pub fn asked<T, F: Fn(&T) -> ObjectRef<Guarded>>(requests: &Arc<Requests>, of: F) -> impl Fn(&T) + use<T, F> {
+    let requests = requests.clone();
+    move |item| requests.requested(&of(item))
+}
+
+/// Owners of owned ConfigMaps that changed: metadata is enough to find the
+/// owner, and the controller's own writes coming back are not a reason to
+/// reconcile.
+fn owned_config_map_changes(client: &Client, watch: watcher::Config, own_writes: Arc<OwnWrites>) -> Requested {
+    let config_maps = watcher(
+        Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
+        watch.labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}")),
+    )
+    .default_backoff()
+    .try_filter(move |event| {
+        let echo = own_writes.is_echo(event);
+        if echo {
+            debug!("own ConfigMap write came back; not reconciling again");
+        }
+        futures::future::ready(!echo)
+    })
+    .touched_objects();
+    logged(config_maps).flat_map(|cm| futures::stream::iter(owner_of(&cm))).boxed()
+}
+
+/// A reflector whose `observe` sees each watch event only after the cache has
+/// applied it, so whoever `observe` tells that a listing is complete finds
+/// that listing in the cache. Observing the watcher's own stream instead runs
+/// before the reflector swaps the listing in: a reconcile woken by "synced" on
+/// the other worker thread could read an empty ConfigStore cache, clean up no
+/// store and release its finalizer, leaving the object's items behind.
+fn cached<K, S>(
+    writer: reflector::store::Writer<K>,
+    watch: S,
+    mut observe: impl FnMut(&watcher::Event<K>),
+) -> impl futures::Stream<Item = watcher::Result<watcher::Event<K>>>
+where
+    K: kube::runtime::reflector::Lookup + Clone,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+    S: futures::Stream<Item = watcher::Result<watcher::Event<K>>>,
+{
+    reflector::reflector(writer, watch).inspect_ok(move |event| observe(event))
+}
+
+/// The items of a watch stream; its errors are logged (the watcher retries
+/// with backoff on its own).
+fn logged<T>(stream: impl futures::Stream<Item = watcher::Result<T>>) -> impl futures::Stream<Item = T> {
+    stream.filter_map(
+        |item| async move { item.map_err(|e| warn!(error = %e, "watch failed; retrying with backoff")).ok() },
+    )
+}
+
+/// Every TenantConfig in the cache.
+fn every(objects: &reflector::Store<Guarded>) -> Vec<ObjectRef<Guarded>> {
+    objects.state().iter().map(|tc| ObjectRef::from_obj(&**tc)).collect()
+}
+
+/// The TenantConfig that controls a ConfigMap (its controller owner reference).
+fn owner_of(cm: &PartialObjectMeta<ConfigMap>) -> Option<ObjectRef<Guarded>> {
+    let owner = cm.owner_references().iter().find(|o| o.controller == Some(true))?;
+    let ours = owner.kind == TenantConfig::kind(&()) && owner.api_version == TenantConfig::api_version(&());
+    Some(ObjectRef::new(&owner.name).within(&cm.namespace()?)).filter(|_| ours)
+}
+
+/// Drops what the controller never reads from a cached TenantConfig: the
+/// server-side-apply bookkeeping and kubectl's client-side copy of the last
+/// applied manifest, which together can outweigh the object itself (the
+/// cache holds every TenantConfig of the cluster).
+fn slim_for_cache(tc: &mut Guarded) {
+    tc.managed_fields_mut().clear();
+    tc.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
+}
+
+/// What makes an object worth reconciling when it changes: its spec (the
+/// generation), its finalizers and its deletion — not the status this
+/// controller writes, which would re-trigger every object after each reconcile
+/// (measured: 2.5 store reads per object during a cold start instead of 1).
+fn spec_or_lifecycle(tc: &Guarded) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let meta = tc.meta();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    meta.generation.hash(&mut hasher);
+    meta.finalizers.hash(&mut hasher);
+    meta.deletion_timestamp.as_ref().map(|t| t.0.to_string()).hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// The interleaving behind the throttled-delete orphan: readiness was
+    /// declared from the watcher's stream before the reflector had swapped the
+    /// listing into the cache, so a reconcile woken by it could find no
+    /// ConfigStore, clean up nothing and release its finalizer.
+    #[tokio::test]
+    async fn a_listing_is_in_the_cache_before_anyone_hears_it_is_complete() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        let (reader, writer) = reflector::store::<ConfigMap>();
+        let cm = |name: &str| ConfigMap {
+            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+            ..Default::default()
+        };
+        let listing = futures::stream::iter([
+            Ok(watcher::Event::Init),
+            Ok(watcher::Event::InitApply(cm("a"))),
+            Ok(watcher::Event::InitApply(cm("b"))),
+            Ok(watcher::Event::InitDone),
+        ]);
+        let cached_when_done = Arc::new(Mutex::new(None));
+        let seen = cached_when_done.clone();
+        let events: Vec<_> = cached(writer, listing, move |event| {
+            if matches!(event, watcher::Event::InitDone) {
+                *seen.lock().unwrap() = Some(reader.state().len());
+            }
+        })
+        .collect()
+        .await;
+        assert_eq!(events.len(), 4, "every event passes through");
+        assert_eq!(
+            *cached_when_done.lock().unwrap(),
+            Some(2),
+            "both objects were cached when the listing was complete"
+        );
+    }
+
+    #[test]
+    fn an_owned_config_map_names_its_tenant_config() {
+        let cm = |kind: &str, controller: bool| -> PartialObjectMeta<ConfigMap> {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "PartialObjectMetadata",
+                "metadata": { "name": "payments", "namespace": "acme", "ownerReferences": [{
+                    "apiVersion": "tenantconfig.io/v1alpha1", "kind": kind, "name": "payments-tc",
+                    "uid": "u", "controller": controller }] }
+            }))
+            .unwrap()
+        };
+        assert_eq!(owner_of(&cm("TenantConfig", true)), Some(ObjectRef::new("payments-tc").within("acme")));
+        assert_eq!(owner_of(&cm("TenantConfig", false)), None, "only the controller owner");
+        assert_eq!(owner_of(&cm("Deployment", true)), None, "another kind's ConfigMap");
+    }
+}
