@@ -4,7 +4,6 @@ mod support;
 
 use std::{
     collections::BTreeMap,
-    num::NonZeroU32,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -592,7 +591,7 @@ async fn server_errors_are_retried_then_reported_as_unavailable() {
 async fn put_parameter_rate_stays_within_the_configured_limit() {
     let sdk = aws_config().await;
     let per_second = 10;
-    let limits = RateLimits { ssm_write_per_second: NonZeroU32::new(per_second), ..Default::default() };
+    let limits = RateLimits::default().with("ssm-write", per_second);
     let ctx = BackendContext::new(sdk, limits, DEFAULT_MAX_ATTEMPTS);
     let backend =
         store::build("ssm", &ssm_spec(&format!("/{}", unique("rate")), ParameterTier::Standard, None), &ctx).unwrap();

@@ -18,7 +18,7 @@ use crate::{
     api::{ConfigStore, Guarded},
     store::{
         StoreRef,
-        change::{self, StoreChange, Target},
+        change::{self, Target},
         shared_cache::SharedCache,
         tenant_walks::TenantWalks,
     },
@@ -69,8 +69,8 @@ impl EventRouter {
 
 impl sqs::Router for EventRouter {
     fn route(&self, envelope: &Envelope) -> sqs::Routed {
-        if let Some(StoreChange::Parameter { name, .. }) = &envelope.change {
-            self.tenant_walks.changed(name);
+        if let Some(change) = &envelope.change {
+            self.tenant_walks.reported(change);
         }
         let targets = self.targets(envelope);
         let shared_only = !targets.is_empty() && targets.iter().all(|t| matches!(t, Target::Shared { .. }));

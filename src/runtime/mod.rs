@@ -27,7 +27,7 @@ use crate::{
     },
     recorder::Recorder,
     server::Probes,
-    store::{BackendContext, Family, Location, shared_cache::SharedCache},
+    store::{BackendContext, Location, shared_cache::SharedCache},
     workloads::{self, Projections},
 };
 use watches::{Requested, Watches, asked};
@@ -163,7 +163,9 @@ fn event_consumer(
         router: Arc::new(router),
         tracker: tracker.clone(),
         metrics: metrics.clone(),
-        gate: backend_ctx.gate("sqs", |_| Family::Sqs),
+        // Counted with the stores' calls, never limited here (SQS's own limits
+        // are far above one consumer's long polls).
+        gate: backend_ctx.gate("sqs", |_| "sqs"),
         caches_synced: probes.caches_synced(),
     }
 }

@@ -3,7 +3,6 @@
 
 use std::{
     net::SocketAddr,
-    num::NonZeroU32,
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -18,7 +17,7 @@ use crate::{
     metrics::Metrics,
     reconcile::Settings,
     server::{self, Probes},
-    store::{BackendContext, DEFAULT_MAX_ATTEMPTS, RateLimits},
+    store::{BackendContext, DEFAULT_MAX_ATTEMPTS, RateLimits, dynamodb, parameter_store, registry},
     telemetry::{self, LogFormat},
     workloads,
 };
@@ -30,15 +29,22 @@ pub struct Args {
     settings: Settings,
     #[command(flatten)]
     workloads: workloads::Settings,
-    /// SSM PutParameter/DeleteParameters calls per second, process-wide (0 = unlimited).
-    #[arg(long, env = "TENANT_CONFIG_SSM_WRITE_RATE", default_value_t = 3)]
-    ssm_write_rate: u32,
-    /// SSM read calls per second, process-wide (0 = unlimited).
-    #[arg(long, env = "TENANT_CONFIG_SSM_READ_RATE", default_value_t = 40)]
-    ssm_read_rate: u32,
-    /// DynamoDB calls per second, process-wide (0 = unlimited).
-    #[arg(long, env = "TENANT_CONFIG_DYNAMODB_RATE", default_value_t = 0)]
-    dynamodb_rate: u32,
+    /// SSM PutParameter/DeleteParameters calls per second, process-wide (0 = unlimited;
+    /// default 3, AWS's own). The same as `--rate-limit ssm-write=N`.
+    #[arg(long, env = "TENANT_CONFIG_SSM_WRITE_RATE")]
+    ssm_write_rate: Option<u32>,
+    /// SSM read calls per second, process-wide (0 = unlimited; default 40, AWS's own).
+    /// The same as `--rate-limit ssm-read=N`.
+    #[arg(long, env = "TENANT_CONFIG_SSM_READ_RATE")]
+    ssm_read_rate: Option<u32>,
+    /// DynamoDB calls per second, process-wide (0 = unlimited, the default). The same as
+    /// `--rate-limit dynamodb=N`.
+    #[arg(long, env = "TENANT_CONFIG_DYNAMODB_RATE")]
+    dynamodb_rate: Option<u32>,
+    /// Calls per second of one rate family, process-wide, as FAMILY=N (0 = unlimited).
+    /// Repeatable, comma-separated in the variable. Families: ssm-write, ssm-read, dynamodb.
+    #[arg(long = "rate-limit", env = "TENANT_CONFIG_RATE_LIMITS", value_delimiter = ',', value_parser = parse_rate)]
+    rate_limits: Vec<(String, u32)>,
     /// AWS SDK attempts per call (exponential backoff with jitter) before a throttle or 5xx is reported.
     #[arg(long, env = "TENANT_CONFIG_AWS_MAX_ATTEMPTS", default_value_t = DEFAULT_MAX_ATTEMPTS)]
     aws_max_attempts: u32,
@@ -85,13 +91,9 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     telemetry::init(&args.log_level, args.log_format)?;
     // Signals are hooked before anything else so that none is missed.
     let shutdown = shutdown_signal()?;
+    let limits = rate_limits(&args)?;
     let client = kube::Client::try_default().await?;
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let limits = RateLimits {
-        ssm_write_per_second: NonZeroU32::new(args.ssm_write_rate),
-        ssm_read_per_second: NonZeroU32::new(args.ssm_read_rate),
-        dynamodb_per_second: NonZeroU32::new(args.dynamodb_rate),
-    };
     let backend_ctx = BackendContext::new(sdk, limits, args.aws_max_attempts);
     let deps = Dependencies {
         client,
@@ -167,8 +169,76 @@ async fn lead_and_run(args: &Args, deps: Dependencies, shutdown: Shutdown) -> Re
     Ok(election.run(probes, metrics, shutdown, run).await?)
 }
 
+/// The rate limits: every backend's defaults, then the named flags, then
+/// `--rate-limit`. An unknown family is an error, not a silent no-op.
+fn rate_limits(args: &Args) -> Result<RateLimits, String> {
+    let named = [
+        (parameter_store::WRITES.name, args.ssm_write_rate),
+        (parameter_store::READS.name, args.ssm_read_rate),
+        (dynamodb::CALLS.name, args.dynamodb_rate),
+    ];
+    let settings = named.iter().filter_map(|(family, rate)| Some((family.to_string(), (*rate)?)));
+    let mut limits = RateLimits::default();
+    for (family, per_second) in settings.chain(args.rate_limits.iter().cloned()) {
+        if !registry::rate_families().any(|f| f.name == family) {
+            let known: Vec<_> = registry::rate_families().map(|f| f.name).collect();
+            return Err(format!("unknown rate family {family:?} (known: {})", known.join(", ")));
+        }
+        limits = limits.with(&family, per_second);
+    }
+    Ok(limits)
+}
+
+/// `FAMILY=N`.
+fn parse_rate(setting: &str) -> Result<(String, u32), String> {
+    let (family, rate) = setting.split_once('=').ok_or("expected FAMILY=N, e.g. ssm-write=3")?;
+    let rate = rate.trim().parse().map_err(|e| format!("{setting}: {e}"))?;
+    Ok((family.trim().to_string(), rate))
+}
+
 /// POD_NAME in a cluster (the chart sets it); else host name and process id.
 fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!("{}-{}", host.trim(), std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn limits(flags: &[&str]) -> Result<RateLimits, String> {
+        let command =
+            Command::try_parse_from(std::iter::once("run").chain(flags.iter().copied())).map_err(|e| e.to_string())?;
+        rate_limits(&command.args)
+    }
+
+    #[test]
+    fn rate_limits_start_at_the_backends_defaults_and_flags_override_them() {
+        let defaults = limits(&[]).unwrap();
+        assert_eq!(defaults, RateLimits::default());
+        let set =
+            limits(&["--ssm-write-rate", "0", "--rate-limit", "dynamodb=50", "--rate-limit", "ssm-read=7"]).unwrap();
+        assert_eq!(set.get("ssm-write"), None, "0 lifts the limit");
+        assert_eq!((set.get("dynamodb"), set.get("ssm-read")), (NonZeroU32::new(50), NonZeroU32::new(7)));
+        let later_wins = limits(&["--ssm-read-rate", "10", "--rate-limit", "ssm-read=20"]).unwrap();
+        assert_eq!(later_wins.get("ssm-read"), NonZeroU32::new(20), "--rate-limit comes after the named flags");
+    }
+
+    #[test]
+    fn an_unknown_family_or_a_malformed_setting_is_an_error() {
+        let unknown = limits(&["--rate-limit", "ssm-wirte=3"]).unwrap_err();
+        assert!(unknown.contains("unknown rate family \"ssm-wirte\"") && unknown.contains("ssm-write"), "{unknown}");
+        assert!(limits(&["--rate-limit", "ssm-write"]).unwrap_err().contains("FAMILY=N"));
+        assert!(limits(&["--rate-limit", "ssm-write=fast"]).is_err());
+    }
 }

@@ -7,8 +7,7 @@
 
 use std::fmt;
 
-use super::{Location, StoreRef, dynamodb, parameter_store};
-use crate::api::StoreBackend;
+use super::{Location, StoreRef};
 
 /// What changed in a store, as an event reports it.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,27 +54,8 @@ impl fmt::Display for Target {
     }
 }
 
-/// Maps a change onto the stores. Empty when no store owns the changed key
-/// (another application's item or parameter): such events are acknowledged
-/// and counted, nothing else.
+/// Maps a change onto the stores (each backend decodes its own changes:
+/// [`super::registry::locate`]).
 pub fn locate(change: &StoreChange, stores: &[StoreRef<'_>]) -> Vec<Target> {
-    let mut targets = Vec::new();
-    for store in stores {
-        let tenant = |location| Target::Tenant { store: store.name.into(), location };
-        match (change, store.spec.backend()) {
-            (StoreChange::Parameter { name, .. }, Some(StoreBackend::ParameterStore(spec))) => {
-                targets.extend(parameter_store::changed_location(spec, name).map(tenant));
-                if parameter_store::is_shared(spec, name) {
-                    targets.push(Target::Shared { store: store.name.into(), name: name.clone() });
-                }
-            }
-            (StoreChange::Item { table, keys, .. }, Some(StoreBackend::DynamoDb(spec))) => {
-                targets.extend(dynamodb::changed_location(spec, table.as_deref(), keys).map(tenant));
-            }
-            _ => {}
-        }
-    }
-    targets.sort();
-    targets.dedup();
-    targets
+    super::registry::locate(change, stores)
 }

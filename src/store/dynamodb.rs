@@ -10,13 +10,43 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use aws_sdk_dynamodb::{Client, error::SdkError, types::AttributeValue};
 
+use std::sync::Arc;
+
 use super::{
-    ApplyReport, Backend, BackendContext, BulkRead, CallGate, Desired, LimitError, Location, StoreError, StoreState,
-    Value, limits::DYNAMODB_ITEM_MAX_BYTES, plan::plan,
+    ApplyReport, Backend, BackendContext, BulkRead, CallGate, Desired, LimitError, Location, StoreError, StoreRef,
+    StoreState, Value,
+    change::{StoreChange, Target},
+    limits::DYNAMODB_ITEM_MAX_BYTES,
+    plan::plan,
+    rate_limit::RateFamily,
+    registry::Entry,
 };
-use crate::api::{DynamoDbStore, is_valid_key};
+use crate::api::{ConfigStoreSpec, DynamoDbStore, StoreBackend, is_valid_key};
 
 const KIND: &str = "DynamoDB";
+
+/// The registry's entry for this kind.
+pub const ENTRY: Entry = Entry { kind: KIND, build, locate, rate_families: &[CALLS] };
+
+/// Every DynamoDB call (on-demand tables scale: unlimited by default).
+pub const CALLS: RateFamily = RateFamily { name: "dynamodb", default_per_second: None, counts: "every DynamoDB call" };
+
+fn build(_store: &str, spec: &ConfigStoreSpec, ctx: &BackendContext) -> Option<Arc<dyn Backend>> {
+    match spec.backend()? {
+        StoreBackend::DynamoDb(spec) => Some(Arc::new(DynamoDbBackend::new(spec, ctx))),
+        _ => None,
+    }
+}
+
+/// A changed item of a DynamoDB store lands at the location its key encodes.
+fn locate(change: &StoreChange, store: StoreRef<'_>) -> Vec<Target> {
+    let (StoreChange::Item { table, keys, .. }, Some(StoreBackend::DynamoDb(spec))) = (change, store.spec.backend())
+    else {
+        return Vec::new();
+    };
+    let location = changed_location(spec, table.as_deref(), keys);
+    location.map(|location| Target::Tenant { store: store.name.into(), location }).into_iter().collect()
+}
 /// Optimistic-concurrency attempts before giving up (the reconcile retries later).
 const MAX_ATTEMPTS: u32 = 5;
 
@@ -47,7 +77,7 @@ impl DynamoDbBackend {
             table: spec.table_name.clone(),
             partition_key: spec.partition_key.clone(),
             sort_key: spec.sort_key.clone(),
-            gate: ctx.gate(KIND, |_| super::Family::DynamoDb),
+            gate: ctx.gate(KIND, |_| CALLS.name),
         }
     }
 

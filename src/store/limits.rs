@@ -39,6 +39,10 @@ pub enum LimitError {
     SecureNotSupported { key: String, store: String, why: &'static str },
     #[error("ConfigStore {store:?} must set exactly one backend")]
     InvalidStore { store: String },
+    /// A limit particular to one backend, in its own words (a new backend
+    /// reports its limits here without a variant of its own).
+    #[error("{0}")]
+    Exceeded(String),
 }
 
 /// Checks an SSM parameter name against AWS's rules.

@@ -1,18 +1,8 @@
 //! Storage strategies: the [`Backend`] trait the reconciler uses without knowing
-//! which store is behind it, and the factory that builds one from a ConfigStore.
-//!
-//! Adding a backend (Secrets Manager, AppConfig, S3) touches exactly:
-//! - `api::config_store`: a new optional field of [`ConfigStoreSpec`], its
-//!   [`StoreBackend`] variant and its arm in `ConfigStoreSpec::backend` (and in
-//!   `ConfigStoreSpec::shared_paths`, if it serves shared paths);
-//! - a new module here that implements [`Backend`] (its `kind`, `precedence`
-//!   among projection layers, and `shared_paths` capability) and decodes its
-//!   own store changes (the inverse of its key or path format);
-//! - its arm in [`build`] and its arm in [`change::locate`].
-//!
-//! Nothing in `reconcile` names a backend. A backend whose changes arrive in
-//! an event shape not yet known also adds that shape's parser to
-//! `events::envelope` (which reads wire formats, never store keys).
+//! which store is behind it, and the [`registry`] of backend kinds, which
+//! builds one from a ConfigStore, decodes its store changes and names its rate
+//! families. Adding a backend: [`registry`] says what it touches. Nothing in
+//! `reconcile` or `events` names a backend.
 
 pub mod change;
 pub mod dynamodb;
@@ -20,6 +10,7 @@ pub mod limits;
 pub mod parameter_store;
 pub mod plan;
 pub mod rate_limit;
+pub mod registry;
 pub mod routing;
 pub mod shared_cache;
 pub mod stats;
@@ -34,9 +25,9 @@ use aws_config::retry::RetryConfig;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use tracing::Instrument;
 
-use crate::api::{ConfigStore, ConfigStoreSpec, ManagementPolicy, StoreBackend};
+use crate::api::{ConfigStore, ConfigStoreSpec, ManagementPolicy};
 pub use limits::LimitError;
-pub use rate_limit::{Family, Limiters, RateLimits};
+pub use rate_limit::{Limiters, RateFamily, RateLimits};
 pub use stats::CallStats;
 
 /// The store-independent address of one TenantConfig's data.
@@ -318,7 +309,7 @@ fn is_server_fault_code(code: &str) -> bool {
 #[derive(Clone)]
 pub struct CallGate {
     backend: &'static str,
-    family: fn(&str) -> Family,
+    family: fn(&str) -> &'static str,
     limiters: Arc<Limiters>,
     stats: Arc<CallStats>,
 }
@@ -402,7 +393,7 @@ impl BackendContext {
         BackendContext {
             sdk,
             retry: RetryConfig::standard().with_max_attempts(max_attempts),
-            limiters: Arc::new(Limiters::new(limits)),
+            limiters: Arc::new(Limiters::new(&limits)),
             stats: Arc::new(CallStats::default()),
             tenant_walks: Arc::default(),
         }
@@ -417,19 +408,14 @@ impl BackendContext {
     }
 
     /// The gate `backend` sends its calls through; `family` names the rate
-    /// limit each operation counts against.
-    pub fn gate(&self, backend: &'static str, family: fn(&str) -> Family) -> CallGate {
+    /// family each operation counts against (one without a limit is counted,
+    /// never held).
+    pub fn gate(&self, backend: &'static str, family: fn(&str) -> &'static str) -> CallGate {
         CallGate { backend, family, limiters: self.limiters.clone(), stats: self.stats.clone() }
     }
 }
 
 /// Builds the backend a ConfigStore describes.
 pub fn build(store_name: &str, spec: &ConfigStoreSpec, ctx: &BackendContext) -> Result<Arc<dyn Backend>, StoreError> {
-    match spec.backend() {
-        Some(StoreBackend::DynamoDb(d)) => Ok(Arc::new(dynamodb::DynamoDbBackend::new(d, ctx))),
-        Some(StoreBackend::ParameterStore(p)) => {
-            Ok(Arc::new(parameter_store::ParameterStoreBackend::new(store_name, p, ctx)))
-        }
-        None => Err(LimitError::InvalidStore { store: store_name.to_string() }.into()),
-    }
+    registry::build(store_name, spec, ctx)
 }

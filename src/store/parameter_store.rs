@@ -21,18 +21,60 @@ use tracing::debug;
 
 use super::{
     ApplyReport, Backend, BackendContext, BulkRead, CallGate, Desired, LimitError, Location, SharedPaths, StoreError,
-    StoreState, Value,
+    StoreRef, StoreState, Value,
+    change::{StoreChange, Target},
     limits::{check_parameter_name, parameter_tier},
     plan::plan,
+    rate_limit::RateFamily,
+    registry::Entry,
     tenant_walks::TenantWalks,
 };
 use crate::api::{
-    ManagementPolicy, ParameterStoreStore, ParameterTier, is_valid_key,
+    ConfigStoreSpec, ManagementPolicy, ParameterStoreStore, ParameterTier, StoreBackend, is_valid_key,
     names::{TAG_CONFIG_TYPE, TAG_MANAGED_BY, TAG_TENANT},
     paths::strip_path,
 };
 
 const KIND: &str = "ParameterStore";
+
+/// The registry's entry for this kind.
+pub const ENTRY: Entry = Entry { kind: KIND, build, locate, rate_families: &[WRITES, READS] };
+
+/// AWS's PutParameter default (3/s), shared by every SSM write.
+pub const WRITES: RateFamily = RateFamily {
+    name: "ssm-write",
+    default_per_second: Some(3),
+    counts: "SSM PutParameter, DeleteParameters, AddTagsToResource",
+};
+/// AWS's shared default for SSM reads (40/s).
+pub const READS: RateFamily = RateFamily {
+    name: "ssm-read",
+    default_per_second: Some(40),
+    counts: "SSM GetParametersByPath, DescribeParameters and other reads",
+};
+
+fn build(store: &str, spec: &ConfigStoreSpec, ctx: &BackendContext) -> Option<Arc<dyn Backend>> {
+    match spec.backend()? {
+        StoreBackend::ParameterStore(spec) => Some(Arc::new(ParameterStoreBackend::new(store, spec, ctx))),
+        _ => None,
+    }
+}
+
+/// A changed parameter lands at the tenant location its name encodes, and
+/// (under a shared path) at every object including a path above it.
+fn locate(change: &StoreChange, store: StoreRef<'_>) -> Vec<Target> {
+    let (StoreChange::Parameter { name, .. }, Some(StoreBackend::ParameterStore(spec))) =
+        (change, store.spec.backend())
+    else {
+        return Vec::new();
+    };
+    let tenant = |location| Target::Tenant { store: store.name.into(), location };
+    let mut targets: Vec<Target> = changed_location(spec, name).map(tenant).into_iter().collect();
+    if is_shared(spec, name) {
+        targets.push(Target::Shared { store: store.name.into(), name: name.clone() });
+    }
+    targets
+}
 const OWNER_PREFIX: &str = "managed by tenant-config-controller for ";
 /// AWS API batch limits.
 const BY_PATH_PAGE: i32 = 10;
@@ -336,11 +378,11 @@ impl ParameterStoreBackend {
     }
 }
 
-/// The rate-limit family of an SSM operation.
-fn family(operation: &str) -> super::Family {
+/// The rate family of an SSM operation.
+fn family(operation: &str) -> &'static str {
     match operation {
-        "PutParameter" | "DeleteParameters" | "AddTagsToResource" => super::Family::SsmWrite,
-        _ => super::Family::SsmRead,
+        "PutParameter" | "DeleteParameters" | "AddTagsToResource" => WRITES.name,
+        _ => READS.name,
     }
 }
 

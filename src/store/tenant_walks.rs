@@ -148,8 +148,16 @@ impl TenantWalks {
         Some(under.map(|(name, value)| (name.clone(), value.clone())).collect())
     }
 
-    /// An event reported a change of the parameter `name`: no walk that
-    /// contains it serves the paths above it any more.
+    /// An event reported `change`: a walk that contains the changed
+    /// parameter no longer serves the paths above it.
+    pub fn reported(&self, change: &super::change::StoreChange) {
+        if let super::change::StoreChange::Parameter { name, .. } = change {
+            self.changed(name);
+        }
+    }
+
+    /// The parameter `name` changed: no walk that contains it serves the
+    /// paths above it any more.
     pub fn changed(&self, name: &str) {
         if !self.open.load(Ordering::SeqCst) {
             return;
