@@ -1,6 +1,7 @@
 //! The controller end to end: real kube-apiserver, moto, the controller running
-//! in this process. One test walks through the scenarios in order because a
-//! controller reconciles every TenantConfig in the cluster.
+//! in this process. One scenario per test, each in a world of its own; a
+//! controller reconciles every TenantConfig in the cluster, so the tests take
+//! turns and each deletes its objects before it stops its controller.
 
 mod support;
 
@@ -11,19 +12,18 @@ use std::{collections::BTreeMap, time::Duration};
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_ssm::types::ParameterType;
 use k8s_openapi::api::{
-    core::v1::{ConfigMap, Namespace, Secret},
+    core::v1::{ConfigMap, Secret},
     events::v1::Event,
 };
 use kube::{
-    Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams},
+    Api, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
-use support::fixtures::{InProcessController, condition, item_data, wait_ready};
 use support::{
-    aws_config, create_table,
     fault_proxy::{Fault, FaultProxy, Times},
-    install_crds, kube_client, unique,
+    fixtures::{InProcessController, condition},
+    world::World,
 };
 use tenant_config_controller::{
     api::{ConfigStore, TenantConfig, names},
@@ -31,110 +31,85 @@ use tenant_config_controller::{
     store::stats::Outcome,
 };
 
-async fn wait_reason(client: &Client, ns: &str, name: &str, status: &str, reason: &str) -> TenantConfig {
-    wait_ready(client, ns, name, status, Some(reason)).await
+/// Tests take turns: each runs a controller that sees the whole cluster.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// One scenario's world: a DynamoDB store (tag `tenant`), a Parameter Store
+/// store (tag `static`, with a shared path holding `prod/region=eu`), a
+/// tenant namespace, and the controller with a 2 s resync so that drift shows
+/// quickly. No event queue: the event path has its own tests (events_e2e).
+struct Scene {
+    world: World,
+    controller: InProcessController,
+    tenant: String,
+    /// The tenant's namespace.
+    ns: String,
 }
 
-async fn create<K>(client: &Client, ns: Option<&str>, obj: serde_json::Value) -> K
-where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    // One helper for cluster-scoped and namespaced kinds: the URL differs only by
-    // the namespace segment, which the object's metadata carries.
-    let mut obj = obj;
-    if let Some(ns) = ns {
-        obj["metadata"]["namespace"] = json!(ns);
+impl Scene {
+    async fn new(name: &str) -> Scene {
+        let mut world = World::new(name).await;
+        let (table, prefix, shared) = (world.table.clone(), world.prefix.clone(), world.shared.clone());
+        world.store("ddb", json!({ "tags": ["tenant"], "dynamodb": { "tableName": table } })).await;
+        let ssm = json!({ "tags": ["static"], "parameterStore": { "pathPrefix": prefix, "sharedPaths": [shared], "kmsKeyId": "alias/tenant-config" } });
+        world.store("ssm", ssm).await;
+        world.put_parameter(&format!("{shared}/prod/region"), "eu").await;
+        let tenant = world.tenant(0);
+        let ns = world.namespace("a", Some(&tenant)).await;
+        let settings =
+            Settings { resync_interval: Duration::from_secs(2), secure_projection: true, ..Settings::default() };
+        let controller = InProcessController::start(&world.client, &world.sdk, settings, None);
+        Scene { world, controller, tenant, ns }
     }
-    let obj: K = serde_json::from_value(obj).unwrap();
-    let url = K::url_path(&(), ns);
-    let body = serde_json::to_vec(&obj).unwrap();
-    let request = http::Request::post(url).header("content-type", "application/json").body(body).unwrap();
-    client.request::<K>(request).await.expect("create")
+
+    fn tag(&self, t: &str) -> String {
+        self.world.tag(t)
+    }
+
+    /// `payments`: two DynamoDB entries, a Parameter Store entry, a secure
+    /// one, an include of the shared path; ConfigMap `payments-config`,
+    /// Secret `payments-secrets`. Waits until it is Ready.
+    async fn payments(&self) -> TenantConfig {
+        let spec = json!({
+            "defaultTags": [self.tag("tenant")],
+            "entries": [
+                { "key": "provider", "value": "stripe" },
+                { "key": "retry-limit", "value": "5" },
+                { "key": "api-endpoint", "value": "https://pay.example.com", "tags": [self.tag("static")] },
+                { "key": "db-password", "value": "s3cret", "tags": [self.tag("static")], "secure": true }
+            ],
+            "include": [{ "parameterPath": format!("{}/prod", self.world.shared) }],
+            "projection": { "configMapName": "payments-config", "secretName": "payments-secrets" }
+        });
+        self.world.tenant_config(&self.ns, "payments", spec).await;
+        self.world.wait_reason(&self.ns, "payments", "True", "Reconciled").await
+    }
+
+    /// A TenantConfig with one entry routed to the DynamoDB store, and `extra` fields.
+    async fn simple(&self, ns: &str, name: &str, extra: serde_json::Value) {
+        let mut spec = json!({ "defaultTags": [self.tag("tenant")], "entries": [{ "key": "a", "value": "1" }] });
+        spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        self.world.tenant_config(ns, name, spec).await;
+    }
+
+    async fn item(&self, config_type: &str) -> Option<BTreeMap<String, String>> {
+        let (pk, sk) = (format!("TENANT#{}", self.tenant), format!("CONFIG#{config_type}"));
+        support::fixtures::item_data(&self.world.ddb, &self.world.table, &pk, &sk).await
+    }
+
+    /// Deletes the scene's objects with the controller running, then stops it.
+    async fn finish(self) {
+        self.world.clean_up().await;
+        self.controller.stop_within(Duration::from_secs(30)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn controller_end_to_end() {
-    install_crds();
-    let client = kube_client().await;
-    let sdk = aws_config().await;
-    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-    let ssm = aws_sdk_ssm::Client::new(&sdk);
-    let id = unique("e2e");
-    let (table, prefix, shared) = (format!("{id}-table"), format!("/{id}"), format!("/{id}-shared"));
-    let (tenant_tag, static_tag) = (format!("{id}-tenant"), format!("{id}-static"));
-    let tenant = format!("{id}-acme");
-    create_table(&ddb, &table).await;
-    ssm.put_parameter()
-        .name(format!("{shared}/prod/region"))
-        .value("eu")
-        .r#type(ParameterType::String)
-        .send()
-        .await
-        .unwrap();
-
-    // NoStoreForTags below needs a cluster without a default store; other tests
-    // remove the ones they create. A leftover is a broken precondition, not a skip.
-    let defaults: Vec<String> = Api::<ConfigStore>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|s| s.spec.default)
-        .map(|s| s.name_any())
-        .collect();
-    assert!(defaults.is_empty(), "run on a fresh stack: default ConfigStores exist: {defaults:?}");
-
-    // The platform's side: stores and tenant namespaces.
-    create::<ConfigStore>(&client, None, json!({
-        "apiVersion": "tenantconfig.io/v1alpha1", "kind": "ConfigStore", "metadata": { "name": format!("{id}-ddb") },
-        "spec": { "tags": [tenant_tag], "dynamodb": { "tableName": table } }
-    }))
-    .await;
-    create::<ConfigStore>(&client, None, json!({
-        "apiVersion": "tenantconfig.io/v1alpha1", "kind": "ConfigStore", "metadata": { "name": format!("{id}-ssm") },
-        "spec": { "tags": [static_tag], "parameterStore": { "pathPrefix": prefix, "sharedPaths": [shared], "kmsKeyId": "alias/tenant-config" } }
-    }))
-    .await;
-    let ns_a = format!("{id}-a");
-    let ns_unlabelled = format!("{id}-nolabel");
-    let ns_same_tenant = format!("{id}-c");
-    for (ns, labels) in [
-        (&ns_a, json!({ "tenantconfig.io/tenant": tenant })),
-        (&ns_unlabelled, json!({})),
-        (&ns_same_tenant, json!({ "tenantconfig.io/tenant": tenant })),
-    ] {
-        create::<Namespace>(&client, None, json!({ "metadata": { "name": ns, "labels": labels } })).await;
-    }
-
-    // The controller, in this process, with a short resync so drift shows quickly.
-    let settings = Settings { resync_interval: Duration::from_secs(2), secure_projection: true, ..Settings::default() };
-    let no_events = None; // the event path has its own tests (events_e2e)
-    let controller = InProcessController::start(&client, &sdk, settings, no_events);
-    let stats = controller.stats.clone();
-
-    // --- A tenant team applies a TenantConfig.
-    let tc_json = |name: &str, spec: serde_json::Value| json!({ "apiVersion": "tenantconfig.io/v1alpha1", "kind": "TenantConfig", "metadata": { "name": name }, "spec": spec });
-    create::<TenantConfig>(
-        &client,
-        Some(&ns_a),
-        tc_json(
-            "payments",
-            json!({
-                "defaultTags": [tenant_tag],
-                "entries": [
-                    { "key": "provider", "value": "stripe" },
-                    { "key": "retry-limit", "value": "5" },
-                    { "key": "api-endpoint", "value": "https://pay.example.com", "tags": [static_tag] },
-                    { "key": "db-password", "value": "s3cret", "tags": [static_tag], "secure": true }
-                ],
-                "include": [{ "parameterPath": format!("{shared}/prod") }],
-                "projection": { "configMapName": "payments-config", "secretName": "payments-secrets" }
-            }),
-        ),
-    )
-    .await;
-    let tc = wait_reason(&client, &ns_a, "payments", "True", "Reconciled").await;
+async fn a_tenant_config_is_stored_by_tag_and_projected_in_layers() {
+    let _turn = SERIAL.lock().await;
+    let s = Scene::new("e2e-project").await;
+    let (w, tenant) = (&s.world, &s.tenant);
+    let tc = s.payments().await;
     let status = tc.status.clone().unwrap();
     assert_eq!(status.tenant.as_deref(), Some(tenant.as_str()));
     assert_eq!(condition(&tc, "StoreSynced").unwrap().0, "True");
@@ -148,24 +123,21 @@ async fn controller_end_to_end() {
         summary,
         [
             ("DynamoDB".to_string(), format!("TENANT#{tenant}/CONFIG#payments"), 2),
-            ("ParameterStore".to_string(), format!("{prefix}/{tenant}/payments"), 2)
+            ("ParameterStore".to_string(), format!("{}/{tenant}/payments", w.prefix), 2)
         ]
     );
     assert!(tc.finalizers().contains(&names::FINALIZER.to_string()));
 
     // What the stores hold.
-    let pk = format!("TENANT#{tenant}");
-    let data = item_data(&ddb, &table, &pk, "CONFIG#payments").await.unwrap();
+    let data = s.item("payments").await.unwrap();
     assert_eq!(data, BTreeMap::from([("provider".into(), "stripe".into()), ("retry-limit".into(), "5".into())]));
-    let pw = ssm.get_parameter().name(format!("{prefix}/{tenant}/payments/db-password")).send().await.unwrap();
+    let pw = w.ssm.get_parameter().name(format!("{}/{tenant}/payments/db-password", w.prefix)).send().await.unwrap();
     assert_eq!(pw.parameter().unwrap().r#type(), Some(&ParameterType::SecureString));
 
     // What the namespace sees.
-    let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns_a);
-    let cm = cms.get("payments-config").await.unwrap();
-    let cm_data = cm.data.clone().unwrap();
+    let cm = w.config_maps(&s.ns).get("payments-config").await.unwrap();
     assert_eq!(
-        cm_data,
+        cm.data.clone().unwrap(),
         BTreeMap::from([
             ("api-endpoint".into(), "https://pay.example.com".into()),
             ("provider".into(), "stripe".into()),
@@ -175,13 +147,21 @@ async fn controller_end_to_end() {
         "shared include + SSM + DynamoDB; the secure value is not in the ConfigMap"
     );
     assert_eq!(cm.labels()["app.kubernetes.io/managed-by"], "tenant-config-controller");
-    assert_eq!(cm.labels()["tenantconfig.io/tenant"], tenant);
+    assert_eq!(cm.labels()["tenantconfig.io/tenant"], *tenant);
     assert_eq!(cm.annotations().get("tenantconfig.io/source-digest"), status.source_digest.as_ref());
     assert_eq!(cm.owner_references()[0].uid, tc.uid().unwrap());
-    let secret = Api::<Secret>::namespaced(client.clone(), &ns_a).get("payments-secrets").await.unwrap();
+    let secret = Api::<Secret>::namespaced(w.client.clone(), &s.ns).get("payments-secrets").await.unwrap();
     assert_eq!(secret.data.unwrap()["db-password"].0, b"s3cret");
+    s.finish().await;
+}
 
-    // --- No hot loop: several resyncs of an unchanged object write nothing anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resyncs_of_an_unchanged_object_write_nothing_anywhere() {
+    let _turn = SERIAL.lock().await;
+    let s = Scene::new("e2e-quiet").await;
+    let tc = s.payments().await;
+    let stats = s.controller.stats.clone();
+    let cm = s.world.config_maps(&s.ns).get("payments-config").await.unwrap();
     let (ddb_writes, ssm_writes) = (stats.writes("DynamoDB"), stats.writes("ParameterStore"));
     let (cm_version, tc_version) = (cm.resource_version(), tc.resource_version());
     let calls = |operation: &str| stats.count("DynamoDB", operation, Outcome::Ok);
@@ -190,22 +170,34 @@ async fn controller_end_to_end() {
     assert!(calls("Query") >= queries_before + 2, "resyncs happened, each a bulk read of the tenant's partition");
     assert_eq!(calls("GetItem"), get_items_before, "an unchanged object costs no read of its own");
     assert_eq!((stats.writes("DynamoDB"), stats.writes("ParameterStore")), (ddb_writes, ssm_writes), "no store writes");
-    assert_eq!(cms.get("payments-config").await.unwrap().resource_version(), cm_version, "no ConfigMap write");
-    let tcs = Api::<TenantConfig>::namespaced(client.clone(), &ns_a);
-    assert_eq!(tcs.get("payments").await.unwrap().resource_version(), tc_version, "no status write");
+    let cm_now = s.world.config_maps(&s.ns).get("payments-config").await.unwrap();
+    assert_eq!(cm_now.resource_version(), cm_version, "no ConfigMap write");
+    let tc_now = s.world.tenant_configs(&s.ns).get("payments").await.unwrap();
+    assert_eq!(tc_now.resource_version(), tc_version, "no status write");
+    s.finish().await;
+}
 
-    // --- A hand edit of the projected ConfigMap (annotation untouched) is reverted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_reverted_and_other_writers_keys_are_projected() {
+    let _turn = SERIAL.lock().await;
+    let s = Scene::new("e2e-drift").await;
+    let w = &s.world;
+    s.payments().await;
+    let cms = w.config_maps(&s.ns);
+
+    // A hand edit of the projected ConfigMap (annotation untouched) is reverted.
     let edit = json!({ "data": { "provider": "hand-edited" } });
-    cms.patch("payments-config", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&edit)).await.unwrap();
+    cms.patch("payments-config", &PatchParams::default(), &Patch::Merge(&edit)).await.unwrap();
     eventually("hand edit reverted", || async {
         (cms.get("payments-config").await.ok()?.data?["provider"] == "stripe").then_some(())
     })
     .await;
 
-    // --- Another writer adds a key to the tenant's item; drift on a managed key is reverted.
-    ddb.update_item()
-        .table_name(&table)
-        .key("pk", AttributeValue::S(pk.clone()))
+    // Another writer adds a key to the tenant's item; drift on a managed key is reverted.
+    w.ddb
+        .update_item()
+        .table_name(&w.table)
+        .key("pk", AttributeValue::S(format!("TENANT#{}", s.tenant)))
         .key("sk", AttributeValue::S("CONFIG#payments".into()))
         .update_expression("SET #d.#k = :v, #d.#p = :evil")
         .expression_attribute_names("#d", "data")
@@ -221,191 +213,140 @@ async fn controller_end_to_end() {
         (data.get("feature-x").map(String::as_str) == Some("on") && data["provider"] == "stripe").then_some(())
     })
     .await;
-    assert_eq!(item_data(&ddb, &table, &pk, "CONFIG#payments").await.unwrap()["provider"], "stripe");
-    let events = Api::<Event>::namespaced(client.clone(), &ns_a);
+    assert_eq!(s.item("payments").await.unwrap()["provider"], "stripe");
+    let events = Api::<Event>::namespaced(w.client.clone(), &s.ns);
     eventually("DriftCorrected event", || async {
         let list = events.list(&ListParams::default()).await.ok()?;
         list.items.iter().any(|e| e.reason.as_deref() == Some("DriftCorrected")).then_some(())
     })
     .await;
 
-    // --- A shared parameter changed with no event: the resync reads the path
+    // A shared parameter changed with no event: the resync reads the path
     // once, finds it changed and the include is read afresh (not from the
     // shared cache, whose entries live 5 minutes).
-    ssm.put_parameter()
-        .name(format!("{shared}/prod/region"))
-        .value("us")
-        .r#type(ParameterType::String)
-        .overwrite(true)
-        .send()
-        .await
-        .unwrap();
+    w.put_parameter(&format!("{}/prod/region", w.shared), "us").await;
     eventually("the changed shared parameter projected by the resync", || async {
         (cms.get("payments-config").await.ok()?.data?.get("region")? == "us").then_some(())
     })
     .await;
+    s.finish().await;
+}
 
-    // --- Refusals: each with its reason, nothing written.
-    create::<TenantConfig>(
-        &client,
-        Some(&ns_unlabelled),
-        tc_json(
-            "orphan",
-            json!({
-                "defaultTags": [tenant_tag], "entries": [{ "key": "a", "value": "1" }]
-            }),
-        ),
-    )
-    .await;
-    create::<TenantConfig>(
-        &client,
-        Some(&ns_a),
-        tc_json(
-            "sneaky",
-            json!({
-                "defaultTags": [tenant_tag], "entries": [{ "key": "a", "value": "1" }],
-                "include": [{ "parameterPath": format!("{prefix}/other-tenant/payments") }]
-            }),
-        ),
-    )
-    .await;
-    create::<TenantConfig>(
-        &client,
-        Some(&ns_same_tenant),
-        tc_json(
-            "payments",
-            json!({
-                "defaultTags": [tenant_tag], "entries": [{ "key": "provider", "value": "adyen" }]
-            }),
-        ),
-    )
-    .await;
-    create::<ConfigMap>(
-        &client,
-        Some(&ns_a),
-        json!({ "metadata": { "name": "foreign-cm" }, "data": { "mine": "yes" } }),
-    )
-    .await;
-    create::<TenantConfig>(
-        &client,
-        Some(&ns_a),
-        tc_json(
-            "collide",
-            json!({
-                "defaultTags": [tenant_tag], "entries": [{ "key": "a", "value": "1" }],
-                "projection": { "configMapName": "foreign-cm" }
-            }),
-        ),
-    )
-    .await;
-    let orphan = wait_reason(&client, &ns_unlabelled, "orphan", "False", "TenantUnknown").await;
-    assert!(condition(&orphan, "Ready").is_some());
-    wait_reason(&client, &ns_a, "sneaky", "False", "IncludeNotAllowed").await;
-    let conflict = wait_reason(&client, &ns_same_tenant, "payments", "False", "Conflict").await;
-    let conflict_status = conflict.status.unwrap();
-    let message = &conflict_status.conditions.iter().find(|c| c.type_ == "Ready").unwrap().message;
-    assert!(message.contains(&format!("{ns_a}/payments")), "names the owner: {message}");
-    wait_reason(&client, &ns_a, "collide", "False", "ConfigMapConflict").await;
-    assert_eq!(cms.get("foreign-cm").await.unwrap().data.unwrap(), BTreeMap::from([("mine".into(), "yes".into())]));
-    assert!(item_data(&ddb, &table, &pk, "CONFIG#sneaky").await.is_none(), "refused include wrote nothing");
-    assert_eq!(
-        item_data(&ddb, &table, &pk, "CONFIG#payments").await.unwrap()["provider"],
-        "stripe",
-        "conflict wrote nothing"
-    );
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_name_their_reason_and_write_nothing() {
+    let _turn = SERIAL.lock().await;
+    let mut s = Scene::new("e2e-refuse").await;
+    // NoStoreForTags below needs a cluster without a default store; other tests
+    // remove the ones they create. A leftover is a broken precondition, not a skip.
+    let defaults: Vec<String> = Api::<ConfigStore>::all(s.world.client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|s| s.spec.default)
+        .map(|s| s.name_any())
+        .collect();
+    assert!(defaults.is_empty(), "run on a fresh stack: default ConfigStores exist: {defaults:?}");
+    s.payments().await;
+    let tenant = s.tenant.clone();
+    let unlabelled = s.world.namespace("nolabel", None).await;
+    let same_tenant = s.world.namespace("c", Some(&tenant)).await;
+    let ns = s.ns.clone();
 
+    s.simple(&unlabelled, "orphan", json!({})).await;
+    let other_tenants = format!("{}/other-tenant/payments", s.world.prefix);
+    s.simple(&ns, "sneaky", json!({ "include": [{ "parameterPath": other_tenants }] })).await;
+    let claimant = json!({ "defaultTags": [s.tag("tenant")], "entries": [{ "key": "provider", "value": "adyen" }] });
+    s.world.tenant_config(&same_tenant, "payments", claimant).await;
+    let foreign: ConfigMap =
+        serde_json::from_value(json!({ "metadata": { "name": "foreign-cm" }, "data": { "mine": "yes" } })).unwrap();
+    s.world.config_maps(&ns).create(&PostParams::default(), &foreign).await.unwrap();
+    s.simple(&ns, "collide", json!({ "projection": { "configMapName": "foreign-cm" } })).await;
     // A secure entry routed to DynamoDB (no per-value encryption) is a spec error.
-    create::<TenantConfig>(
-        &client,
-        Some(&ns_a),
-        tc_json(
-            "insecure",
-            json!({
-                "defaultTags": [tenant_tag], "entries": [{ "key": "token", "value": "t", "secure": true }]
-            }),
-        ),
-    )
-    .await;
-    wait_reason(&client, &ns_a, "insecure", "False", "ValidationFailed").await;
+    let insecure =
+        json!({ "defaultTags": [s.tag("tenant")], "entries": [{ "key": "token", "value": "t", "secure": true }] });
+    s.world.tenant_config(&ns, "insecure", insecure).await;
     // A tag no store serves, and no default store.
-    create::<TenantConfig>(
-        &client,
-        Some(&ns_a),
-        tc_json(
-            "lost",
-            json!({
-                "entries": [{ "key": "a", "value": "1", "tags": [format!("{id}-nowhere")] }]
-            }),
-        ),
-    )
-    .await;
-    let lost = wait_reason(&client, &ns_a, "lost", "False", "NoStoreForTags").await;
-    let lost_status = lost.status.unwrap();
-    let message = &lost_status.conditions.iter().find(|c| c.type_ == "Ready").unwrap().message;
-    assert!(message.contains(&format!("{id}-nowhere")), "names the tags: {message}");
-    assert!(item_data(&ddb, &table, &pk, "CONFIG#insecure").await.is_none());
+    let nowhere = s.tag("nowhere");
+    s.world.tenant_config(&ns, "lost", json!({ "entries": [{ "key": "a", "value": "1", "tags": [nowhere] }] })).await;
 
-    // --- A store that stops answering: StoreUnavailable, deletion waits, then completes.
+    let w = &s.world;
+    let orphan = w.wait_reason(&unlabelled, "orphan", "False", "TenantUnknown").await;
+    assert!(condition(&orphan, "Ready").is_some());
+    w.wait_reason(&ns, "sneaky", "False", "IncludeNotAllowed").await;
+    let conflict = w.wait_reason(&same_tenant, "payments", "False", "Conflict").await;
+    let ready_message =
+        |tc: TenantConfig| tc.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap().message;
+    let message = ready_message(conflict);
+    assert!(message.contains(&format!("{ns}/payments")), "names the owner: {message}");
+    w.wait_reason(&ns, "collide", "False", "ConfigMapConflict").await;
+    w.wait_reason(&ns, "insecure", "False", "ValidationFailed").await;
+    let message = ready_message(w.wait_reason(&ns, "lost", "False", "NoStoreForTags").await);
+    assert!(message.contains(&nowhere), "names the tags: {message}");
+
+    assert_eq!(w.config_map(&ns, "foreign-cm").await, BTreeMap::from([("mine".into(), "yes".into())]));
+    assert!(s.item("sneaky").await.is_none(), "refused include wrote nothing");
+    assert!(s.item("insecure").await.is_none());
+    assert_eq!(s.item("payments").await.unwrap()["provider"], "stripe", "conflict wrote nothing");
+    // The claimant goes first: once the owner is gone it could claim the released item.
+    let claimant = w.tenant_configs(&same_tenant);
+    claimant.delete("payments", &DeleteParams::default()).await.unwrap();
+    eventually("the claimant deleted", || async {
+        claimant.get_opt("payments").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    s.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_stops_answering_holds_deletion_until_it_recovers() {
+    let _turn = SERIAL.lock().await;
+    let mut s = Scene::new("e2e-flaky").await;
     let proxy = FaultProxy::start(&support::env("AWS_ENDPOINT_URL")).await;
-    let flaky_tag = format!("{id}-flaky");
-    create::<ConfigStore>(&client, None, json!({
-        "apiVersion": "tenantconfig.io/v1alpha1", "kind": "ConfigStore", "metadata": { "name": format!("{id}-flaky") },
-        "spec": { "tags": [flaky_tag], "dynamodb": { "tableName": table, "endpoint": proxy.url } }
-    }))
-    .await;
-    create::<TenantConfig>(
-        &client,
-        Some(&ns_a),
-        tc_json(
-            "flaky",
-            json!({
-                "defaultTags": [flaky_tag], "entries": [{ "key": "k", "value": "1" }]
-            }),
-        ),
-    )
-    .await;
-    wait_reason(&client, &ns_a, "flaky", "True", "Reconciled").await;
+    let table = s.world.table.clone();
+    s.world
+        .store("flaky", json!({ "tags": ["flaky"], "dynamodb": { "tableName": table, "endpoint": proxy.url } }))
+        .await;
+    let (w, ns) = (&s.world, &s.ns);
+    let tcs = w.tenant_configs(ns);
+    w.tenant_config(ns, "flaky", json!({ "defaultTags": [s.tag("flaky")], "entries": [{ "key": "k", "value": "1" }] }))
+        .await;
+    w.wait_reason(ns, "flaky", "True", "Reconciled").await;
     // Throttling beyond the retry budget shows as Throttled, then clears.
     proxy.inject("UpdateItem", Fault::Throttle, Times::Always);
     let patch = json!({ "spec": { "entries": [{ "key": "k", "value": "2" }] } });
-    tcs.patch("flaky", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
-    wait_reason(&client, &ns_a, "flaky", "False", "Throttled").await;
+    tcs.patch("flaky", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    w.wait_reason(ns, "flaky", "False", "Throttled").await;
     proxy.clear();
-    wait_reason(&client, &ns_a, "flaky", "True", "Reconciled").await;
-    assert_eq!(item_data(&ddb, &table, &pk, "CONFIG#flaky").await.unwrap()["k"], "2");
+    w.wait_reason(ns, "flaky", "True", "Reconciled").await;
+    assert_eq!(s.item("flaky").await.unwrap()["k"], "2");
+    // A store down: StoreUnavailable, deletion waits, then completes.
     proxy.inject("*", Fault::ServerError, Times::Always);
     tcs.delete("flaky", &DeleteParams::default()).await.unwrap();
-    wait_reason(&client, &ns_a, "flaky", "False", "StoreUnavailable").await;
+    w.wait_reason(ns, "flaky", "False", "StoreUnavailable").await;
     assert!(tcs.get_opt("flaky").await.unwrap().is_some(), "the object stays while its store is down");
-    assert_eq!(item_data(&ddb, &table, &pk, "CONFIG#flaky").await.unwrap()["k"], "2");
+    assert_eq!(s.item("flaky").await.unwrap()["k"], "2");
     proxy.clear();
     eventually("flaky deleted after the store recovers", || async {
         tcs.get_opt("flaky").await.unwrap().is_none().then_some(())
     })
     .await;
-    assert!(item_data(&ddb, &table, &pk, "CONFIG#flaky").await.is_none(), "cleanup completed");
+    assert!(s.item("flaky").await.is_none(), "cleanup completed");
+    s.finish().await;
+}
 
-    // --- Deletion: Delete removes managed keys (others' stay) and the projection; Retain keeps them.
-    create::<TenantConfig>(
-        &client,
-        Some(&ns_a),
-        tc_json(
-            "keeper",
-            json!({
-                "defaultTags": [tenant_tag], "entries": [{ "key": "kept", "value": "1" }], "deletionPolicy": "Retain"
-            }),
-        ),
-    )
-    .await;
-    wait_reason(&client, &ns_a, "keeper", "True", "Reconciled").await;
-    // The conflicting claimant goes first: once the owner is gone it could
-    // claim the released item, which is not what this part checks.
-    let same_tenant = Api::<TenantConfig>::namespaced(client.clone(), &ns_same_tenant);
-    same_tenant.delete("payments", &DeleteParams::default()).await.unwrap();
-    eventually("the claimant deleted", || async {
-        same_tenant.get_opt("payments").await.unwrap().is_none().then_some(())
-    })
-    .await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_removes_managed_keys_and_the_projection_or_retains_them() {
+    let _turn = SERIAL.lock().await;
+    let s = Scene::new("e2e-delete").await;
+    let (w, ns) = (&s.world, &s.ns);
+    s.payments().await;
+    w.set_item_key(&s.tenant, "payments", "feature-x", Some("on")).await;
+    let keeper = json!({ "defaultTags": [s.tag("tenant")], "entries": [{ "key": "kept", "value": "1" }], "deletionPolicy": "Retain" });
+    w.tenant_config(ns, "keeper", keeper).await;
+    w.wait_reason(ns, "keeper", "True", "Reconciled").await;
+    let tcs = w.tenant_configs(ns);
     for name in ["payments", "keeper"] {
         tcs.delete(name, &DeleteParams::default()).await.unwrap();
     }
@@ -414,33 +355,17 @@ async fn controller_end_to_end() {
             .await;
     }
     assert_eq!(
-        item_data(&ddb, &table, &pk, "CONFIG#payments").await.unwrap(),
+        s.item("payments").await.unwrap(),
         BTreeMap::from([("feature-x".into(), "on".into())]),
         "managed keys gone, the other writer's key stays"
     );
-    let left =
-        ssm.get_parameters_by_path().path(format!("{prefix}/{tenant}/payments")).recursive(true).send().await.unwrap();
-    assert!(left.parameters().is_empty(), "managed parameters deleted");
-    assert!(cms.get_opt("payments-config").await.unwrap().is_none());
-    assert!(Api::<Secret>::namespaced(client.clone(), &ns_a).get_opt("payments-secrets").await.unwrap().is_none());
-    assert_eq!(item_data(&ddb, &table, &pk, "CONFIG#keeper").await.unwrap()["kept"], "1", "Retain keeps store data");
-
-    // Leave the cluster as found: later test binaries run their own controller,
-    // which must not inherit these objects (their finalizers need a controller).
-    for ns in [&ns_a, &ns_unlabelled, &ns_same_tenant] {
-        let api = Api::<TenantConfig>::namespaced(client.clone(), ns);
-        api.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
-        eventually(&format!("TenantConfigs in {ns} deleted"), || async {
-            api.list(&ListParams::default()).await.ok()?.items.is_empty().then_some(())
-        })
-        .await;
-    }
-    for store in ["ddb", "ssm", "flaky"] {
-        Api::<ConfigStore>::all(client.clone())
-            .delete(&format!("{id}-{store}"), &DeleteParams::default())
-            .await
-            .unwrap();
-    }
-
-    controller.stop_within(Duration::from_secs(30)).await;
+    assert_eq!(
+        w.parameter_count(&format!("{}/{}/payments", w.prefix, s.tenant)).await,
+        0,
+        "managed parameters deleted"
+    );
+    assert!(w.config_maps(ns).get_opt("payments-config").await.unwrap().is_none());
+    assert!(Api::<Secret>::namespaced(w.client.clone(), ns).get_opt("payments-secrets").await.unwrap().is_none());
+    assert_eq!(s.item("keeper").await.unwrap()["kept"], "1", "Retain keeps store data");
+    s.finish().await;
 }

@@ -11,25 +11,16 @@ mod support;
 
 use support::{eventually, eventually_within};
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
-use aws_sdk_dynamodb::types::AttributeValue;
-use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
-use aws_sdk_ssm::types::ParameterType;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use kube::{
-    Api, Client,
-    api::{DeleteParams, ListParams, PostParams},
-};
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use serde_json::json;
-use support::fixtures::{self, InProcessController};
+use support::fixtures::InProcessController;
 use support::{
-    EventQueue, aws_config, event_queue,
     fault_proxy::{Fault, FaultProxy, Times},
-    install_crds, kube_client, unique,
+    world::World,
 };
 use tenant_config_controller::{
-    api::{ConfigStore, TenantConfig},
     events::sqs::ConsumerSettings,
     metrics::Metrics,
     reconcile::Settings,
@@ -39,97 +30,31 @@ use tenant_config_controller::{
 /// Tests take turns: each runs a controller that sees the whole cluster.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// One test's world: its stores, queue, namespaces and controller.
+/// One test's world (its stores, queue and namespaces) and its controller.
 struct Harness {
-    id: String,
-    client: Client,
-    ddb: aws_sdk_dynamodb::Client,
-    ssm: aws_sdk_ssm::Client,
-    sqs: aws_sdk_sqs::Client,
-    sdk: aws_config::SdkConfig,
-    table: String,
-    prefix: String,
-    shared: String,
-    queue: EventQueue,
+    world: World,
     visibility: Duration,
-    namespaces: Vec<String>,
-    stores: Vec<String>,
     controller: Option<InProcessController>,
+}
+
+impl std::ops::Deref for Harness {
+    type Target = World;
+    fn deref(&self) -> &World {
+        &self.world
+    }
+}
+
+impl std::ops::DerefMut for Harness {
+    fn deref_mut(&mut self) -> &mut World {
+        &mut self.world
+    }
 }
 
 impl Harness {
     async fn new(name: &str, max_receive_count: u32, visibility_secs: u32) -> Harness {
-        // Controller logs with RUST_LOG=tenant_config_controller=debug (shown for failing tests).
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-        install_crds();
-        let id = unique(name);
-        let (prefix, shared) = (format!("/{id}"), format!("/{id}-shared"));
-        let queue = event_queue(&id, &[&prefix, &shared], max_receive_count, visibility_secs);
-        let sdk = aws_config().await;
-        let mut h = Harness {
-            client: kube_client().await,
-            ddb: aws_sdk_dynamodb::Client::new(&sdk),
-            ssm: aws_sdk_ssm::Client::new(&sdk),
-            sqs: aws_sdk_sqs::Client::new(&sdk),
-            sdk,
-            table: format!("{id}-table"),
-            prefix,
-            shared,
-            queue,
-            visibility: Duration::from_secs(visibility_secs.into()),
-            namespaces: Vec::new(),
-            stores: Vec::new(),
-            controller: None,
-            id,
-        };
-        let (table, prefix, shared) = (h.table.clone(), h.prefix.clone(), h.shared.clone());
-        h.store("db", json!({ "tags": ["db"], "dynamodb": { "tableName": table } })).await;
-        h.store("ssm", json!({ "tags": ["ssm"], "parameterStore": { "pathPrefix": prefix, "sharedPaths": [shared] } }))
-            .await;
-        h
-    }
-
-    async fn store(&mut self, suffix: &str, spec: serde_json::Value) {
-        let name = format!("{}-{suffix}", self.id);
-        // Tags are per test so that routing never reaches another test's store.
-        let mut spec = spec;
-        let tags: Vec<String> =
-            spec["tags"].as_array().unwrap().iter().map(|t| format!("{}-{}", self.id, t.as_str().unwrap())).collect();
-        spec["tags"] = json!(tags);
-        let store = fixtures::config_store(&name, spec);
-        Api::<ConfigStore>::all(self.client.clone()).create(&PostParams::default(), &store).await.unwrap();
-        self.stores.push(name);
-    }
-
-    fn tag(&self, t: &str) -> String {
-        format!("{}-{t}", self.id)
-    }
-
-    fn tenant(&self, n: usize) -> String {
-        format!("{}-t{n}", self.id)
-    }
-
-    async fn namespace(&mut self, suffix: &str, tenant: &str) -> String {
-        self.namespace_labelled(suffix, "tenantconfig.io/tenant", tenant).await
-    }
-
-    async fn namespace_labelled(&mut self, suffix: &str, tenant_label: &str, tenant: &str) -> String {
-        let name = format!("{}-{suffix}", self.id);
-        let ns: Namespace = serde_json::from_value(json!({
-            "metadata": { "name": name, "labels": { tenant_label: tenant } }
-        }))
-        .unwrap();
-        Api::<Namespace>::all(self.client.clone()).create(&PostParams::default(), &ns).await.unwrap();
-        self.namespaces.push(name.clone());
-        name
-    }
-
-    async fn tenant_config(&self, ns: &str, name: &str, spec: serde_json::Value) {
-        let tc = fixtures::tenant_config(ns, name, spec);
-        Api::<TenantConfig>::namespaced(self.client.clone(), ns).create(&PostParams::default(), &tc).await.unwrap();
+        let mut world = World::with_queue(name, max_receive_count, visibility_secs).await;
+        world.standard_stores().await;
+        Harness { world, visibility: Duration::from_secs(visibility_secs.into()), controller: None }
     }
 
     fn start(&mut self) {
@@ -138,10 +63,8 @@ impl Harness {
 
     fn start_with(&mut self, settings: Settings) {
         assert!(self.controller.is_none());
-        let events = ConsumerSettings {
-            visibility_timeout: self.visibility,
-            ..ConsumerSettings::new(self.queue.queue_url.clone())
-        };
+        let events =
+            ConsumerSettings { visibility_timeout: self.visibility, ..ConsumerSettings::new(self.queue_url().into()) };
         self.controller = Some(InProcessController::start(&self.client, &self.sdk, settings, Some(events)));
     }
 
@@ -171,109 +94,13 @@ impl Harness {
         &self.controller.as_ref().expect("controller running").stats
     }
 
-    async fn wait_ready(&self, ns: &str, name: &str) {
-        fixtures::wait_ready(&self.client, ns, name, "True", None).await;
-    }
-
-    async fn config_map(&self, ns: &str, name: &str) -> BTreeMap<String, String> {
-        let api = Api::<ConfigMap>::namespaced(self.client.clone(), ns);
-        api.get_opt(name).await.unwrap().and_then(|cm| cm.data).unwrap_or_default()
-    }
-
-    /// Waits until the ConfigMap satisfies `check`; returns how long it took.
-    async fn wait_config_map(
-        &self,
-        ns: &str,
-        name: &str,
-        what: &str,
-        check: impl Fn(&BTreeMap<String, String>) -> bool,
-    ) -> Duration {
-        let started = std::time::Instant::now();
-        eventually(&format!("{ns}/{name}: {what}"), || async { check(&self.config_map(ns, name).await).then_some(()) })
-            .await;
-        started.elapsed()
-    }
-
-    async fn set_item_key(&self, tenant: &str, config_type: &str, key: &str, value: Option<&str>) {
-        let update = self
-            .ddb
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", AttributeValue::S(format!("TENANT#{tenant}")))
-            .key("sk", AttributeValue::S(format!("CONFIG#{config_type}")))
-            .expression_attribute_names("#d", "data")
-            .expression_attribute_names("#k", key);
-        match value {
-            Some(v) => update
-                .update_expression("SET #d.#k = :v")
-                .expression_attribute_values(":v", AttributeValue::S(v.into())),
-            None => update.update_expression("REMOVE #d.#k"),
-        }
-        .send()
-        .await
-        .unwrap();
-    }
-
-    async fn item_data(&self, tenant: &str, config_type: &str) -> BTreeMap<String, String> {
-        let (pk, sk) = (format!("TENANT#{tenant}"), format!("CONFIG#{config_type}"));
-        fixtures::item_data(&self.ddb, &self.table, &pk, &sk).await.unwrap_or_default()
-    }
-
-    async fn put_parameter(&self, name: &str, value: &str) {
-        self.ssm
-            .put_parameter()
-            .name(name)
-            .value(value)
-            .r#type(ParameterType::String)
-            .overwrite(true)
-            .send()
-            .await
-            .unwrap();
-    }
-
-    async fn queue_depth(&self, url: &str) -> (u64, u64) {
-        let attributes = self
-            .sqs
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .send()
-            .await
-            .unwrap()
-            .attributes
-            .unwrap_or_default();
-        let get = |a: QueueAttributeName| attributes.get(&a).and_then(|v| v.parse().ok()).unwrap_or(0);
-        (
-            get(QueueAttributeName::ApproximateNumberOfMessages),
-            get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
-        )
-    }
-
-    async fn wait_queue_empty(&self) {
-        eventually("event queue drained", || async {
-            (self.queue_depth(&self.queue.queue_url).await == (0, 0)).then_some(())
-        })
-        .await
-    }
-
     /// Deletes this test's objects (the controller must run to finish them),
     /// then its stores, and stops the controller.
     async fn finish(mut self) {
         if self.controller.is_none() {
             self.start();
         }
-        for ns in &self.namespaces {
-            let api = Api::<TenantConfig>::namespaced(self.client.clone(), ns);
-            api.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
-            eventually(&format!("TenantConfigs in {ns} deleted"), || async {
-                api.list(&ListParams::default()).await.ok()?.items.is_empty().then_some(())
-            })
-            .await;
-        }
-        for store in &self.stores {
-            Api::<ConfigStore>::all(self.client.clone()).delete(store, &DeleteParams::default()).await.unwrap();
-        }
+        self.world.clean_up().await;
         self.stop().await;
     }
 }
@@ -298,7 +125,7 @@ async fn out_of_band_changes_arrive_by_event() {
     let _turn = SERIAL.lock().await;
     let mut h = Harness::new("ev-oob", 5, 30).await;
     let tenant = h.tenant(0);
-    let ns = h.namespace("a", &tenant).await;
+    let ns = h.namespace("a", Some(&tenant)).await;
     let (db, ssm_tag, shared) = (h.tag("db"), h.tag("ssm"), h.shared.clone());
     h.put_parameter(&format!("{shared}/prod/region"), "eu").await;
     h.tenant_config(
@@ -342,7 +169,8 @@ async fn out_of_band_changes_arrive_by_event() {
     // `payments`): every ConfigMap updates, the path is walked once.
     let mut fan_out = Vec::new();
     for n in 0..10 {
-        let ns = h.namespace(&format!("fan{n}"), &h.tenant(n + 1)).await;
+        let tenant = h.tenant(n + 1);
+        let ns = h.namespace(&format!("fan{n}"), Some(&tenant)).await;
         for k in 0..5 {
             h.tenant_config(
                 &ns,
@@ -409,7 +237,7 @@ async fn the_start_up_pass_walks_each_tenant_once() {
     // The walk counters are the process's: under a tenant label of its own,
     // this controller gives no other test's leftover objects a tenant to walk.
     let tenant_label = format!("{}/tenant", h.id);
-    let ns = h.namespace_labelled("a", &tenant_label, &tenant).await;
+    let ns = h.namespace_labelled("a", &[(tenant_label.as_str(), tenant.as_str())]).await;
     let ssm_tag = h.tag("ssm");
     // A parameter under one object's path that no TenantConfig manages.
     h.put_parameter(&format!("{}/{tenant}/app0/extra", h.prefix), "before").await;
@@ -454,7 +282,7 @@ async fn never_backwards_under_shuffled_duplicated_events() {
     let mut objects = Vec::new();
     for n in 0..3 {
         let tenant = h.tenant(n);
-        let ns = h.namespace(&format!("o{n}"), &tenant).await;
+        let ns = h.namespace(&format!("o{n}"), Some(&tenant)).await;
         for k in 0..10 {
             let name = format!("c{k}");
             h.tenant_config(
@@ -503,7 +331,7 @@ async fn never_backwards_under_shuffled_duplicated_events() {
         for _ in 0..2 {
             h.sqs
                 .send_message_batch()
-                .queue_url(&h.queue.queue_url)
+                .queue_url(h.queue_url())
                 .set_entries(Some(entries.clone()))
                 .send()
                 .await
@@ -528,7 +356,7 @@ async fn poison_messages_end_in_the_dead_letter_queue() {
     let _turn = SERIAL.lock().await;
     let mut h = Harness::new("ev-poison", 2, 2).await;
     let tenant = h.tenant(0);
-    let ns = h.namespace("p", &tenant).await;
+    let ns = h.namespace("p", Some(&tenant)).await;
     let db = h.tag("db");
     h.tenant_config(&ns, "payments", json!({ "defaultTags": [db], "entries": [{ "key": "k", "value": "v" }] })).await;
     h.start();
@@ -553,10 +381,10 @@ async fn poison_messages_end_in_the_dead_letter_queue() {
         .collect();
     // One batch of messages over 1 MiB would be refused: send the big one alone.
     let (big, rest): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| e.message_body().len() > 1024);
-    h.sqs.send_message_batch().queue_url(&h.queue.queue_url).set_entries(Some(rest)).send().await.unwrap();
-    h.sqs.send_message_batch().queue_url(&h.queue.queue_url).set_entries(Some(big)).send().await.unwrap();
+    h.sqs.send_message_batch().queue_url(h.queue_url()).set_entries(Some(rest)).send().await.unwrap();
+    h.sqs.send_message_batch().queue_url(h.queue_url()).set_entries(Some(big)).send().await.unwrap();
 
-    let dlq = h.queue.dead_letter_queue_url.clone();
+    let dlq = h.dead_letter_queue_url().to_string();
     eventually("poison in the dead-letter queue", || async {
         (h.queue_depth(&dlq).await.0 == poison.len() as u64).then_some(())
     })
@@ -583,7 +411,7 @@ async fn an_event_whose_reconcile_fails_is_kept_until_it_succeeds() {
     let table = h.table.clone();
     h.store("flaky", json!({ "tags": ["flaky"], "dynamodb": { "tableName": table, "endpoint": proxy.url } })).await;
     let tenant = h.tenant(0);
-    let ns = h.namespace("f", &tenant).await;
+    let ns = h.namespace("f", Some(&tenant)).await;
     let flaky = h.tag("flaky");
     h.tenant_config(&ns, "payments", json!({ "defaultTags": [flaky], "entries": [{ "key": "k", "value": "v" }] }))
         .await;
@@ -599,7 +427,7 @@ async fn an_event_whose_reconcile_fails_is_kept_until_it_succeeds() {
     })
     .await;
     assert_eq!(h.metrics().message("acked"), acked_before, "not deleted while its reconcile fails");
-    let (visible, in_flight) = h.queue_depth(&h.queue.queue_url).await;
+    let (visible, in_flight) = h.queue_depth(h.queue_url()).await;
     assert!(visible + in_flight >= 1, "the message is still in the queue");
     assert!(!h.config_map(&ns, "payments").await.contains_key("late"));
 
@@ -609,7 +437,7 @@ async fn an_event_whose_reconcile_fails_is_kept_until_it_succeeds() {
     // The message left the queue and not for the dead-letter queue: only the
     // controller's DeleteMessage removes messages from it.
     h.wait_queue_empty().await;
-    assert_eq!(h.queue_depth(&h.queue.dead_letter_queue_url).await.0, 0);
+    assert_eq!(h.queue_depth(h.dead_letter_queue_url()).await.0, 0);
     // ... and it was the controller that deleted it. (A drained queue without an
     // ack once exposed a moto race that lost messages sent during a delete; the
     // emulator now closes it.)
@@ -625,7 +453,7 @@ async fn restart_with_messages_in_flight_loses_nothing() {
     let table = h.table.clone();
     h.store("flaky", json!({ "tags": ["flaky"], "dynamodb": { "tableName": table, "endpoint": proxy.url } })).await;
     let tenant = h.tenant(0);
-    let ns = h.namespace("r", &tenant).await;
+    let ns = h.namespace("r", Some(&tenant)).await;
     let flaky = h.tag("flaky");
     for k in 0..5 {
         h.tenant_config(
@@ -656,7 +484,7 @@ async fn restart_with_messages_in_flight_loses_nothing() {
         h.wait_config_map(&ns, &name, "projected after restart", |d| d.get("late") == Some(&want)).await;
     }
     h.wait_queue_empty().await;
-    assert_eq!(h.queue_depth(&h.queue.dead_letter_queue_url).await.0, 0, "nothing went to the dead-letter queue");
+    assert_eq!(h.queue_depth(h.dead_letter_queue_url()).await.0, 0, "nothing went to the dead-letter queue");
     h.finish().await;
 }
 
@@ -670,7 +498,7 @@ async fn a_stop_mid_long_poll_leaves_no_message_hidden() {
     let _turn = SERIAL.lock().await;
     let mut h = Harness::new("ev-stop-poll", 5, 120).await;
     let tenant = h.tenant(0);
-    let ns = h.namespace("a", &tenant).await;
+    let ns = h.namespace("a", Some(&tenant)).await;
     let ssm_tag = h.tag("ssm");
     h.tenant_config(&ns, "web", json!({ "defaultTags": [ssm_tag], "entries": [{ "key": "api", "value": "v1" }] }))
         .await;
@@ -685,7 +513,7 @@ async fn a_stop_mid_long_poll_leaves_no_message_hidden() {
     stopped.await.unwrap();
     // Nobody consumes now. The change's message must be visible to the next
     // leader well before the 120 s visibility timeout.
-    let url = h.queue.queue_url.clone();
+    let url = h.queue_url().to_string();
     let depth = eventually_within(Duration::from_secs(40), "the change's message is visible", || async {
         let (visible, hidden) = h.queue_depth(&url).await;
         (visible >= 1 && hidden == 0).then_some((visible, hidden))

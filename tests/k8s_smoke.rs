@@ -26,7 +26,8 @@ async fn setup() -> (Client, String) {
     (client, ns)
 }
 
-fn tenant_config(name: &str, spec: Value) -> Value {
+/// A TenantConfig manifest as a user would write it, valid or not.
+fn manifest(name: &str, spec: Value) -> Value {
     json!({ "apiVersion": "tenantconfig.io/v1alpha1", "kind": "TenantConfig", "metadata": { "name": name }, "spec": spec })
 }
 
@@ -60,7 +61,7 @@ async fn valid_tenant_config_is_accepted_with_defaults() {
         "include": [{ "parameterPath": "/tenant-config-shared/prod/payments" }],
         "projection": { "configMapName": "payments-config", "secretName": "payments-secrets" }
     });
-    create_raw(&client, Some(&ns), "TenantConfig", tenant_config("payments", spec)).await.unwrap();
+    create_raw(&client, Some(&ns), "TenantConfig", manifest("payments", spec)).await.unwrap();
 
     let stored = Api::<TenantConfig>::namespaced(client, &ns).get("payments").await.unwrap();
     assert_eq!(stored.spec.management_policy, ManagementPolicy::Enforce, "default applied by the API server");
@@ -101,9 +102,8 @@ async fn invalid_tenant_configs_are_refused_with_the_schema_message() {
         ),
     ];
     for (i, (what, spec, expected)) in cases.into_iter().enumerate() {
-        let err = create_raw(&client, Some(&ns), "TenantConfig", tenant_config(&format!("bad-{i}"), spec))
-            .await
-            .expect_err(what);
+        let err =
+            create_raw(&client, Some(&ns), "TenantConfig", manifest(&format!("bad-{i}"), spec)).await.expect_err(what);
         assert!(err.contains(expected), "{what}: expected {expected:?} in {err:?}");
     }
     let left = Api::<TenantConfig>::namespaced(client, &ns).list(&Default::default()).await.unwrap();

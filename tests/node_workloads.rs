@@ -18,7 +18,7 @@ use kube::{
     api::{DeleteParams, ListParams, LogParams, PostParams},
 };
 use serde_json::{Value, json};
-use support::{aws_config, event_queue, eventually_within, install_crds, kube_client, process::Process, unique};
+use support::{eventually_within, process::Process, world::World};
 use tenant_config_controller::api::{ConfigStore, TenantConfig};
 
 const DIGEST: &str = "tenantconfig.io/config-digest";
@@ -35,27 +35,22 @@ fn busybox() -> String {
 /// A store, its event path, and tenant namespaces each with a TenantConfig
 /// `payments` projecting ConfigMap `payments`.
 struct Stack {
-    client: Client,
-    id: String,
-    table: String,
-    queue_url: String,
-    ddb: aws_sdk_dynamodb::Client,
+    world: World,
+}
+
+impl std::ops::Deref for Stack {
+    type Target = World;
+    fn deref(&self) -> &World {
+        &self.world
+    }
 }
 
 impl Stack {
     async fn new(prefix: &str) -> Stack {
-        install_crds();
-        let client = kube_client().await;
-        let id = unique(prefix);
-        let queue = event_queue(&id, &[&format!("/{id}")], 5, 30);
-        let store: ConfigStore = serde_json::from_value(json!({
-            "apiVersion": "tenantconfig.io/v1alpha1", "kind": "ConfigStore", "metadata": { "name": format!("{id}-db") },
-            "spec": { "tags": [format!("{id}-db")], "dynamodb": { "tableName": format!("{id}-table") } }
-        }))
-        .unwrap();
-        Api::<ConfigStore>::all(client.clone()).create(&PostParams::default(), &store).await.unwrap();
-        let ddb = aws_sdk_dynamodb::Client::new(&aws_config().await);
-        Stack { table: format!("{id}-table"), queue_url: queue.queue_url, client, id, ddb }
+        let mut world = World::with_queue(prefix, 5, 30).await;
+        let table = world.table.clone();
+        world.store("db", json!({ "tags": ["db"], "dynamodb": { "tableName": table } })).await;
+        Stack { world }
     }
 
     /// A tenant namespace `{id}-{name}` (tenant `{id}-{name}`) with TenantConfig `payments`.
@@ -94,7 +89,7 @@ impl Stack {
     /// The controller with both features on, as a host process.
     fn controller(&self, name: &str, extra: &[&str]) -> Process {
         let args = [
-            &["--leader-election", "false", "--event-queue-url", &self.queue_url][..],
+            &["--leader-election", "false", "--event-queue-url", self.queue_url()][..],
             &["--refresh-pods", "true", "--rollout-workloads", "true"],
             extra,
         ]

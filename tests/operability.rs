@@ -19,76 +19,42 @@ use std::{
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_ssm::types::ParameterType;
-use k8s_openapi::api::{
-    core::v1::{ConfigMap, Namespace, ServiceAccount},
-    rbac::v1::ClusterRoleBinding,
-};
+use k8s_openapi::api::{core::v1::ServiceAccount, rbac::v1::ClusterRoleBinding};
 use kube::{
-    Api, Client,
-    api::{DeleteParams, ListParams, PostParams},
+    Api,
+    api::{DeleteParams, PostParams},
 };
 use serde_json::json;
-use support::{EventQueue, aws_config, event_queue, install_crds, kube_client, unique};
-use tenant_config_controller::api::{ConfigStore, TenantConfig};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// One test's stores, namespace and queue.
+/// One test's world (stores, queue) with one tenant namespace.
 struct World {
-    id: String,
-    client: Client,
-    ssm: aws_sdk_ssm::Client,
-    ddb: aws_sdk_dynamodb::Client,
-    sqs: aws_sdk_sqs::Client,
-    queue: EventQueue,
+    world: support::world::World,
     ns: String,
     tenant: String,
 }
 
+impl std::ops::Deref for World {
+    type Target = support::world::World;
+    fn deref(&self) -> &support::world::World {
+        &self.world
+    }
+}
+
 impl World {
     async fn new(name: &str) -> World {
-        install_crds();
-        let id = unique(name);
-        let prefix = format!("/{id}");
-        let queue = event_queue(&id, &[&prefix], 5, 30);
-        let client = kube_client().await;
-        let sdk = aws_config().await;
-        for (store, spec) in [
-            ("db", json!({ "tags": [format!("{id}-db")], "dynamodb": { "tableName": format!("{id}-table") } })),
-            (
-                "ssm",
-                json!({ "tags": [format!("{id}-ssm")], "parameterStore": { "pathPrefix": prefix, "kmsKeyId": "alias/tc" } }),
-            ),
-        ] {
-            let store: ConfigStore = serde_json::from_value(json!({
-                "apiVersion": "tenantconfig.io/v1alpha1", "kind": "ConfigStore",
-                "metadata": { "name": format!("{id}-{store}") }, "spec": spec
-            }))
-            .unwrap();
-            Api::<ConfigStore>::all(client.clone()).create(&PostParams::default(), &store).await.unwrap();
-        }
-        let (ns, tenant) = (format!("{id}-ns"), format!("{id}-t"));
-        let namespace: Namespace = serde_json::from_value(
-            json!({ "metadata": { "name": ns, "labels": { "tenantconfig.io/tenant": tenant } } }),
-        )
-        .unwrap();
-        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await.unwrap();
-        World {
-            id,
-            client,
-            ssm: aws_sdk_ssm::Client::new(&sdk),
-            ddb: aws_sdk_dynamodb::Client::new(&sdk),
-            sqs: aws_sdk_sqs::Client::new(&sdk),
-            queue,
-            ns,
-            tenant,
-        }
+        let mut world = support::world::World::with_queue(name, 5, 30).await;
+        world.standard_stores().await;
+        let tenant = world.tenant(0);
+        let ns = world.namespace("ns", Some(&tenant)).await;
+        World { world, ns, tenant }
     }
 
     fn args(&self) -> Vec<String> {
         vec![
             "--event-queue-url".into(),
-            self.queue.queue_url.clone(),
+            self.queue_url().into(),
             "--lease-name".into(),
             format!("{}-lease", self.id),
             "--log-format".into(),
@@ -97,80 +63,31 @@ impl World {
     }
 
     async fn tenant_config(&self, name: &str, spec: serde_json::Value) {
-        let tc: TenantConfig = serde_json::from_value(json!({
-            "apiVersion": "tenantconfig.io/v1alpha1", "kind": "TenantConfig", "metadata": { "name": name }, "spec": spec
-        }))
-        .unwrap();
-        Api::<TenantConfig>::namespaced(self.client.clone(), &self.ns)
-            .create(&PostParams::default(), &tc)
-            .await
-            .unwrap();
-    }
-
-    async fn ready_count(&self) -> usize {
-        support::fixtures::ready_count(&self.client, &self.ns).await
+        self.world.tenant_config(&self.ns, name, spec).await;
     }
 
     async fn wait_ready(&self, n: usize) {
-        eventually(&format!("{n} TenantConfigs Ready"), || async { (self.ready_count().await >= n).then_some(()) })
-            .await
+        self.world.wait_ready_count(&self.ns, n).await
     }
 
     async fn config_map(&self, name: &str) -> BTreeMap<String, String> {
-        Api::<ConfigMap>::namespaced(self.client.clone(), &self.ns)
-            .get_opt(name)
-            .await
-            .unwrap()
-            .and_then(|cm| cm.data)
-            .unwrap_or_default()
+        self.world.config_map(&self.ns, name).await
     }
 
     /// Messages on the event queue, visible or being handled.
     async fn queued_messages(&self) -> u64 {
-        use aws_sdk_sqs::types::QueueAttributeName::{
-            ApproximateNumberOfMessages, ApproximateNumberOfMessagesNotVisible,
-        };
-        let attributes = self
-            .sqs
-            .get_queue_attributes()
-            .queue_url(&self.queue.queue_url)
-            .attribute_names(ApproximateNumberOfMessages)
-            .attribute_names(ApproximateNumberOfMessagesNotVisible)
-            .send()
-            .await
-            .unwrap();
-        let attributes = attributes.attributes().cloned().unwrap_or_default();
-        [ApproximateNumberOfMessages, ApproximateNumberOfMessagesNotVisible]
-            .iter()
-            .filter_map(|name| attributes.get(name)?.parse::<u64>().ok())
-            .sum()
+        let (visible, in_flight) = self.queue_depth(self.queue_url()).await;
+        visible + in_flight
     }
 
     async fn parameters(&self) -> usize {
-        let path = format!("/{}/{}", self.id, self.tenant);
-        let mut count = 0;
-        let mut pages = self.ssm.get_parameters_by_path().path(path).recursive(true).into_paginator().send();
-        while let Some(page) = pages.next().await {
-            count += page.unwrap().parameters().len();
-        }
-        count
+        self.parameter_count(&format!("{}/{}", self.prefix, self.tenant)).await
     }
 
     /// Deletes the test's objects with a controller running, then its stores.
     async fn finish(self) {
         let mut cleaner = Process::spawn("cleanup", &["--leader-election", "false"], &[]);
-        let api = Api::<TenantConfig>::namespaced(self.client.clone(), &self.ns);
-        api.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
-        eventually("TenantConfigs deleted", || async {
-            api.list(&ListParams::default()).await.ok()?.items.is_empty().then_some(())
-        })
-        .await;
-        for store in ["db", "ssm"] {
-            Api::<ConfigStore>::all(self.client.clone())
-                .delete(&format!("{}-{store}", self.id), &DeleteParams::default())
-                .await
-                .unwrap();
-        }
+        self.world.clean_up().await;
         cleaner.signal("TERM");
         assert!(cleaner.wait_exit(Duration::from_secs(30)).success());
     }

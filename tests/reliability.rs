@@ -27,18 +27,16 @@ use std::{
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_ssm::types::ParameterType;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
-    Api, Client,
+    Api,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
 use support::{
-    EventQueue, aws_config, event_queue,
     fault_proxy::{Fault, FaultProxy, Times},
-    install_crds, kube_client,
     process::{Process, client_from, kubeconfig_as_service_account},
-    repo_root, unique,
+    repo_root,
 };
 use tenant_config_controller::api::{ConfigStore, TenantConfig};
 
@@ -90,60 +88,37 @@ impl Expect {
 /// `(namespace, name)` → what it should amount to. The configType is the name.
 type Expected = BTreeMap<(String, String), Expect>;
 
-/// One scenario's stores, tenants, queue and fault proxy.
+/// One scenario's world (stores, queue), its tenants and its fault proxy.
 struct World {
-    id: String,
-    client: Client,
-    ddb: aws_sdk_dynamodb::Client,
-    ssm: aws_sdk_ssm::Client,
-    sqs: aws_sdk_sqs::Client,
-    table: String,
-    prefix: String,
-    shared: String,
-    queue: EventQueue,
+    world: support::world::World,
     proxy: FaultProxy,
     /// `(namespace, tenant)`
     tenants: Vec<(String, String)>,
 }
 
+impl std::ops::Deref for World {
+    type Target = support::world::World;
+    fn deref(&self) -> &support::world::World {
+        &self.world
+    }
+}
+
+impl std::ops::DerefMut for World {
+    fn deref_mut(&mut self) -> &mut support::world::World {
+        &mut self.world
+    }
+}
+
 impl World {
     async fn new(name: &str, tenants: usize) -> World {
-        install_crds();
-        let id = unique(name);
-        let (prefix, shared) = (format!("/{id}"), format!("/{id}-shared"));
-        let queue = event_queue(&id, &[&prefix, &shared], 3, 30);
-        let sdk = aws_config().await;
-        let client = kube_client().await;
-        let stores = [
-            ("db", json!({ "tags": [format!("{id}-db")], "dynamodb": { "tableName": format!("{id}-table") } })),
-            (
-                "ssm",
-                json!({ "tags": [format!("{id}-ssm")],
-                        "parameterStore": { "pathPrefix": prefix, "sharedPaths": [shared], "kmsKeyId": "alias/tc" } }),
-            ),
-        ];
-        for (suffix, spec) in stores {
-            create_store(&client, &format!("{id}-{suffix}"), spec).await;
-        }
-        let mut world = World {
-            client,
-            ddb: aws_sdk_dynamodb::Client::new(&sdk),
-            ssm: aws_sdk_ssm::Client::new(&sdk),
-            sqs: aws_sdk_sqs::Client::new(&sdk),
-            table: format!("{id}-table"),
-            proxy: FaultProxy::start(&support::env("AWS_ENDPOINT_URL")).await,
-            prefix,
-            shared,
-            queue,
-            tenants: Vec::new(),
-            id,
-        };
+        let mut world = support::world::World::with_queue(name, 3, 30).await;
+        world.standard_stores().await;
+        let mut namespaces = Vec::new();
         for n in 0..tenants {
-            let (ns, tenant) = (format!("{}-n{n}", world.id), format!("{}-t{n}", world.id));
-            create_namespace(&world.client, &ns, Some(&tenant)).await;
-            world.tenants.push((ns, tenant));
+            let tenant = world.tenant(n);
+            namespaces.push((world.namespace(&format!("n{n}"), Some(&tenant)).await, tenant));
         }
-        world
+        World { world, proxy: FaultProxy::start(&support::env("AWS_ENDPOINT_URL")).await, tenants: namespaces }
     }
 
     fn ns(&self, n: usize) -> &str {
@@ -161,7 +136,7 @@ impl World {
             all.extend(["--leader-election", "false"]);
         }
         if with_queue {
-            all.extend(["--event-queue-url", &self.queue.queue_url]);
+            all.extend(["--event-queue-url", self.queue_url()]);
         }
         all.extend(args);
         let mut env = vec![("AWS_ENDPOINT_URL", self.proxy.url.as_str())];
@@ -373,10 +348,6 @@ impl World {
         panic!("not converged within {within:?}: {}", last.unwrap_or_default());
     }
 
-    async fn ready_count(&self, ns: &str) -> usize {
-        fixtures::ready_count(&self.client, ns).await
-    }
-
     /// Deletes every TenantConfig with a controller running, then proves the
     /// stores hold nothing of them (keys other writers put there stay); removes
     /// the stores.
@@ -415,20 +386,6 @@ impl World {
         cleaner.signal("TERM");
         assert!(cleaner.wait_exit(Duration::from_secs(30)).success(), "cleanup controller: {}", cleaner.logs());
     }
-}
-
-async fn create_store(client: &Client, name: &str, spec: serde_json::Value) {
-    let store: ConfigStore = serde_json::from_value(json!({
-        "apiVersion": "tenantconfig.io/v1alpha1", "kind": "ConfigStore", "metadata": { "name": name }, "spec": spec
-    }))
-    .unwrap();
-    Api::<ConfigStore>::all(client.clone()).create(&PostParams::default(), &store).await.unwrap();
-}
-
-async fn create_namespace(client: &Client, name: &str, tenant: Option<&str>) {
-    let labels = tenant.map(|t| json!({ "tenantconfig.io/tenant": t })).unwrap_or(json!({}));
-    let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": name, "labels": labels } })).unwrap();
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
 }
 
 /// `(status, reason)` of the Ready condition.
@@ -972,18 +929,14 @@ enum Outcome {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_manifests_and_forged_events_write_nothing_and_cross_no_tenant() {
     let _turn = SERIAL.lock().await;
-    let w = World::new("rel-hostile", 2).await;
+    let mut w = World::new("rel-hostile", 2).await;
     let (ns_a, ns_b) = (w.ns(0).to_string(), w.ns(1).to_string());
     let (tenant_a, tenant_b) = (w.tenant_of(&ns_a).to_string(), w.tenant_of(&ns_b).to_string());
     let (db, ssm, big) = (format!("{}-db", w.id), format!("{}-ssm", w.id), format!("{}-big", w.id));
-    create_store(
-        &w.client,
-        &big,
-        json!({ "tags": [big], "parameterStore": { "pathPrefix": format!("{}-big", w.prefix), "tier": "Advanced" } }),
-    )
-    .await;
-    let unlabelled = format!("{}-nolabel", w.id);
-    create_namespace(&w.client, &unlabelled, None).await;
+    let big_prefix = format!("{}-big", w.prefix);
+    w.store("big", json!({ "tags": ["big"], "parameterStore": { "pathPrefix": big_prefix, "tier": "Advanced" } }))
+        .await;
+    let unlabelled = w.namespace("nolabel", None).await;
 
     // The controller runs as the chart's ServiceAccount with the chart's RBAC.
     let release = format!("r{}", std::process::id());
@@ -1211,7 +1164,7 @@ async fn hostile_manifests_and_forged_events_write_nothing_and_cross_no_tenant()
     let acked_before = metric("tenant_config_event_messages_total{outcome=\"acked\"}");
     let malformed_before = metric("tenant_config_event_messages_total{outcome=\"malformed\"}");
     for body in forged.iter().chain(&malformed) {
-        w.sqs.send_message().queue_url(&w.queue.queue_url).message_body(body).send().await.unwrap();
+        w.sqs.send_message().queue_url(w.queue_url()).message_body(body).send().await.unwrap();
     }
     support::eventually("forged events handled and malformed ones refused", || async {
         let acked = metric("tenant_config_event_messages_total{outcome=\"acked\"}") - acked_before;
@@ -1224,7 +1177,7 @@ async fn hostile_manifests_and_forged_events_write_nothing_and_cross_no_tenant()
         let attrs = w
             .sqs
             .get_queue_attributes()
-            .queue_url(&w.queue.queue_url)
+            .queue_url(w.queue_url())
             .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
             .send()
             .await

@@ -10,6 +10,7 @@ pub mod fault_proxy;
 pub mod fixtures;
 #[allow(dead_code)]
 pub mod process;
+pub mod world;
 
 use std::{
     future::Future,
