@@ -84,25 +84,11 @@ impl Election {
                 release(leading, lease_task).await;
                 continue;
             }
-            let acquired = outcome == Standby::Acquired;
-            if acquired {
+            if outcome == Standby::Acquired {
                 info!(identity = %self.identity, "acquired the lease: starting the controller and the event consumer");
                 probes.leading.store(true, Ordering::Release);
                 metrics.leader.set(1);
-                let mut watch_lease = leading.clone();
-                let stop_on_signal = shutdown.clone();
-                work(
-                    async move {
-                        tokio::select! {
-                            _ = stop_on_signal => {}
-                            _ = watch_lease.wait_for(|l| !*l) => {
-                                warn!("lost the lease: stopping the controller and the event consumer");
-                            }
-                        }
-                    }
-                    .boxed(),
-                )
-                .await;
+                work(until_lost(leading.clone(), shutdown.clone())).await;
                 probes.leading.store(false, Ordering::Release);
                 metrics.leader.set(0);
             }
@@ -113,6 +99,19 @@ impl Election {
             info!("standing by for the lease again");
         }
     }
+}
+
+/// Resolves when the term ends: on shutdown, or when the Lease is lost.
+fn until_lost(mut leading: tokio::sync::watch::Receiver<bool>, shutdown: Shutdown) -> BoxFuture<'static, ()> {
+    async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = leading.wait_for(|l| !*l) => {
+                warn!("lost the lease: stopping the controller and the event consumer");
+            }
+        }
+    }
+    .boxed()
 }
 
 /// Closing the channel makes the manager release the Lease (if held) and end.

@@ -187,21 +187,7 @@ impl Consumer {
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             if stop_at.is_none() && receiving.is_none() && waiting.len() < self.settings.max_in_flight {
-                let backoff = backoff(failures);
-                let (sqs, settings, gate) = (self.sqs.clone(), self.settings.clone(), self.gate.clone());
-                let mut synced = self.caches_synced.clone();
-                let sent = Arc::new(AtomicBool::new(false));
-                let sending = sent.clone();
-                let poll = Box::pin(async move {
-                    tokio::time::sleep(backoff).await;
-                    if synced.wait_for(|synced| *synced).await.is_err() {
-                        // The probes are gone: the controller is stopping.
-                        std::future::pending::<()>().await;
-                    }
-                    sending.store(true, Ordering::SeqCst);
-                    receive(&sqs, &settings, &gate).await
-                });
-                receiving = Some((poll, sent));
+                receiving = Some(self.poll(failures));
             }
             tokio::select! {
                 _ = &mut shutdown, if stop_at.is_none() => {
@@ -246,16 +232,38 @@ impl Consumer {
                 break;
             }
         }
-        if !pending.is_empty() {
-            // Their reconciles may still finish here; the next leader
-            // reconciling them again costs less than waiting for them.
-            info!(
-                left = pending.len(),
-                "event consumer stopped; unhandled messages are made visible for the next leader"
-            );
-            release(&self.sqs, &self.gate, &self.metrics, &self.settings.queue_url, pending.into_iter().collect())
-                .await;
+        self.release_pending(pending).await;
+    }
+
+    /// The next receive: after the backoff `failures` call for, once the
+    /// caches have listed.
+    fn poll(&self, failures: u32) -> Receiving {
+        let backoff = backoff(failures);
+        let (sqs, settings, gate) = (self.sqs.clone(), self.settings.clone(), self.gate.clone());
+        let mut synced = self.caches_synced.clone();
+        let sent = Arc::new(AtomicBool::new(false));
+        let sending = sent.clone();
+        let poll = Box::pin(async move {
+            tokio::time::sleep(backoff).await;
+            if synced.wait_for(|synced| *synced).await.is_err() {
+                // The probes are gone: the controller is stopping.
+                std::future::pending::<()>().await;
+            }
+            sending.store(true, Ordering::SeqCst);
+            receive(&sqs, &settings, &gate).await
+        });
+        (poll, sent)
+    }
+
+    /// At the stop: messages whose objects are still reconciling are made
+    /// visible again. Their reconciles may still finish here; the next leader
+    /// reconciling them again costs less than waiting for them.
+    async fn release_pending(&self, pending: HashSet<String>) {
+        if pending.is_empty() {
+            return;
         }
+        info!(left = pending.len(), "event consumer stopped; unhandled messages are made visible for the next leader");
+        release(&self.sqs, &self.gate, &self.metrics, &self.settings.queue_url, pending.into_iter().collect()).await;
     }
 
     /// Lets a long poll cut short by the shutdown finish in the background
@@ -313,11 +321,19 @@ impl Consumer {
             let _ = trigger.unbounded_send(Trigger { object: obj.clone(), shared_only });
         }
         self.metrics.event_triggers.inc_by(objects.len() as u64);
+        pending.insert(handle.clone());
+        waiting.push(self.handled(id, handle, objects, received));
+        None
+    }
+
+    /// Resolves once every object of a message has been reconciled since the
+    /// message arrived (`true`: it may be deleted), hiding the message again
+    /// while they still run, up to [`MAX_VISIBILITY_EXTENSIONS`] times.
+    fn handled(&self, id: String, handle: String, objects: Vec<ObjectRef<Guarded>>, received: Instant) -> Handled {
         let (tracker, router, sqs, gate) =
             (self.tracker.clone(), self.router.clone(), self.sqs.clone(), self.gate.clone());
         let (queue_url, visibility) = (self.settings.queue_url.clone(), self.settings.visibility_timeout);
-        pending.insert(handle.clone());
-        waiting.push(Box::pin(async move {
+        Box::pin(async move {
             let mut deadline = received + visibility.mul_f64(0.8);
             for extension in 1..=MAX_VISIBILITY_EXTENSIONS + 1 {
                 if tracker.wait(&objects, received, deadline, |obj| router.exists(obj)).await {
@@ -345,8 +361,7 @@ impl Consumer {
                 }
             }
             (handle, false)
-        }));
-        None
+        })
     }
 
     async fn delete(&self, handles: Vec<String>) {

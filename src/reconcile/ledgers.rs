@@ -24,6 +24,18 @@ pub struct Ledgers {
     pub own_writes: Arc<OwnWrites>,
 }
 
+impl Ledgers {
+    /// Empty ledgers; `queue_depth` follows the requests not yet started.
+    pub fn new(queue_depth: prometheus_client::metrics::gauge::Gauge) -> Self {
+        Ledgers {
+            retries: Retries::default(),
+            requests: Arc::new(Requests::new(queue_depth)),
+            last_reads: Arc::new(LastReads::default()),
+            own_writes: Arc::new(OwnWrites::default()),
+        }
+    }
+}
+
 /// Objects whose reconcile was requested (a watch change, an owned ConfigMap,
 /// a namespace or store change, an event, the resync, a re-requested retry)
 /// and has not started: the reconcile queue's depth. A retry waiting for its

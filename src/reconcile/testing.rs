@@ -16,9 +16,7 @@ use serde_json::{Value, json};
 
 use super::{
     context::{Caches, Claims, Context, Kube, Outbound, Progress, Stores},
-    echo::OwnWrites,
-    last_read::LastReads,
-    ledgers::{Ledgers, Requests},
+    ledgers::Ledgers,
     settings::Settings,
 };
 use crate::{
@@ -109,12 +107,7 @@ pub fn context(client: Client) -> Context {
             synced: tokio::sync::watch::channel(true).1,
         },
         stores: Stores::new(backend_ctx, shared_cache),
-        ledgers: Ledgers {
-            retries: Default::default(),
-            requests: Arc::new(Requests::new(Default::default())),
-            last_reads: Arc::new(LastReads::default()),
-            own_writes: Arc::new(OwnWrites::default()),
-        },
+        ledgers: Ledgers::new(Default::default()),
         outbound: Outbound {
             progress: Arc::new(NoProgress),
             claims: Arc::new(NoClaims),

@@ -21,9 +21,7 @@ use crate::{
     reconcile::{
         self, Context, Settings,
         context::{Caches, Claims, Kube, Outbound, Progress, Stores},
-        echo::OwnWrites,
-        last_read::LastReads,
-        ledgers::{Ledgers, Requests},
+        ledgers::Ledgers,
     },
     recorder::Recorder,
     server::Probes,
@@ -67,25 +65,14 @@ impl Progress for Tracker {
 pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send + 'static) {
     let shutdown = shutdown.shared();
     let Dependencies { client, settings, backend_ctx, events, metrics, probes, workloads: workload_settings } = deps;
-    let ledgers = Ledgers {
-        retries: Default::default(),
-        requests: Arc::new(Requests::new(metrics.reconcile_queue_depth.clone())),
-        last_reads: Arc::new(LastReads::default()),
-        own_writes: Arc::new(OwnWrites::default()),
-    };
+    let ledgers = Ledgers::new(metrics.reconcile_queue_depth.clone());
     let index = Arc::new(Index::new(&settings.tenant_label, &settings.environment_label));
     let watches = Watches::start(&client, &probes, &index, &ledgers);
     let shared_cache = Arc::new(SharedCache::new(settings.shared_cache_max_age, metrics.shared_cache.clone()));
     let tracker = Arc::new(Tracker::new(metrics.clone()));
     let (trigger, triggered) = futures::channel::mpsc::unbounded();
     let consumer = events.map(|settings| {
-        let router = EventRouter {
-            stores: watches.config_stores.clone(),
-            index: index.clone(),
-            objects: watches.objects.clone(),
-            shared_cache: shared_cache.clone(),
-            tenant_walks: backend_ctx.tenant_walks.clone(),
-        };
+        let router = router(&watches, &index, &shared_cache, &backend_ctx);
         event_consumer(settings, router, &backend_ctx, &tracker, &metrics, &probes)
     });
     if consumer.is_none() {
@@ -120,32 +107,53 @@ pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send +
         settings,
     });
     let controller = controller(watches, context, triggered, retry_requests.boxed(), shutdown.clone());
-    // Refresh and rollout run as long as the controller: they end with it.
+    tokio::select! {
+        _ = drive(controller, workloads, consumer.map(|c| (c, trigger)), shutdown.clone()) => {}
+        _ = shutdown_before_sync(&probes, shutdown) => info!("shutdown before the caches synced: nothing in flight to finish"),
+    }
+    probes.caches_dropped();
+}
+
+/// Runs the controller, refresh and rollout (they end with it) and the event
+/// consumer with its trigger sender, until all have stopped.
+async fn drive(
+    controller: impl Future<Output = ()>,
+    workloads: impl Future<Output = ()>,
+    consumer: Option<(sqs::Consumer, futures::channel::mpsc::UnboundedSender<sqs::Trigger>)>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let controller = async move {
         tokio::select! {
             _ = controller => {}
             _ = workloads => {}
         }
     };
-    let consumer_shutdown = shutdown.clone();
-    let work = async move {
-        match consumer {
-            Some(consumer) => {
-                tokio::join!(controller, consumer.run(trigger, consumer_shutdown));
-            }
-            None => {
-                // Nothing else sends triggers: an open sender would keep the
-                // controller's trigger stream (and so its shutdown) pending.
-                drop(trigger);
-                controller.await
-            }
+    match consumer {
+        Some((consumer, trigger)) => {
+            tokio::join!(controller, consumer.run(trigger, shutdown));
         }
-    };
-    tokio::select! {
-        _ = work => {}
-        _ = shutdown_before_sync(&probes, shutdown) => info!("shutdown before the caches synced: nothing in flight to finish"),
+        // Without a consumer the trigger sender is dropped here: an open one
+        // would keep the controller's trigger stream (and so its shutdown)
+        // pending.
+        None => controller.await,
     }
-    probes.caches_dropped();
+}
+
+/// Where a store-change event lands: the caches, the index, the shared-path
+/// cache and the start-up walks it invalidates.
+fn router(
+    watches: &Watches,
+    index: &Arc<Index>,
+    shared_cache: &Arc<SharedCache>,
+    backend_ctx: &BackendContext,
+) -> EventRouter {
+    EventRouter {
+        stores: watches.config_stores.clone(),
+        index: index.clone(),
+        objects: watches.objects.clone(),
+        shared_cache: shared_cache.clone(),
+        tenant_walks: backend_ctx.tenant_walks.clone(),
+    }
 }
 
 /// The store-change event consumer.

@@ -76,24 +76,8 @@ impl Watches {
                 ns_index.observe_namespace(e);
                 namespaces_listed(matches!(e, watcher::Event::InitDone));
             });
-        let (objects, writer) = reflector::store();
-        let (tc_index, objects_listed) = (index.clone(), listed(Cache::TenantConfigs));
-        let (requests, last_reads) = (ledgers.requests.clone(), ledgers.last_reads.clone());
-        let tc_requests = requests.clone();
-        let tenant_configs = watcher(Api::<Guarded>::all(client.clone()), watch.clone()).modify(slim_for_cache);
-        let tenant_configs = cached(writer, tenant_configs, move |event| {
-            tc_index.observe_tenant_config(event);
-            if let watcher::Event::Delete(tc) = event {
-                tc_requests.forget(&ObjectRef::from_obj(tc));
-                last_reads.forget(&ObjectRef::from_obj(tc));
-            }
-            objects_listed(matches!(event, watcher::Event::InitDone));
-        })
-        .default_backoff()
-        .applied_objects()
-        .predicate_filter(spec_or_lifecycle, Default::default())
-        .inspect_ok(asked(&requests, |tc: &Guarded| ObjectRef::from_obj(tc)))
-        .boxed();
+        let (objects, tenant_configs) = tenant_configs(client, &watch, index, ledgers, listed(Cache::TenantConfigs));
+        let requests = ledgers.requests.clone();
         let namespace_index = index.clone();
         let namespace_requests = logged(namespace_events.default_backoff().touched_objects())
             .flat_map(move |ns| futures::stream::iter(namespace_index.objects_in(&ns.name_any())))
@@ -118,6 +102,36 @@ impl Watches {
             requests,
         }
     }
+}
+
+/// The TenantConfig cache, and the controller's own stream: objects whose
+/// spec or lifecycle changed. A deleted object leaves the index and ledgers.
+fn tenant_configs(
+    client: &Client,
+    watch: &watcher::Config,
+    index: &Arc<Index>,
+    ledgers: &Ledgers,
+    listed: impl Fn(bool) + Send + 'static,
+) -> (reflector::Store<Guarded>, BoxStream<'static, watcher::Result<Guarded>>) {
+    let (objects, writer) = reflector::store();
+    let index = index.clone();
+    let (requests, last_reads) = (ledgers.requests.clone(), ledgers.last_reads.clone());
+    let forget = requests.clone();
+    let watch = watcher(Api::<Guarded>::all(client.clone()), watch.clone()).modify(slim_for_cache);
+    let stream = cached(writer, watch, move |event| {
+        index.observe_tenant_config(event);
+        if let watcher::Event::Delete(tc) = event {
+            forget.forget(&ObjectRef::from_obj(tc));
+            last_reads.forget(&ObjectRef::from_obj(tc));
+        }
+        listed(matches!(event, watcher::Event::InitDone));
+    })
+    .default_backoff()
+    .applied_objects()
+    .predicate_filter(spec_or_lifecycle, Default::default())
+    .inspect_ok(asked(&requests, |tc: &Guarded| ObjectRef::from_obj(tc)))
+    .boxed();
+    (objects, stream)
 }
 
 /// Counts a request for the object `of` names (the queue depth).

@@ -13,13 +13,12 @@ use aws_sdk_dynamodb::{Client, error::SdkError, types::AttributeValue};
 use std::sync::Arc;
 
 use super::{
-    ApplyReport, Backend, BackendContext, BulkRead, CallGate, Desired, LimitError, Location, StoreError, StoreRef,
-    StoreState, Value,
+    ApplyReport, Backend, BackendContext, BulkRead, CallGate, Desired, Entry, LimitError, Location, StoreError,
+    StoreRef, StoreState, Value,
     change::{StoreChange, Target},
     limits::DYNAMODB_ITEM_MAX_BYTES,
-    plan::plan,
+    plan::{Plan, plan},
     rate_limit::RateFamily,
-    registry::Entry,
 };
 use crate::api::{ConfigStoreSpec, DynamoDbStore, StoreBackend, is_valid_key};
 
@@ -71,6 +70,66 @@ struct ItemRead {
 }
 
 impl DynamoDbBackend {
+    /// Refuses an item that would exceed DynamoDB's size limit, before writing.
+    fn check_size(
+        &self,
+        location: &Location,
+        raw: Option<&HashMap<String, AttributeValue>>,
+        data: &BTreeMap<String, Value>,
+        plan: &Plan,
+        desired: &Desired,
+    ) -> Result<(), StoreError> {
+        let mut projected = raw.cloned().unwrap_or_else(|| self.key_attributes(location));
+        projected.insert(DATA.into(), AttributeValue::M(data_map(data)));
+        projected.insert(MANAGED_KEYS.into(), AttributeValue::Ss(plan.managed.iter().cloned().collect()));
+        projected.insert(MANAGED_BY.into(), AttributeValue::S(desired.owner.clone()));
+        projected.insert(VERSION.into(), AttributeValue::N(u64::MAX.to_string()));
+        projected.insert(UPDATED_AT.into(), AttributeValue::S(now_rfc3339()));
+        let size = item_size(&projected);
+        if size > DYNAMODB_ITEM_MAX_BYTES {
+            return Err(LimitError::ItemTooLarge { location: self.describe(location), size }.into());
+        }
+        Ok(())
+    }
+
+    /// The update that carries out `plan` on managed keys only (the whole
+    /// `data` map only when the item has none), and its version condition.
+    fn update(
+        &self,
+        raw: Option<&HashMap<String, AttributeValue>>,
+        state: &StoreState,
+        plan: &Plan,
+        data: &BTreeMap<String, Value>,
+        desired: &Desired,
+    ) -> (Update, String) {
+        let mut u = Update::default();
+        let data_name = u.name(DATA);
+        if matches!(raw.and_then(|r| r.get(DATA)), Some(AttributeValue::M(_))) {
+            for (k, v) in &plan.puts {
+                let (n, val) = (u.name(k), u.value(AttributeValue::S(v.value.clone())));
+                u.set.push(format!("{data_name}.{n} = {val}"));
+            }
+            for k in &plan.deletes {
+                let n = u.name(k);
+                u.remove.push(format!("{data_name}.{n}"));
+            }
+        } else {
+            let val = u.value(AttributeValue::M(data_map(data)));
+            u.set.push(format!("{data_name} = {val}"));
+        }
+        let managed_name = u.name(MANAGED_KEYS);
+        if plan.managed.is_empty() {
+            u.remove.push(managed_name); // string sets cannot be empty
+        } else {
+            let val = u.value(AttributeValue::Ss(plan.managed.iter().cloned().collect()));
+            u.set.push(format!("{managed_name} = {val}"));
+        }
+        u.set_attr(MANAGED_BY, AttributeValue::S(desired.owner.clone()));
+        u.set_attr(VERSION, AttributeValue::N((state.version + 1).to_string()));
+        u.set_attr(UPDATED_AT, AttributeValue::S(now_rfc3339()));
+        let condition = u.version_condition(raw.is_some(), state.version, &self.partition_key);
+        (u, condition)
+    }
     pub fn new(spec: &DynamoDbStore, ctx: &BackendContext) -> Self {
         DynamoDbBackend {
             client: Client::from_conf(super::service_config!(aws_sdk_dynamodb, ctx, spec, "tenant-config-dynamodb")),
@@ -315,6 +374,20 @@ fn value_size(v: &AttributeValue) -> usize {
     }
 }
 
+/// The item's `data` as it will be after `plan`.
+fn merged(state: &StoreState, plan: &Plan) -> BTreeMap<String, Value> {
+    let mut data = state.entries.clone();
+    for k in &plan.deletes {
+        data.remove(k);
+    }
+    data.extend(plan.puts.iter().map(|(k, v)| (k.clone(), v.clone())));
+    data
+}
+
+fn data_map(data: &BTreeMap<String, Value>) -> HashMap<String, AttributeValue> {
+    data.iter().map(|(k, v)| (k.clone(), AttributeValue::S(v.value.clone()))).collect()
+}
+
 /// Size of a whole item.
 pub fn item_size(item: &HashMap<String, AttributeValue>) -> usize {
     item.iter().map(|(k, v)| k.len() + value_size(v)).sum()
@@ -387,54 +460,9 @@ impl Backend for DynamoDbBackend {
                 return Ok(ApplyReport { state, ..Default::default() });
             }
 
-            // The item as it will be, to check the size limit before writing.
-            let mut data: BTreeMap<String, Value> = state.entries.clone();
-            for k in &plan.deletes {
-                data.remove(k);
-            }
-            data.extend(plan.puts.iter().map(|(k, v)| (k.clone(), v.clone())));
-            let mut projected = raw.clone().unwrap_or_else(|| self.key_attributes(location));
-            let data_map = |d: &BTreeMap<String, Value>| {
-                d.iter().map(|(k, v)| (k.clone(), AttributeValue::S(v.value.clone()))).collect::<HashMap<_, _>>()
-            };
-            projected.insert(DATA.into(), AttributeValue::M(data_map(&data)));
-            projected.insert(MANAGED_KEYS.into(), AttributeValue::Ss(plan.managed.iter().cloned().collect()));
-            projected.insert(MANAGED_BY.into(), AttributeValue::S(desired.owner.clone()));
-            projected.insert(VERSION.into(), AttributeValue::N(u64::MAX.to_string()));
-            projected.insert(UPDATED_AT.into(), AttributeValue::S(now_rfc3339()));
-            let size = item_size(&projected);
-            if size > DYNAMODB_ITEM_MAX_BYTES {
-                return Err(LimitError::ItemTooLarge { location: self.describe(location), size }.into());
-            }
-
-            let mut u = Update::default();
-            let data_name = u.name(DATA);
-            let data_exists = matches!(raw.as_ref().and_then(|r| r.get(DATA)), Some(AttributeValue::M(_)));
-            if data_exists {
-                for (k, v) in &plan.puts {
-                    let (n, val) = (u.name(k), u.value(AttributeValue::S(v.value.clone())));
-                    u.set.push(format!("{data_name}.{n} = {val}"));
-                }
-                for k in &plan.deletes {
-                    let n = u.name(k);
-                    u.remove.push(format!("{data_name}.{n}"));
-                }
-            } else {
-                let val = u.value(AttributeValue::M(data_map(&data)));
-                u.set.push(format!("{data_name} = {val}"));
-            }
-            let managed_name = u.name(MANAGED_KEYS);
-            if plan.managed.is_empty() {
-                u.remove.push(managed_name); // string sets cannot be empty
-            } else {
-                let val = u.value(AttributeValue::Ss(plan.managed.iter().cloned().collect()));
-                u.set.push(format!("{managed_name} = {val}"));
-            }
-            u.set_attr(MANAGED_BY, AttributeValue::S(desired.owner.clone()));
-            u.set_attr(VERSION, AttributeValue::N((state.version + 1).to_string()));
-            u.set_attr(UPDATED_AT, AttributeValue::S(now_rfc3339()));
-            let condition = u.version_condition(raw.is_some(), state.version, &self.partition_key);
-
+            let data = merged(&state, &plan);
+            self.check_size(location, raw.as_ref(), &data, &plan, desired)?;
+            let (u, condition) = self.update(raw.as_ref(), &state, &plan, &data, desired);
             let result = self.gate.call("UpdateItem", self.conditional_update(location, u, condition).send()).await;
             match result.map_err(lost_race_or) {
                 Ok(_) => {

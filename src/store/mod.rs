@@ -153,6 +153,19 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// One backend kind, as the [`registry`] lists it.
+pub struct Entry {
+    /// Its name in status, Events and metric labels.
+    pub kind: &'static str,
+    /// The backend a spec describes, if the spec is of this kind.
+    pub build: fn(store: &str, spec: &ConfigStoreSpec, ctx: &BackendContext) -> Option<Arc<dyn Backend>>,
+    /// Where `change` lands in `store`, if the store is of this kind and owns
+    /// the changed key.
+    pub locate: fn(change: &change::StoreChange, store: StoreRef<'_>) -> Vec<change::Target>,
+    /// The client-side budgets its calls count against.
+    pub rate_families: &'static [rate_limit::RateFamily],
+}
+
 /// The capability of reading many locations of one tenant in a few calls (the
 /// periodic resync reads each tenant once instead of each object).
 #[async_trait::async_trait]

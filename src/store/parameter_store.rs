@@ -20,13 +20,12 @@ use aws_sdk_ssm::{
 use tracing::debug;
 
 use super::{
-    ApplyReport, Backend, BackendContext, BulkRead, CallGate, Desired, LimitError, Location, SharedPaths, StoreError,
-    StoreRef, StoreState, Value,
+    ApplyReport, Backend, BackendContext, BulkRead, CallGate, Desired, Entry, LimitError, Location, SharedPaths,
+    StoreError, StoreRef, StoreState, Value,
     change::{StoreChange, Target},
     limits::{check_parameter_name, parameter_tier},
-    plan::plan,
+    plan::{Plan, plan},
     rate_limit::RateFamily,
-    registry::Entry,
     tenant_walks::TenantWalks,
 };
 use crate::api::{
@@ -80,6 +79,29 @@ const OWNER_PREFIX: &str = "managed by tenant-config-controller for ";
 const BY_PATH_PAGE: i32 = 10;
 const DESCRIBE_PAGE: i32 = 50;
 const DELETE_BATCH: usize = 10;
+
+/// The path holds exactly what this owner wrote.
+fn in_sync(desired: &Desired, entries: &BTreeMap<String, Value>) -> bool {
+    desired.owned_before
+        && entries.len() == desired.entries.len()
+        && desired.entries.iter().all(|(k, v)| entries.get(k) == Some(v))
+}
+
+/// Keys adopted without a value change: their owner still has to be recorded.
+fn claims(current: &StoreState, plan: &Plan) -> BTreeSet<String> {
+    let adopted =
+        |k: &&String| !current.managed.contains(*k) && !plan.puts.contains_key(*k) && current.entries.contains_key(*k);
+    plan.managed.iter().filter(adopted).cloned().collect()
+}
+
+/// How one parameter write went.
+enum Put {
+    Written,
+    /// `CreateOnly`, and someone created it since the read: theirs stays.
+    Skipped,
+    /// A create found a parameter the start-up walk did not: read and plan again.
+    Replan,
+}
 
 pub struct ParameterStoreBackend {
     /// The ConfigStore's name (start-up walks are kept per store).
@@ -190,12 +212,8 @@ impl ParameterStoreBackend {
         entries: BTreeMap<String, Value>,
         from_walk: bool,
     ) -> Result<Option<ApplyReport>, StoreError> {
-        // Steady state (every resync): the path holds exactly what this owner
-        // wrote. Ownership (DescribeParameters) matters only for a change.
-        let in_sync = desired.owned_before
-            && entries.len() == desired.entries.len()
-            && desired.entries.iter().all(|(k, v)| entries.get(k) == Some(v));
-        if in_sync {
+        // Steady state (every resync): ownership (DescribeParameters) matters only for a change.
+        if in_sync(desired, &entries) {
             let managed = desired.entries.keys().cloned().collect();
             let state = StoreState { entries, managed, managed_by: Some(desired.owner.clone()), version: 0 };
             return Ok(Some(ApplyReport { state, ..Default::default() }));
@@ -206,15 +224,7 @@ impl ParameterStoreBackend {
         let current = StoreState { entries, managed, managed_by, version: 0 };
         let plan =
             plan(&current, desired).map_err(|e| StoreError::Conflict { location: base.to_string(), owner: e.owner })?;
-        // Keys we adopt without a value change still need our owner recorded.
-        let claims: BTreeSet<String> = plan
-            .managed
-            .iter()
-            .filter(|k| {
-                !current.managed.contains(*k) && !plan.puts.contains_key(*k) && current.entries.contains_key(*k)
-            })
-            .cloned()
-            .collect();
+        let claims = claims(&current, &plan);
         if plan.puts.is_empty() && plan.deletes.is_empty() && claims.is_empty() {
             return Ok(Some(ApplyReport { state: current, ..Default::default() }));
         }
@@ -222,44 +232,16 @@ impl ParameterStoreBackend {
         let mut state = current.clone();
         let mut written = BTreeSet::new();
         for (key, value) in plan.puts.iter().chain(claims.iter().map(|k| (k, &current.entries[k]))) {
-            let name = format!("{base}/{key}");
             let tier = tiers.get(key).copied().unwrap_or(ParameterTier::Standard);
-            let exists = current.entries.contains_key(key);
-            let mut result = self
-                .put(&name, value, tier, &desired.owner, (!exists).then(|| Self::tags(location, &desired.owner)))
-                .await;
-            if let Err(e) = &result
-                && e.as_service_error().is_some_and(|s| s.is_parameter_already_exists())
-            {
-                // Created by someone else since the read. A walk of the
-                // start-up pass is older than a read of our own: plan again
-                // from one.
-                if from_walk {
-                    return Ok(None);
+            let found = current.entries.contains_key(key).then(|| current.managed.contains(key));
+            match self.put_key(location, desired, &format!("{base}/{key}"), value, tier, found, from_walk).await? {
+                Put::Written => {
+                    state.entries.insert(key.clone(), value.clone());
+                    written.insert(key.clone());
                 }
-                if desired.policy == ManagementPolicy::CreateOnly {
-                    continue;
-                }
-                result = self.put(&name, value, tier, &desired.owner, None).await;
+                Put::Skipped => {}
+                Put::Replan => return Ok(None),
             }
-            result.map_err(|e| StoreError::from_sdk(KIND, "PutParameter", e))?;
-            if exists && !current.managed.contains(key) {
-                // Taking over a parameter someone else created: make its tags say so.
-                self.gate
-                    .call(
-                        "AddTagsToResource",
-                        self.client
-                            .add_tags_to_resource()
-                            .resource_type(ResourceTypeForTagging::Parameter)
-                            .resource_id(&name)
-                            .set_tags(Some(Self::tags(location, &desired.owner)))
-                            .send(),
-                    )
-                    .await
-                    .map_err(|e| StoreError::from_sdk(KIND, "AddTagsToResource", e))?;
-            }
-            state.entries.insert(key.clone(), value.clone());
-            written.insert(key.clone());
         }
         self.delete(base, &plan.deletes).await?;
         for key in &plan.deletes {
@@ -273,6 +255,53 @@ impl ParameterStoreBackend {
             drift_corrected: plan.drift_corrected,
             state,
         }))
+    }
+
+    /// Writes one parameter: created with tags when the read found none
+    /// (`found`: `None`), else overwritten; taken over (`found`:
+    /// `Some(false)`, someone else's) its tags are rewritten too.
+    #[allow(clippy::too_many_arguments)]
+    async fn put_key(
+        &self,
+        location: &Location,
+        desired: &Desired,
+        name: &str,
+        value: &Value,
+        tier: ParameterTier,
+        found: Option<bool>,
+        from_walk: bool,
+    ) -> Result<Put, StoreError> {
+        let tags = found.is_none().then(|| Self::tags(location, &desired.owner));
+        let mut result = self.put(name, value, tier, &desired.owner, tags).await;
+        if let Err(e) = &result
+            && e.as_service_error().is_some_and(|s| s.is_parameter_already_exists())
+        {
+            // Created by someone else since the read. A walk of the start-up
+            // pass is older than a read of our own: plan again from one.
+            if from_walk {
+                return Ok(Put::Replan);
+            }
+            if desired.policy == ManagementPolicy::CreateOnly {
+                return Ok(Put::Skipped);
+            }
+            result = self.put(name, value, tier, &desired.owner, None).await;
+        }
+        result.map_err(|e| StoreError::from_sdk(KIND, "PutParameter", e))?;
+        if found == Some(false) {
+            // Taking over a parameter someone else created: make its tags say so.
+            let tagging = self
+                .client
+                .add_tags_to_resource()
+                .resource_type(ResourceTypeForTagging::Parameter)
+                .resource_id(name)
+                .set_tags(Some(Self::tags(location, &desired.owner)))
+                .send();
+            self.gate
+                .call("AddTagsToResource", tagging)
+                .await
+                .map_err(|e| StoreError::from_sdk(KIND, "AddTagsToResource", e))?;
+        }
+        Ok(Put::Written)
     }
 
     /// Owner recorded on each parameter under `path` (relative, flattened keys).

@@ -1,4 +1,6 @@
-//! The backends this controller knows, one [`Entry`] each. An entry owns what
+//! The backends this controller knows, one [`Entry`] each (the type lives
+//! beside [`Backend`], so that a backend's module and this list do not import
+//! each other). An entry owns what
 //! is particular to its kind: building a backend from a ConfigStore spec,
 //! where a store change lands (the inverse of its key or path format), and
 //! the rate families its calls count against. Everything else is the
@@ -13,25 +15,12 @@
 use std::sync::Arc;
 
 use super::{
-    Backend, BackendContext, LimitError, StoreError, StoreRef,
+    Backend, BackendContext, Entry, LimitError, StoreError, StoreRef,
     change::{StoreChange, Target},
     dynamodb, parameter_store,
     rate_limit::RateFamily,
 };
 use crate::api::ConfigStoreSpec;
-
-/// One backend kind.
-pub struct Entry {
-    /// Its name in status, Events and metric labels.
-    pub kind: &'static str,
-    /// The backend a spec describes, if the spec is of this kind.
-    pub build: fn(store: &str, spec: &ConfigStoreSpec, ctx: &BackendContext) -> Option<Arc<dyn Backend>>,
-    /// Where `change` lands in `store`, if the store is of this kind and owns
-    /// the changed key.
-    pub locate: fn(change: &StoreChange, store: StoreRef<'_>) -> Vec<Target>,
-    /// The client-side budgets its calls count against.
-    pub rate_families: &'static [RateFamily],
-}
 
 /// Every backend kind.
 pub const ENTRIES: &[Entry] = &[dynamodb::ENTRY, parameter_store::ENTRY];
