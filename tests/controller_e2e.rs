@@ -221,6 +221,17 @@ async fn drift_is_reverted_and_other_writers_keys_are_projected() {
     })
     .await;
 
+    // A key another writer put there that Kubernetes refuses as a ConfigMap
+    // key ("..x", IsConfigMapKey) is skipped and named; the rest still projects.
+    w.set_item_key(&s.tenant, "payments", "..hidden", Some("x")).await;
+    eventually("the refused key named in status", || async {
+        let tc = w.tenant_configs(&s.ns).get("payments").await.ok()?;
+        let projected = tc.status?.conditions.into_iter().find(|c| c.type_ == "Projected")?;
+        (projected.status == "True" && projected.message.contains("..hidden")).then_some(())
+    })
+    .await;
+    assert!(!w.config_map(&s.ns, "payments-config").await.contains_key("..hidden"));
+
     // A shared parameter changed with no event: the resync reads the path
     // once, finds it changed and the include is read afresh (not from the
     // shared cache, whose entries live 5 minutes).

@@ -76,7 +76,14 @@ async fn invalid_tenant_configs_are_refused_with_the_schema_message() {
     let many: Vec<Value> = (0..257).map(|i| json!({ "key": format!("k{i}"), "value": "v" })).collect();
     let cases = [
         ("bad key charset", json!({ "entries": [{ "key": "a/b", "value": "x" }] }), "should match '^[-._a-zA-Z0-9]+$'"),
-        ("dot-dot key", json!({ "entries": [{ "key": "..", "value": "x" }] }), "key must not be '.' or '..'"),
+        (
+            "dot-dot key",
+            json!({ "entries": [{ "key": "..", "value": "x" }] }),
+            "key must not be '.' or start with '..'",
+        ),
+        // Kubernetes refuses a ConfigMap key that starts with '..' (IsConfigMapKey):
+        // such an entry could never be projected.
+        ("key starting with '..'", json!({ "entries": [{ "key": "..x", "value": "x" }] }), "start with '..'"),
         (
             "duplicate keys",
             json!({ "entries": [{ "key": "a", "value": "1" }, { "key": "a", "value": "2" }] }),

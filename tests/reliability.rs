@@ -1003,8 +1003,17 @@ async fn hostile_manifests_and_forged_events_write_nothing_and_cross_no_tenant()
     let over_projection: Vec<_> = (0..130).map(|i| entry(&format!("k{i}"), &"x".repeat(8100), &big)).collect();
     let cases: Vec<(&str, serde_json::Value, Outcome)> = vec![
         ("slash-key", json!({ "entries": [entry("a/b", "v", &db)] }), Outcome::Refused("spec.entries[0].key")),
-        ("dotdot-key", json!({ "entries": [entry("..", "v", &db)] }), Outcome::Refused("key must not be '.' or '..'")),
-        ("dot-key", json!({ "entries": [entry(".", "v", &db)] }), Outcome::Refused("key must not be '.' or '..'")),
+        (
+            "dotdot-key",
+            json!({ "entries": [entry("..", "v", &db)] }),
+            Outcome::Refused("key must not be '.' or start with '..'"),
+        ),
+        (
+            "dot-key",
+            json!({ "entries": [entry(".", "v", &db)] }),
+            Outcome::Refused("key must not be '.' or start with '..'"),
+        ),
+        ("dotdot-prefix-key", json!({ "entries": [entry("..x", "v", &db)] }), Outcome::Refused("start with '..'")),
         ("empty-key", json!({ "entries": [entry("", "v", &db)] }), Outcome::Refused("spec.entries[0].key")),
         ("long-key", json!({ "entries": [entry(&long, "v", &db)] }), Outcome::Refused("Too long")),
         ("space-key", json!({ "entries": [entry("a b", "v", &db)] }), Outcome::Refused("spec.entries[0].key")),

@@ -48,16 +48,21 @@ pub fn is_valid_key(key: &str) -> bool {
     key.len() <= KEY_MAX_LEN && is_valid_config_map_key(key)
 }
 
-/// A key Kubernetes accepts in a ConfigMap or Secret (`[-._a-zA-Z0-9]{1,253}`,
-/// not `.` or `..`): what keys other writers put into the stores must satisfy to
-/// be projected.
+/// A key Kubernetes accepts in a ConfigMap or Secret, exactly as apimachinery's
+/// `IsConfigMapKey` decides: `[-._a-zA-Z0-9]{1,253}`, not `.`, not starting
+/// with `..`. What keys other writers put into the stores must satisfy to be
+/// projected.
 pub fn is_valid_config_map_key(key: &str) -> bool {
     !key.is_empty()
         && key.len() <= CONFIG_MAP_KEY_MAX_LEN
         && key != "."
-        && key != ".."
+        && !key.starts_with("..")
         && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
 }
+
+/// The CEL rule for entry keys beyond their pattern: what apimachinery's
+/// `IsConfigMapKey` refuses besides the charset.
+pub(crate) const CONFIG_MAP_KEY_RULE: &str = "self != '.' && !self.startsWith('..')";
 
 #[cfg(test)]
 mod tests {
@@ -65,10 +70,11 @@ mod tests {
 
     #[test]
     fn key_rule_matches_the_design() {
-        for ok in ["provider", "retry-limit", "a.b_c-D9", "..x", "x..", &"k".repeat(128)] {
+        for ok in ["provider", "retry-limit", "a.b_c-D9", ".x", "x..", "a..b", &"k".repeat(128)] {
             assert!(is_valid_key(ok), "{ok:?} should be valid");
         }
-        for bad in ["", ".", "..", "a/b", "a b", "ü", "a:b", &"k".repeat(129)] {
+        // "..x": Kubernetes refuses a ConfigMap key that starts with ".." (IsConfigMapKey).
+        for bad in ["", ".", "..", "..x", "...", "a/b", "a b", "ü", "a:b", &"k".repeat(129)] {
             assert!(!is_valid_key(bad), "{bad:?} should be invalid");
         }
     }

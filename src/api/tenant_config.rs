@@ -6,8 +6,8 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    KEY_MAX_LEN, KEY_PATTERN, NO_DOT_SEGMENTS_RULE, PARAMETER_PATH_MAX_LEN, PARAMETER_PATH_PATTERN, TAG_MAX_LEN,
-    TAG_PATTERN,
+    CONFIG_MAP_KEY_RULE, KEY_MAX_LEN, KEY_PATTERN, NO_DOT_SEGMENTS_RULE, PARAMETER_PATH_MAX_LEN,
+    PARAMETER_PATH_PATTERN, TAG_MAX_LEN, TAG_PATTERN,
 };
 
 /// At most this many entries per object: keeps one DynamoDB item well under its
@@ -79,7 +79,7 @@ pub struct TenantConfigSpec {
 pub struct Entry {
     /// Valid as a ConfigMap key, a DynamoDB map key and one SSM path segment.
     #[schemars(length(min = 1, max = KEY_MAX_LEN), regex(pattern = KEY_PATTERN))]
-    #[x_kube(validation = Rule::new("self != '.' && self != '..'").message("key must not be '.' or '..'"))]
+    #[x_kube(validation = Rule::new(CONFIG_MAP_KEY_RULE).message("key must not be '.' or start with '..' (Kubernetes refuses such ConfigMap keys)"))]
     pub key: String,
 
     /// The value (at most 8 KiB; Parameter Store Standard tier takes 4 KiB).

@@ -250,10 +250,16 @@ mod tests {
 
     #[test]
     fn invalid_keys_are_skipped_and_named() {
-        let layers = vec![layer(ddb(), &[("ok", "1", false), ("has space", "2", false), ("ü", "3", false)])];
+        // "..x" passes the store's own rules but Kubernetes refuses it as a
+        // ConfigMap key: one such key written by another system must not
+        // break the projection of everything else.
+        let layers = vec![layer(
+            ddb(),
+            &[("ok", "1", false), ("has space", "2", false), ("ü", "3", false), ("..x", "4", false)],
+        )];
         let p = render(layers, false).unwrap();
         assert_eq!(p.config_map.len(), 1);
-        assert_eq!(p.skipped_keys, ["has space", "ü"]);
+        assert_eq!(p.skipped_keys, ["..x", "has space", "ü"]);
         assert!(is_valid_config_map_key(&"k".repeat(253)) && !is_valid_config_map_key(&"k".repeat(254)));
     }
 
