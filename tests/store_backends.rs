@@ -208,6 +208,45 @@ async fn parameter_store_steady_state_reads_once() {
     assert!(matches!(ssm.apply(&location("acme"), &other).await, Err(store::StoreError::Conflict { .. })));
 }
 
+/// The object's own key `a.b` and another writer's nested `a/b` flatten to the
+/// same key. Before, the winner depended on read order and the controller
+/// rewrote its own key on every apply (each write's event asking for the next:
+/// 61 PutParameters of unchanged keys in 20 s, out of the 3/s every tenant
+/// shares). The object's own key wins, the other is named, nothing is written.
+#[tokio::test]
+async fn a_nested_parameter_that_flattens_onto_an_own_key_causes_no_writes() {
+    let env = env().await;
+    let prefix = format!("/{}", unique("flat"));
+    let ssm = store::build("ssm", &ssm_spec(&prefix, ParameterTier::Standard, None), &env.ctx).unwrap();
+    // Two collisions (the store returns names in order: "a.b" before "a/b").
+    let want = desired("acme-prod/payments", &[("a.b", "mine"), ("z.y", "mine")]);
+    ssm.apply(&location("acme"), &want).await.unwrap();
+    for name in ["a/b", "z/y"] {
+        env.ssm
+            .put_parameter()
+            .name(format!("{prefix}/acme/payments/{name}"))
+            .value("theirs")
+            .r#type(ParameterType::String)
+            .send()
+            .await
+            .unwrap();
+    }
+    let writes = env.ctx.stats.writes("ParameterStore");
+    for owned_before in [false, true, true] {
+        let report = ssm.apply(&location("acme"), &Desired { owned_before, ..want.clone() }).await.unwrap();
+        assert!(!report.wrote_anything(), "{report:?}");
+        assert_eq!(values(&report.state), BTreeMap::from([("a.b", "mine"), ("z.y", "mine")]));
+        let shadowed: Vec<String> = ["a/b", "z/y"].iter().map(|n| format!("{prefix}/acme/payments/{n}")).collect();
+        assert_eq!(report.state.shadowed.iter().cloned().collect::<Vec<_>>(), shadowed, "named, for status");
+    }
+    assert_eq!(env.ctx.stats.writes("ParameterStore"), writes, "no rewrites of unchanged keys");
+    let read = ssm.read(&location("acme")).await.unwrap();
+    assert_eq!(values(&read), BTreeMap::from([("a.b", "mine"), ("z.y", "mine")]));
+    // The bulk read (the resync's) sees the same, so the resync finds nothing changed.
+    let bulk = ssm.bulk_read().unwrap().read_tenant("acme", &[location("acme")]).await.unwrap();
+    assert_eq!(bulk[0].content_digest(), read.content_digest());
+}
+
 /// The start-up pass: first applies of objects created before it are planned
 /// against one walk of the tenant's path. A parameter created after the walk
 /// (no event reported it) makes the create fail on its condition; the apply

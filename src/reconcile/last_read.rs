@@ -34,6 +34,8 @@ pub struct LastRead {
 pub struct OwnStores {
     pub summaries: Vec<StoreSummary>,
     pub layers: Vec<Layer>,
+    /// Other writers' entries left out (another entry has the same key).
+    pub shadowed: Vec<String>,
 }
 
 /// A last reconcile's own-store reads that a new reconcile may stand on

@@ -211,6 +211,11 @@ async fn pipeline(
         info!(digest = %rendered.digest, keys = rendered.keys(), "projected");
     }
     let secret_named = tc.spec.projection.as_ref().is_some_and(|p| p.secret_name.is_some());
+    let mut message = rendered.message(secret_named);
+    if !synced.written.shadowed.is_empty() {
+        let names = synced.written.shadowed.join(", ");
+        message.push_str(&format!("; left out, another entry has the same key: {names}"));
+    }
     let projection = Projected {
         config_map: tc.config_map_name().into(),
         keys: rendered.keys(),
@@ -218,7 +223,7 @@ async fn pipeline(
         written: projected_now,
     };
     Ok(Done {
-        verdict: Verdict::reconciled(store_message, rendered.message(secret_named), stores, projection),
+        verdict: Verdict::reconciled(store_message, message, stores, projection),
         projected_now,
         own_stores: synced.own_stores(),
         projected: project::projected(tc, &plan, &resolved.existing, &rendered, &applied),

@@ -54,7 +54,12 @@ impl Synced {
 
     /// The object's own stores as this reconcile left them, for reuse.
     pub fn own_stores(&self) -> OwnStores {
-        OwnStores { summaries: self.written.summaries.clone(), layers: self.written.layers.clone() }
+        let written = &self.written;
+        OwnStores {
+            summaries: written.summaries.clone(),
+            layers: written.layers.clone(),
+            shadowed: written.shadowed.clone(),
+        }
     }
 }
 
@@ -115,6 +120,7 @@ fn reused(last: &Reusable, plan: &ReconcilePlan<'_>) -> Option<Written> {
         layers: last.own.layers.clone(),
         reads: last.read.stores.clone(),
         changed_keys: 0,
+        shadowed: last.own.shadowed.clone(),
     })
 }
 
@@ -199,6 +205,8 @@ pub struct Written {
     pub reads: Vec<(String, u64)>,
     /// Keys written or deleted.
     pub changed_keys: usize,
+    /// Other writers' entries left out: another entry has the same key.
+    pub shadowed: Vec<String>,
 }
 
 impl Written {
@@ -219,7 +227,8 @@ async fn write(
     plan: &ReconcilePlan<'_>,
     prepared: Vec<Prepared<'_, '_>>,
 ) -> Result<Written, StoreFailure> {
-    let mut written = Written { summaries: Vec::new(), layers: Vec::new(), reads: Vec::new(), changed_keys: 0 };
+    let mut written =
+        Written { summaries: Vec::new(), layers: Vec::new(), reads: Vec::new(), changed_keys: 0, shadowed: Vec::new() };
     let mut notes = Vec::new();
     for Prepared { write, backend } in prepared {
         let report = match backend.apply(&plan.location, &write.desired).await {
@@ -255,6 +264,7 @@ async fn write(
                 keys: report.state.managed.len() as i32,
             });
             written.reads.push((write.store.to_string(), report.state.content_digest()));
+            written.shadowed.extend(report.state.shadowed.iter().cloned());
             let source = Source::Store { precedence: backend.precedence(), name: write.store.to_string() };
             written.layers.push(Layer { source, entries: Arc::new(report.state.entries) });
         }

@@ -210,6 +210,7 @@ fn state_of(item: &HashMap<String, AttributeValue>) -> StoreState {
         managed,
         managed_by: item.get(MANAGED_BY).and_then(|v| v.as_s().ok()).cloned(),
         version: item.get(VERSION).and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok()).unwrap_or(0),
+        shadowed: BTreeSet::new(),
     }
 }
 
@@ -471,6 +472,7 @@ impl Backend for DynamoDbBackend {
                         managed: plan.managed,
                         managed_by: Some(desired.owner.clone()),
                         version: state.version + 1,
+                        shadowed: BTreeSet::new(),
                     };
                     return Ok(ApplyReport {
                         written: plan.puts.into_keys().collect(),

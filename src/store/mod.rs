@@ -58,6 +58,10 @@ pub struct StoreState {
     pub managed_by: Option<String>,
     /// Optimistic-concurrency version (DynamoDB `version`; 0 when absent or unused).
     pub version: u64,
+    /// Other writers' entries left out because another entry at the location
+    /// has the same key (Parameter Store: `a/b` flattens to the `a.b` the
+    /// object owns); named in the object's status.
+    pub shadowed: BTreeSet<String>,
 }
 
 impl StoreState {
@@ -66,7 +70,7 @@ impl StoreState {
     /// write is due (the per-object steady-state read does not see it either),
     /// and DynamoDB writers bump `version` with every change of it.
     pub fn content_digest(&self) -> u64 {
-        digest(&(&self.entries, self.version))
+        digest(&(&self.entries, self.version, &self.shadowed))
     }
 }
 

@@ -156,9 +156,9 @@ impl ParameterStoreBackend {
     }
 
     /// Every parameter under `path`, keyed by its name relative to `path` with
-    /// `/` flattened to `.` (DESIGN.md §5).
-    async fn values_under(&self, path: &str) -> Result<BTreeMap<String, Value>, StoreError> {
-        Ok(relative_values(path, self.parameters_under(path).await?))
+    /// `/` flattened to `.` (DESIGN.md §5; [`flatten`] for names that collide).
+    async fn values_under(&self, path: &str) -> Result<Flat<Value>, StoreError> {
+        Ok(flatten(path, self.parameters_under(path).await?))
     }
 
     /// The tenant's path, which holds all its locations.
@@ -209,19 +209,20 @@ impl ParameterStoreBackend {
         desired: &Desired,
         base: &str,
         tiers: &BTreeMap<String, ParameterTier>,
-        entries: BTreeMap<String, Value>,
+        Flat { entries, shadowed }: Flat<Value>,
         from_walk: bool,
     ) -> Result<Option<ApplyReport>, StoreError> {
         // Steady state (every resync): ownership (DescribeParameters) matters only for a change.
         if in_sync(desired, &entries) {
             let managed = desired.entries.keys().cloned().collect();
-            let state = StoreState { entries, managed, managed_by: Some(desired.owner.clone()), version: 0 };
+            let managed_by = Some(desired.owner.clone());
+            let state = StoreState { entries, managed, managed_by, version: 0, shadowed };
             return Ok(Some(ApplyReport { state, ..Default::default() }));
         }
         // An empty path has no owner to ask about (every new object's first apply).
         let (managed_by, managed) =
             if entries.is_empty() { (None, BTreeSet::new()) } else { ownership(&self.owners_under(base).await?) };
-        let current = StoreState { entries, managed, managed_by, version: 0 };
+        let current = StoreState { entries, managed, managed_by, version: 0, shadowed };
         let plan =
             plan(&current, desired).map_err(|e| StoreError::Conflict { location: base.to_string(), owner: e.owner })?;
         let claims = claims(&current, &plan);
@@ -312,7 +313,7 @@ impl ParameterStoreBackend {
             .values(path)
             .build()
             .expect("filter has a key");
-        let mut owners = BTreeMap::new();
+        let mut owners = Vec::new();
         let mut token = None;
         loop {
             let page = self
@@ -331,14 +332,13 @@ impl ParameterStoreBackend {
             for p in page.parameters() {
                 if let (Some(name), Some(owner)) =
                     (p.name(), p.description().and_then(|d| d.strip_prefix(OWNER_PREFIX)))
-                    && let Some(key) = relative_key(path, name)
                 {
-                    owners.insert(key, owner.to_string());
+                    owners.push((name.to_string(), owner.to_string()));
                 }
             }
             token = page.next_token().map(String::from);
             if token.is_none() {
-                return Ok(owners);
+                return Ok(flatten(path, owners).entries);
             }
         }
     }
@@ -437,9 +437,40 @@ pub fn is_shared(spec: &ParameterStoreStore, name: &str) -> bool {
     spec.shared_paths.iter().any(|shared| strip_path(name, shared).is_some())
 }
 
-/// Parameters by full name as values keyed relative to `path`.
-fn relative_values(path: &str, parameters: Vec<(String, Value)>) -> BTreeMap<String, Value> {
-    parameters.into_iter().filter_map(|(name, value)| Some((relative_key(path, &name)?, value))).collect()
+/// Parameters keyed relative to a path, and the names left out.
+#[derive(Debug, PartialEq, Eq)]
+struct Flat<V> {
+    entries: BTreeMap<String, V>,
+    /// Parameters that flatten to a key another parameter under the path
+    /// holds (`a.b` and `a/b`), left out.
+    shadowed: BTreeSet<String>,
+}
+
+/// Parameters by full name keyed relative to `path` (names outside it are
+/// dropped). When several flatten to one key, the one with the fewest levels
+/// wins — a location's own key is a direct child, so it always wins over
+/// another writer's nested parameter — then the lexically first: never the
+/// read order, so a key never flips between reads (which made the controller
+/// rewrite its own key on every reconcile, each write's event asking for the
+/// next).
+fn flatten<V>(path: &str, parameters: impl IntoIterator<Item = (String, V)>) -> Flat<V> {
+    let rank = |name: &str| (name.matches('/').count(), name.to_string());
+    let mut chosen: BTreeMap<String, (String, V)> = BTreeMap::new();
+    let mut shadowed = BTreeSet::new();
+    for (name, value) in parameters {
+        let Some(key) = relative_key(path, &name) else { continue };
+        match chosen.get(&key) {
+            Some((held, _)) if rank(held) <= rank(&name) => {
+                shadowed.insert(name);
+            }
+            _ => {
+                if let Some((displaced, _)) = chosen.insert(key, (name, value)) {
+                    shadowed.insert(displaced);
+                }
+            }
+        }
+    }
+    Flat { entries: chosen.into_iter().map(|(key, (_, value))| (key, value)).collect(), shadowed }
 }
 
 /// `name` relative to `path`, flattened with `.`; `None` when outside it.
@@ -468,9 +499,9 @@ impl Backend for ParameterStoreBackend {
 
     async fn read(&self, location: &Location) -> Result<StoreState, StoreError> {
         let base = self.base_path(location);
-        let entries = self.values_under(&base).await?;
+        let Flat { entries, shadowed } = self.values_under(&base).await?;
         let (managed_by, managed) = ownership(&self.owners_under(&base).await?);
-        Ok(StoreState { entries, managed, managed_by, version: 0 })
+        Ok(StoreState { entries, managed, managed_by, version: 0, shadowed })
     }
 
     fn validate(&self, location: &Location, desired: &Desired) -> Result<(), StoreError> {
@@ -487,8 +518,7 @@ impl Backend for ParameterStoreBackend {
             .under(&self.store, &tenant_path, &base, desired.created, || self.parameters_under(&tenant_path))
             .await;
         if let Some(parameters) = walked {
-            match self.apply_against(location, desired, &base, &tiers, relative_values(&base, parameters), true).await?
-            {
+            match self.apply_against(location, desired, &base, &tiers, flatten(&base, parameters), true).await? {
                 Some(report) => return Ok(report),
                 None => debug!(path = base, "a parameter appeared after the start-up walk; reading the path"),
             }
@@ -529,12 +559,8 @@ impl BulkRead for ParameterStoreBackend {
         Ok(locations
             .iter()
             .map(|location| {
-                let base = self.base_path(location);
-                let entries = parameters
-                    .iter()
-                    .filter_map(|(name, value)| Some((relative_key(&base, name)?, value.clone())))
-                    .collect();
-                StoreState { entries, ..Default::default() }
+                let Flat { entries, shadowed } = flatten(&self.base_path(location), parameters.iter().cloned());
+                StoreState { entries, shadowed, ..Default::default() }
             })
             .collect())
     }
@@ -543,13 +569,32 @@ impl BulkRead for ParameterStoreBackend {
 #[async_trait::async_trait]
 impl SharedPaths for ParameterStoreBackend {
     async fn read_shared(&self, path: &str) -> Result<BTreeMap<String, Value>, StoreError> {
-        self.values_under(path.trim_end_matches('/')).await
+        Ok(self.values_under(path.trim_end_matches('/')).await?.entries)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colliding_names_flatten_the_same_way_whatever_the_read_order() {
+        let value = |v: &str| Value { value: v.into(), secure: false };
+        let own = ("/p/acme/pay/a.b".to_string(), value("mine"));
+        let nested = ("/p/acme/pay/a/b".to_string(), value("theirs"));
+        let other = ("/p/acme/pay/c".to_string(), value("c"));
+        for order in
+            [vec![own.clone(), nested.clone(), other.clone()], vec![nested.clone(), other.clone(), own.clone()]]
+        {
+            let flat = flatten("/p/acme/pay", order);
+            assert_eq!(flat.entries["a.b"].value, "mine", "the direct child (the object's own key) wins");
+            assert_eq!(flat.shadowed, BTreeSet::from(["/p/acme/pay/a/b".to_string()]));
+            assert_eq!(flat.entries.len(), 2);
+        }
+        // Two nested names of the same depth: the lexically first, in any order.
+        let (x, y) = (("/p/t/a/b.c".to_string(), value("1")), ("/p/t/a.b/c".to_string(), value("2")));
+        assert_eq!(flatten("/p/t", [x.clone(), y.clone()]), flatten("/p/t", [y, x]));
+    }
 
     #[test]
     fn relative_keys_flatten_nested_paths() {

@@ -95,6 +95,7 @@ mod tests {
             managed: managed.iter().map(|s| s.to_string()).collect(),
             managed_by: owner.map(String::from),
             version: 1,
+            shadowed: Default::default(),
         }
     }
 
