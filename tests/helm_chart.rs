@@ -95,7 +95,19 @@ fn chart_lints_and_renders_what_matters() {
     assert_eq!(container["readinessProbe"]["httpGet"]["path"].as_str(), Some("/readyz"));
     assert_eq!(container["livenessProbe"]["httpGet"]["path"].as_str(), Some("/healthz"));
     assert_eq!(deployment["spec"]["replicas"].as_u64(), Some(2));
-    assert!(find(&docs, "PodDisruptionBudget", "").is_some());
+    let pdb = find(&docs, "PodDisruptionBudget", "").expect("a PDB for two replicas");
+    assert_eq!(
+        pdb["spec"]["unhealthyPodEvictionPolicy"].as_str(),
+        Some("AlwaysAllow"),
+        "crash loops never block drains"
+    );
+    let spread = &pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0];
+    assert_eq!(spread["podAffinityTerm"]["topologyKey"].as_str(), Some("kubernetes.io/hostname"));
+    assert_eq!(
+        spread["podAffinityTerm"]["labelSelector"]["matchLabels"]["app.kubernetes.io/instance"].as_str(),
+        Some("tcc")
+    );
+    assert!(find(&docs, "NetworkPolicy", "").is_none(), "the NetworkPolicy is opt-in");
     assert!(find(&docs, "ServiceMonitor", "").is_none());
     assert!(grants(&docs, "secrets").is_empty(), "no Secrets access by default");
     assert!(grants(&docs, "pods").is_empty(), "no pod access without refresh");
@@ -147,6 +159,26 @@ fn chart_lints_and_renders_what_matters() {
     );
     assert!(args.contains(&"--refresh-pods=false".into()) && args.contains(&"--rollout-workloads=false".into()));
 
+    // Affinity set by the user replaces the default spread; the NetworkPolicy when asked for.
+    let docs = render(&[
+        "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].key=pool",
+        "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator=Exists",
+        "networkPolicy.enabled=true",
+        "networkPolicy.egressCIDRs[0]=10.0.0.0/16",
+    ]);
+    let affinity = &find(&docs, "Deployment", "").unwrap()["spec"]["template"]["spec"]["affinity"];
+    assert!(affinity.get("podAntiAffinity").is_none() && affinity.get("nodeAffinity").is_some(), "{affinity:?}");
+    let policy = find(&docs, "NetworkPolicy", "").expect("the NetworkPolicy");
+    let ingress = &policy["spec"]["ingress"][0];
+    assert_eq!(ingress["ports"][0]["port"].as_str(), Some("http"), "only the metrics port");
+    let from = &ingress["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"];
+    assert_eq!(from.as_str(), Some("monitoring"));
+    let egress = &policy["spec"]["egress"];
+    assert_eq!(egress[0]["ports"][0]["port"].as_u64(), Some(53), "DNS");
+    assert_eq!(egress[1]["to"][0]["ipBlock"]["cidr"].as_str(), Some("10.0.0.0/16"));
+    assert_eq!(egress[1]["ports"][0]["port"].as_u64(), Some(443));
+    assert_eq!(egress.as_sequence().unwrap().len(), 2, "nothing else leaves the pod");
+
     // Refresh and rollout: their rights, their flags, and the policy that narrows the rights.
     let docs =
         render(&["refresh.enabled=true", "rollout.enabled=true", "rollout.window=30s", "workloadPatches.perSecond=5"]);
@@ -181,6 +213,8 @@ fn wrong_values_fail_with_a_clear_message() {
         ("secureProjection.enable=true", "enable"),
         ("rollout.window=soon", "window"),
         ("workloadPatches.perSecond=0", "perSecond"),
+        ("networkPolicy.egressCIDRs[0]=everywhere", "egressCIDRs"),
+        ("networkPolicy.egressPorts[0]=70000", "egressPorts"),
     ] {
         let (ok, _, stderr) = helm(&["template", "tcc", CHART, "--kube-version", "1.37.2", "--set", set]);
         assert!(!ok, "{set} must be refused");
