@@ -94,6 +94,11 @@ fn claims(current: &StoreState, plan: &Plan) -> BTreeSet<String> {
     plan.managed.iter().filter(adopted).cloned().collect()
 }
 
+/// The order in which colliding names win: fewer levels, then lexically first.
+fn rank(name: &str) -> (usize, &str) {
+    (name.matches('/').count(), name)
+}
+
 /// How one parameter write went.
 enum Put {
     Written,
@@ -454,7 +459,6 @@ struct Flat<V> {
 /// rewrite its own key on every reconcile, each write's event asking for the
 /// next).
 fn flatten<V>(path: &str, parameters: impl IntoIterator<Item = (String, V)>) -> Flat<V> {
-    let rank = |name: &str| (name.matches('/').count(), name.to_string());
     let mut chosen: BTreeMap<String, (String, V)> = BTreeMap::new();
     let mut shadowed = BTreeSet::new();
     for (name, value) in parameters {
