@@ -196,7 +196,7 @@ async fn remove_limit_writes(world: &World, table: &str, objects: usize, concurr
     let names: Vec<String> = (0..objects)
         .map(|i| {
             let (_, tenant, name) = world.object(i);
-            format!("{}/{tenant}/limit-{name}/c", world.prefix)
+            format!("{}/{tenant}/_/limit-{name}/c", world.prefix)
         })
         .collect();
     for batch in names.chunks(10) {
@@ -426,7 +426,7 @@ async fn main() {
         .map(|i| {
             let (ns, tenant, name) = world.object(i);
             let (client, ddb, ssm, table) = (client.clone(), world.ddb.clone(), world.ssm.clone(), limit_table.clone());
-            let param = format!("{}/{tenant}/limit-{name}/c", world.prefix);
+            let param = format!("{}/{tenant}/_/limit-{name}/c", world.prefix);
             let (ns, tenant) = (ns.to_string(), tenant.to_string());
             async move {
                 let cm = json!({

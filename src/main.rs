@@ -1,7 +1,10 @@
 //! `tenant-config-controller`: parses the command line and runs it.
 
 use clap::{Parser, Subcommand};
-use tenant_config_controller::{events, runtime::process};
+use tenant_config_controller::{
+    events,
+    runtime::{migrate, process},
+};
 
 #[derive(Parser)]
 #[command(
@@ -19,6 +22,10 @@ enum Command {
     Run(Box<process::Args>),
     /// Print the EventBridge event patterns the event queue's rules must use, as JSON.
     EventPatterns(PatternArgs),
+    /// Move Parameter Store data of namespaces without an environment from
+    /// `{pathPrefix}/{tenant}/{configType}/…` to `{pathPrefix}/{tenant}/_/{configType}/…`
+    /// (the layout before 0.9). A dry run unless --apply; run it with the controller stopped.
+    MigratePaths(migrate::Args),
 }
 
 #[derive(clap::Args)]
@@ -52,5 +59,6 @@ async fn run_cli() -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Command::Run(args) => process::run(*args).await,
+        Command::MigratePaths(args) => migrate::run(args).await,
     }
 }

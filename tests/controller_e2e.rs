@@ -123,7 +123,7 @@ async fn a_tenant_config_is_stored_by_tag_and_projected_in_layers() {
         summary,
         [
             ("DynamoDB".to_string(), format!("TENANT#{tenant}/CONFIG#payments"), 2),
-            ("ParameterStore".to_string(), format!("{}/{tenant}/payments", w.prefix), 2)
+            ("ParameterStore".to_string(), format!("{}/{tenant}/_/payments", w.prefix), 2)
         ]
     );
     assert!(tc.finalizers().contains(&names::FINALIZER.to_string()));
@@ -131,7 +131,7 @@ async fn a_tenant_config_is_stored_by_tag_and_projected_in_layers() {
     // What the stores hold.
     let data = s.item("payments").await.unwrap();
     assert_eq!(data, BTreeMap::from([("provider".into(), "stripe".into()), ("retry-limit".into(), "5".into())]));
-    let pw = w.ssm.get_parameter().name(format!("{}/{tenant}/payments/db-password", w.prefix)).send().await.unwrap();
+    let pw = w.ssm.get_parameter().name(format!("{}/{tenant}/_/payments/db-password", w.prefix)).send().await.unwrap();
     assert_eq!(pw.parameter().unwrap().r#type(), Some(&ParameterType::SecureString));
 
     // What the namespace sees.
@@ -377,7 +377,7 @@ async fn deletion_removes_managed_keys_and_the_projection_or_retains_them() {
         "managed keys gone, the other writer's key stays"
     );
     assert_eq!(
-        w.parameter_count(&format!("{}/{}/payments", w.prefix, s.tenant)).await,
+        w.parameter_count(&format!("{}/{}/_/payments", w.prefix, s.tenant)).await,
         0,
         "managed parameters deleted"
     );
@@ -385,4 +385,85 @@ async fn deletion_removes_managed_keys_and_the_projection_or_retains_them() {
     assert!(Api::<Secret>::namespaced(w.client.clone(), ns).get_opt("payments-secrets").await.unwrap().is_none());
     assert_eq!(s.item("keeper").await.unwrap()["kept"], "1", "Retain keeps store data");
     s.finish().await;
+}
+
+/// Upgrading from the layout where a namespace without an environment used
+/// `{prefix}/{tenant}/{configType}` (where environment `prod` of the same
+/// tenant also lived): `migrate-paths` moves exactly what such objects read,
+/// leaves environment prod's parameters, and the controller then projects each
+/// object's own data and nothing of the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_paths_moves_data_of_namespaces_without_an_environment() {
+    let _turn = SERIAL.lock().await;
+    let mut w = World::new("e2e-migrate").await;
+    let prefix = w.prefix.clone();
+    let store = w.store("ssm", json!({ "tags": ["ssm"], "parameterStore": { "pathPrefix": prefix } })).await;
+    let tenant = w.tenant(0);
+    let plain = w.namespace("plain", Some(&tenant)).await;
+    let prod =
+        w.namespace_labelled("prod", &[(names::TENANT_LABEL, &tenant), (names::ENVIRONMENT_LABEL, "prod")]).await;
+    // What the previous version wrote: its own keys (owner in the description,
+    // as it records them) and another writer's nested key.
+    let old = |rest: &str| format!("{prefix}/{tenant}/{rest}");
+    let written = [
+        (old("web/a"), "1", Some(format!("{plain}/web"))),
+        (old("web/nested/x"), "foreign", None),
+        (old("prod/k"), "mine", Some(format!("{plain}/prod"))),
+        (old("prod/payments/api-token"), "token-1", Some(format!("{prod}/payments"))),
+        (old("orphan/z"), "left", None),
+    ];
+    for (name, value, owner) in &written {
+        let description = owner.as_ref().map(|o| format!("managed by tenant-config-controller for {o}"));
+        let put = w.ssm.put_parameter().name(name).value(*value).r#type(ParameterType::String);
+        put.set_description(description).send().await.unwrap();
+    }
+    let entry =
+        |key: &str, value: &str| json!({ "defaultTags": [w.tag("ssm")], "entries": [{ "key": key, "value": value }] });
+    w.tenant_config(&plain, "web", entry("a", "1")).await;
+    w.tenant_config(&plain, "prod", entry("k", "mine")).await;
+    w.tenant_config(&prod, "payments", entry("api-token", "token-1")).await;
+
+    let migrate = |apply: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tenant-config-controller"));
+        cmd.args(["migrate-paths", "--store", &store]);
+        if apply {
+            cmd.arg("--apply");
+        }
+        let out = cmd.output().expect("migrate-paths runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    };
+    let names = || async { w.parameters(&prefix).await };
+    let before = names().await;
+    let dry = migrate(false);
+    assert!(dry.contains("3 parameters to move"), "{dry}");
+    assert_eq!(names().await, before, "a dry run changes nothing");
+    let applied = migrate(true);
+    assert!(applied.contains("3 parameters moved, 0 conflicts"), "{applied}");
+    let new = |rest: &str| format!("{prefix}/{tenant}/_/{rest}");
+    assert_eq!(
+        names().await,
+        BTreeMap::from([
+            (new("prod/k"), "mine".to_string()),
+            (new("web/a"), "1".into()),
+            (new("web/nested/x"), "foreign".into()),
+            (old("orphan/z"), "left".into()),
+            (old("prod/payments/api-token"), "token-1".into()),
+        ])
+    );
+    let moved = w.ssm.get_parameter().name(new("web/a")).send().await.unwrap();
+    assert!(moved.parameter.is_some());
+    assert!(migrate(true).contains("0 parameters moved"), "a second run has nothing to do");
+
+    let controller = InProcessController::start(&w.client, &w.sdk, Settings::default(), None);
+    w.wait_ready(&plain, "web").await;
+    w.wait_ready(&plain, "prod").await;
+    w.wait_ready(&prod, "payments").await;
+    let map = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    assert_eq!(w.config_map(&plain, "web").await, map(&[("a", "1"), ("nested.x", "foreign")]));
+    assert_eq!(w.config_map(&plain, "prod").await, map(&[("k", "mine")]), "nothing of environment prod");
+    assert_eq!(w.config_map(&prod, "payments").await, map(&[("api-token", "token-1")]));
+    w.clean_up().await;
+    controller.stop_within(Duration::from_secs(30)).await;
 }

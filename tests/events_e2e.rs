@@ -158,7 +158,7 @@ async fn out_of_band_changes_arrive_by_event() {
     h.wait_config_map(&ns, cm, "DynamoDB remove", |d| !d.contains_key("feature-x")).await;
 
     // An SSM parameter under the tenant's path that no TenantConfig manages.
-    let extra = format!("{}/{tenant}/web/extra", h.prefix);
+    let extra = format!("{}/{tenant}/_/web/extra", h.prefix);
     h.put_parameter(&extra, "1").await;
     let took = h.wait_config_map(&ns, "web", "SSM create", |d| d.get("extra").map(String::as_str) == Some("1")).await;
     println!("SSM out-of-band write → ConfigMap: {took:?}");
@@ -240,7 +240,7 @@ async fn the_start_up_pass_walks_each_tenant_once() {
     let ns = h.namespace_labelled("a", &[(tenant_label.as_str(), tenant.as_str())]).await;
     let ssm_tag = h.tag("ssm");
     // A parameter under one object's path that no TenantConfig manages.
-    h.put_parameter(&format!("{}/{tenant}/app0/extra", h.prefix), "before").await;
+    h.put_parameter(&format!("{}/{tenant}/_/app0/extra", h.prefix), "before").await;
     let apps: Vec<String> = (0..6).map(|i| format!("app{i}")).collect();
     for app in &apps {
         h.tenant_config(&ns, app, json!({ "defaultTags": [ssm_tag], "entries": [{ "key": "own", "value": app }] }))
@@ -263,7 +263,7 @@ async fn the_start_up_pass_walks_each_tenant_once() {
     assert_eq!(h.config_map(&ns, "app5").await.get("own").map(String::as_str), Some("app5"));
 
     // Created after the walk, beside a parameter written after it: read on its own.
-    h.put_parameter(&format!("{}/{tenant}/late/extra", h.prefix), "after").await;
+    h.put_parameter(&format!("{}/{tenant}/_/late/extra", h.prefix), "after").await;
     h.tenant_config(&ns, "late", json!({ "defaultTags": [ssm_tag], "entries": [{ "key": "own", "value": "late" }] }))
         .await;
     h.wait_ready(&ns, "late").await;
@@ -509,7 +509,7 @@ async fn a_stop_mid_long_poll_leaves_no_message_hidden() {
     let controller = h.controller.take().expect("controller running");
     let stopped = tokio::spawn(controller.stop_within(Duration::from_secs(60)));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    h.put_parameter(&format!("{}/{tenant}/web/extra", h.prefix), "1").await;
+    h.put_parameter(&format!("{}/{tenant}/_/web/extra", h.prefix), "1").await;
     stopped.await.unwrap();
     // Nobody consumes now. The change's message must be visible to the next
     // leader well before the 120 s visibility timeout.

@@ -210,8 +210,8 @@ fn check_envelope(body: &str) -> Result<(), String> {
                 }
                 let spelled = match change {
                     StoreChange::Parameter { name, .. } => {
-                        let env = environment.as_ref().map(|e| format!("/{e}")).unwrap_or_default();
-                        name.starts_with(&format!("{TENANT_PREFIX}/{tenant}{env}/{config_type}/"))
+                        let level = environment.as_deref().unwrap_or("_");
+                        name.starts_with(&format!("{TENANT_PREFIX}/{tenant}/{level}/{config_type}/"))
                     }
                     StoreChange::Item { keys, .. } => {
                         let env = environment.as_ref().map(|e| format!("#ENV#{e}")).unwrap_or_default();

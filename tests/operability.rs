@@ -353,7 +353,7 @@ async fn secure_values_never_reach_the_logs() {
     let rotated = "oUtOfBaNd-vAlUe-91c2";
     w.ssm
         .put_parameter()
-        .name(format!("/{}/{}/payments/api-token", w.id, w.tenant))
+        .name(format!("/{}/{}/_/payments/api-token", w.id, w.tenant))
         .value(rotated)
         .r#type(ParameterType::SecureString)
         .overwrite(true)

@@ -201,7 +201,7 @@ impl World {
     async fn put_foreign_ssm(&self, ns: &str, name: &str, key: &str, value: &str) {
         self.ssm
             .put_parameter()
-            .name(format!("{}/{}/{name}/{key}", self.prefix, self.tenant_of(ns)))
+            .name(format!("{}/{}/_/{name}/{key}", self.prefix, self.tenant_of(ns)))
             .value(value)
             .r#type(ParameterType::String)
             .overwrite(true)
@@ -220,18 +220,6 @@ impl World {
             }
         }
         items
-    }
-
-    async fn parameters(&self, path: &str) -> BTreeMap<String, String> {
-        let mut params = BTreeMap::new();
-        let mut pages =
-            self.ssm.get_parameters_by_path().path(path).recursive(true).with_decryption(true).into_paginator().send();
-        while let Some(page) = pages.next().await {
-            for p in page.expect("GetParametersByPath").parameters() {
-                params.insert(p.name().unwrap().to_string(), p.value().unwrap_or_default().to_string());
-            }
-        }
-        params
     }
 
     async fn config_maps(&self, ns: &str) -> BTreeMap<String, ConfigMap> {
@@ -303,7 +291,7 @@ impl World {
         // The parameters: exactly the expected names and values.
         let mut want = BTreeMap::new();
         for ((ns, name), expect) in expected {
-            let base = format!("{}/{}/{name}", self.prefix, self.tenant_of(ns));
+            let base = format!("{}/{}/_/{name}", self.prefix, self.tenant_of(ns));
             for (k, v) in expect.foreign_ssm.iter().chain(&expect.ssm) {
                 want.insert(format!("{base}/{k}"), v.clone());
             }
@@ -362,7 +350,7 @@ impl World {
             let key = (format!("TENANT#{}", self.tenant_of(ns)), format!("CONFIG#{name}"));
             foreign_items.insert(key, e.foreign_db.clone());
             for (k, v) in &e.foreign_ssm {
-                foreign_params.insert(format!("{}/{}/{name}/{k}", self.prefix, self.tenant_of(ns)), v.clone());
+                foreign_params.insert(format!("{}/{}/_/{name}/{k}", self.prefix, self.tenant_of(ns)), v.clone());
             }
         }
         for (key, item) in self.items().await {
@@ -1052,7 +1040,7 @@ async fn hostile_manifests_and_forged_events_write_nothing_and_cross_no_tenant()
         ("unknown-field", json!({ "tenant": tenant_b.clone() }), Outcome::Refused("unknown field \"spec.tenant\"")),
         (
             "other-tenants-path",
-            json!({ "include": [{ "parameterPath": format!("{}/{tenant_b}/orders", w.prefix) }] }),
+            json!({ "include": [{ "parameterPath": format!("{}/{tenant_b}/_/orders", w.prefix) }] }),
             Outcome::Condition("IncludeNotAllowed"),
         ),
         (
@@ -1160,7 +1148,7 @@ async fn hostile_manifests_and_forged_events_write_nothing_and_cross_no_tenant()
         // B's parameter, named by an SSM change event.
         json!({ "version": "0", "id": "f3", "detail-type": "Parameter Store Change", "source": "aws.ssm",
                 "time": "2026-11-26T08:15:30Z", "region": "us-east-1", "resources": [],
-                "detail": { "operation": "Update", "name": format!("{}/{tenant_b}/orders/y", w.prefix), "type": "String" } })
+                "detail": { "operation": "Update", "name": format!("{}/{tenant_b}/_/orders/y", w.prefix), "type": "String" } })
         .to_string(),
     ];
     let malformed = [

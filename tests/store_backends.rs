@@ -193,7 +193,7 @@ async fn parameter_store_steady_state_reads_once() {
     // A parameter someone else put under the path: ownership is read again.
     env.ssm
         .put_parameter()
-        .name(format!("{prefix}/acme/payments/foreign"))
+        .name(format!("{prefix}/acme/_/payments/foreign"))
         .value("x")
         .r#type(aws_sdk_ssm::types::ParameterType::String)
         .send()
@@ -224,7 +224,7 @@ async fn a_nested_parameter_that_flattens_onto_an_own_key_causes_no_writes() {
     for name in ["a/b", "z/y"] {
         env.ssm
             .put_parameter()
-            .name(format!("{prefix}/acme/payments/{name}"))
+            .name(format!("{prefix}/acme/_/payments/{name}"))
             .value("theirs")
             .r#type(ParameterType::String)
             .send()
@@ -236,7 +236,7 @@ async fn a_nested_parameter_that_flattens_onto_an_own_key_causes_no_writes() {
         let report = ssm.apply(&location("acme"), &Desired { owned_before, ..want.clone() }).await.unwrap();
         assert!(!report.wrote_anything(), "{report:?}");
         assert_eq!(values(&report.state), BTreeMap::from([("a.b", "mine"), ("z.y", "mine")]));
-        let shadowed: Vec<String> = ["a/b", "z/y"].iter().map(|n| format!("{prefix}/acme/payments/{n}")).collect();
+        let shadowed: Vec<String> = ["a/b", "z/y"].iter().map(|n| format!("{prefix}/acme/_/payments/{n}")).collect();
         assert_eq!(report.state.shadowed.iter().cloned().collect::<Vec<_>>(), shadowed, "named, for status");
     }
     assert_eq!(env.ctx.stats.writes("ParameterStore"), writes, "no rewrites of unchanged keys");
@@ -271,7 +271,7 @@ async fn parameter_store_first_applies_share_one_tenant_walk_and_replan_on_a_new
         };
         request.send()
     };
-    put(format!("{prefix}/acme/web/foreign"), None).await.unwrap();
+    put(format!("{prefix}/acme/_/web/foreign"), None).await.unwrap();
 
     let report = ssm.apply(&at("web"), &existing("acme/web", &[("a", "1")])).await.unwrap();
     assert_eq!(values(&report.state), BTreeMap::from([("a", "1"), ("foreign", "theirs")]), "the walk saw the tenant");
@@ -281,11 +281,11 @@ async fn parameter_store_first_applies_share_one_tenant_walk_and_replan_on_a_new
     assert_eq!(env.ctx.tenant_walks.served.get(), 2);
 
     // After the walk, another object's parameter appears at a third path.
-    put(format!("{prefix}/acme/checkout/a"), Some("acme/other")).await.unwrap();
+    put(format!("{prefix}/acme/_/checkout/a"), Some("acme/other")).await.unwrap();
     let result = ssm.apply(&at("checkout"), &existing("acme/checkout", &[("a", "3")])).await;
     assert!(matches!(result, Err(StoreError::Conflict { .. })), "{result:?}");
     assert_eq!(calls("GetParametersByPath"), 2, "the failed create read the path");
-    let held = env.ssm.get_parameter().name(format!("{prefix}/acme/checkout/a")).send().await.unwrap();
+    let held = env.ssm.get_parameter().name(format!("{prefix}/acme/_/checkout/a")).send().await.unwrap();
     assert_eq!(held.parameter().unwrap().value(), Some("theirs"), "not overwritten");
 
     // A second apply of a served path reads on its own (it wrote since).
@@ -442,6 +442,8 @@ async fn parameter_store_round_trip_with_foreign_and_secure_parameters() {
             .unwrap();
     let loc = Location { tenant: "acme".into(), environment: Some("prod".into()), config_type: "payments".into() };
     let base = format!("{prefix}/acme/prod/payments");
+    let no_environment = Location { environment: None, config_type: "prod".into(), ..loc.clone() };
+    assert_eq!(backend.describe(&no_environment), format!("{prefix}/acme/_/prod"));
     assert_eq!(backend.describe(&loc), base);
     let owner = "acme-prod/payments";
 
@@ -549,7 +551,7 @@ async fn parameter_store_refuses_what_aws_would_before_writing() {
         (
             store::build(
                 "deep",
-                &ssm_spec(&format!("{prefix}/1/2/3/4/5/6/7/8/9/10/11/12"), ParameterTier::Standard, None),
+                &ssm_spec(&format!("{prefix}/1/2/3/4/5/6/7/8/9/10/11"), ParameterTier::Standard, None),
                 &env.ctx,
             )
             .unwrap(),
@@ -732,8 +734,8 @@ async fn bulk_reads_see_what_each_location_sees_in_few_calls() {
         environment: environment.map(String::from),
         config_type: config_type.into(),
     };
-    // Locations that nest (`prod` holds `prod/payments` as nested keys in
-    // Parameter Store), a tenant whose name extends another's, and enough
+    // An environment and a configType of one name (separate locations), a
+    // tenant whose name extends another's, and enough
     // parameters for several pages (10 per page).
     let written = [
         at("acme", None, "payments"),
@@ -756,7 +758,7 @@ async fn bulk_reads_see_what_each_location_sees_in_few_calls() {
     }
     env.ssm
         .put_parameter()
-        .name(format!("{prefix}/acme/payments/nested/foreign"))
+        .name(format!("{prefix}/acme/_/payments/nested/foreign"))
         .value("x")
         .r#type(ParameterType::String)
         .send()
@@ -793,6 +795,15 @@ async fn bulk_reads_see_what_each_location_sees_in_few_calls() {
         }
     }
     assert_eq!(values(&ssm.read(&at("acme", None, "payments")).await.unwrap())["nested.foreign"], "x");
+    for backend in [&ddb, &ssm] {
+        let prod = backend.read(&at("acme", None, "prod")).await.unwrap();
+        assert!(
+            prod.entries.is_empty(),
+            "{}: configType prod reads environment prod: {:?}",
+            backend.kind(),
+            prod.entries
+        );
+    }
 
     // What an apply reported is what the bulk read finds, where nobody else wrote since.
     for (kind, location, report) in &reports {

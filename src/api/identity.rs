@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::is_valid_key;
+use super::paths::NO_ENVIRONMENT;
 
 /// Who a TenantConfig's namespace belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,7 +20,7 @@ pub enum IdentityError {
     #[error("namespace {namespace:?} has no label {label:?}; the platform team must set it before anything is written")]
     TenantUnknown { namespace: String, label: String },
     #[error(
-        "namespace {namespace:?} label {label:?} has value {value:?}, which is not a valid tenant/environment name ([-._a-zA-Z0-9], not '.' or '..')"
+        "namespace {namespace:?} label {label:?} has value {value:?}, which is not a valid tenant/environment name ([-._a-zA-Z0-9], not '.', '..' or '_')"
     )]
     InvalidLabel { namespace: String, label: String, value: String },
 }
@@ -33,7 +34,7 @@ pub fn resolve(
 ) -> Result<Identity, IdentityError> {
     let get = |label: &str| labels.and_then(|l| l.get(label)).filter(|v| !v.is_empty());
     let checked = |label: &str, value: &String| {
-        if is_valid_key(value) {
+        if is_valid_key(value) && value != NO_ENVIRONMENT {
             Ok(value.clone())
         } else {
             Err(IdentityError::InvalidLabel { namespace: namespace.into(), label: label.into(), value: value.clone() })

@@ -1,6 +1,13 @@
 //! Rules for Parameter Store paths and their segments, used by the CRD checks,
 //! the backends, routing and event parsing alike. Pure.
 
+/// The environment level of a Parameter Store path when the namespace has no
+/// environment: `{pathPrefix}/{tenant}/_/{configType}`. Every location sits at
+/// the same depth, so an environment can never be read as a configType (or the
+/// reverse). `_` is never a label value (those start and end alphanumeric), so
+/// no environment can be named like it.
+pub const NO_ENVIRONMENT: &str = "_";
+
 /// Only the characters AWS allows in a parameter name: `a-zA-Z0-9_.-/`.
 pub fn has_parameter_name_charset(name: &str) -> bool {
     name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'/'))

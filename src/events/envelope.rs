@@ -280,7 +280,8 @@ mod tests {
     };
 
     fn sample(name: &str) -> String {
-        // Copies of DESIGN.md's samples (../shared/events), kept in the repository.
+        // Copies of DESIGN.md's samples (../shared/events), kept in the repository,
+        // with parameter names in the current layout (`{prefix}/{tenant}/_/{configType}/…`).
         let path = format!("{}/tests/fixtures/events/{name}", env!("CARGO_MANIFEST_DIR"));
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
@@ -392,8 +393,16 @@ mod tests {
             targets(&ssm("/tenant-config/acme/prod/payments/k")),
             [tenant("ssm", "acme", Some("prod"), "payments")]
         );
-        // Another application's parameters, and paths of the wrong depth.
-        for foreign in ["/other/acme/payments/k", "/tenant-config/acme/payments", "/tenant-config/a/b/c/d/e", "plain"] {
+        // Without an environment the level is `_`: a configType named like an
+        // environment is another location, and another writer's nested key
+        // belongs to the location above it.
+        assert_eq!(targets(&ssm("/tenant-config/acme/_/prod/k")), [tenant("ssm", "acme", None, "prod")]);
+        assert_eq!(targets(&ssm("/tenant-config/acme/_/pay/a/b")), [tenant("ssm", "acme", None, "pay")]);
+        assert_eq!(targets(&ssm("/tenant-config/a/b/c/d/e")), [tenant("ssm", "a", Some("b"), "c")]);
+        // Another application's parameters, paths too shallow (the old layout).
+        for foreign in
+            ["/other/acme/_/payments/k", "/tenant-config/acme/payments/k", "/tenant-config/acme/_/payments", "plain"]
+        {
             assert_eq!(targets(&ssm(foreign)), [], "{foreign}");
         }
         // A shared path's sibling with a common string prefix is not under it.

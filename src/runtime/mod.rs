@@ -2,6 +2,7 @@
 //! synced), the resync, the store-change event consumer, and shutdown; the
 //! process around them ([`process`]).
 
+pub mod migrate;
 pub mod process;
 mod watches;
 

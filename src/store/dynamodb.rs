@@ -583,6 +583,33 @@ mod tests {
         assert_eq!(DynamoDbBackend::item_key(&loc).1, "CONFIG#payments#ENV#prod");
     }
 
+    /// An environment is never read as a configType (or the reverse): every
+    /// location has its own sort key, read exactly (no prefix queries), and
+    /// each sort key decodes to the location that wrote it.
+    #[test]
+    fn each_location_has_its_own_sort_key() {
+        let spec: DynamoDbStore = serde_json::from_value(serde_json::json!({"tableName": "t"})).unwrap();
+        let at = |env: Option<&str>, config_type: &str| Location {
+            tenant: "zeta".into(),
+            environment: env.map(String::from),
+            config_type: config_type.into(),
+        };
+        let locations = [
+            at(None, "prod"),
+            at(Some("prod"), "payments"),
+            at(Some("payments"), "prod"),
+            at(None, "ENV"),
+            at(Some("ENV"), "ENV"),
+        ];
+        let keys: BTreeSet<_> = locations.iter().map(DynamoDbBackend::item_key).collect();
+        assert_eq!(keys.len(), locations.len());
+        for location in &locations {
+            let (pk, sk) = DynamoDbBackend::item_key(location);
+            let keys = [("pk".to_string(), pk), ("sk".to_string(), sk)];
+            assert_eq!(changed_location(&spec, None, &keys).as_ref(), Some(location));
+        }
+    }
+
     #[test]
     fn item_size_counts_names_and_values() {
         let item = HashMap::from([

@@ -1,11 +1,13 @@
 //! Parameter Store strategy (DESIGN.md §4): one parameter per key at
-//! `{pathPrefix}/{tenant}[/{env}]/{configType}/{key}`.
+//! `{pathPrefix}/{tenant}/{env or _}/{configType}/{key}`.
 //!
 //! Ownership is recorded per parameter in its Description ("managed by
 //! tenant-config-controller for {namespace}/{name}"), because DescribeParameters
 //! returns descriptions for a whole path in one paged walk, whereas tags need one
 //! ListTagsForResource call per parameter. The design's tags are still set when a
 //! parameter is created (AWS refuses Tags together with Overwrite).
+
+pub mod migration;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -31,7 +33,7 @@ use super::{
 use crate::api::{
     ConfigStoreSpec, ManagementPolicy, ParameterStoreStore, ParameterTier, StoreBackend, is_valid_key,
     names::{TAG_CONFIG_TYPE, TAG_MANAGED_BY, TAG_TENANT},
-    paths::strip_path,
+    paths::{NO_ENVIRONMENT, strip_path},
 };
 
 const KIND: &str = "ParameterStore";
@@ -152,12 +154,11 @@ impl ParameterStoreBackend {
         }
     }
 
-    /// The path that holds a location's parameters.
+    /// The path that holds a location's parameters:
+    /// `{pathPrefix}/{tenant}/{env or _}/{configType}` (always four levels, see
+    /// [`NO_ENVIRONMENT`]).
     pub fn base_path(&self, location: &Location) -> String {
-        match &location.environment {
-            Some(env) => format!("{}/{}/{env}/{}", self.path_prefix, location.tenant, location.config_type),
-            None => format!("{}/{}/{}", self.path_prefix, location.tenant, location.config_type),
-        }
+        location_path(&self.path_prefix, location)
     }
 
     /// Every parameter under `path`, keyed by its name relative to `path` with
@@ -412,6 +413,12 @@ impl ParameterStoreBackend {
     }
 }
 
+/// `{prefix}/{tenant}/{env or _}/{configType}`: see [`NO_ENVIRONMENT`].
+fn location_path(prefix: &str, location: &Location) -> String {
+    let level = location.environment.as_deref().unwrap_or(NO_ENVIRONMENT);
+    format!("{prefix}/{}/{level}/{}", location.tenant, location.config_type)
+}
+
 /// The rate family of an SSM operation.
 fn family(operation: &str) -> &'static str {
     match operation {
@@ -421,16 +428,15 @@ fn family(operation: &str) -> &'static str {
 }
 
 /// The location a changed parameter of this store belongs to (the inverse of
-/// [`ParameterStoreBackend::base_path`] plus a key): `{prefix}/{tenant}[/{env}]/{configType}/{key}`,
-/// every part a valid key.
+/// [`ParameterStoreBackend::base_path`] plus a key):
+/// `{prefix}/{tenant}/{env or _}/{configType}/{key}`, the key possibly nested
+/// (another writer's), every part a valid key.
 pub fn changed_location(spec: &ParameterStoreStore, name: &str) -> Option<Location> {
     let segments: Vec<&str> = strip_path(name, &spec.path_prefix)?.split('/').collect();
-    let (tenant, environment, config_type, key) = match segments[..] {
-        [tenant, config_type, key] => (tenant, None, config_type, key),
-        [tenant, env, config_type, key] => (tenant, Some(env), config_type, key),
-        _ => return None,
-    };
-    [tenant, config_type, key].into_iter().chain(environment).all(is_valid_key).then(|| Location {
+    let [tenant, level, config_type, ref key @ ..] = segments[..] else { return None };
+    let environment = (level != NO_ENVIRONMENT).then_some(level);
+    let mut parts = [tenant, config_type].into_iter().chain(environment).chain(key.iter().copied());
+    (!key.is_empty() && parts.all(is_valid_key)).then(|| Location {
         tenant: tenant.into(),
         environment: environment.map(str::to_string),
         config_type: config_type.into(),
@@ -580,6 +586,41 @@ impl SharedPaths for ParameterStoreBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::paths::is_at_or_under;
+
+    /// Locations whose names could be confused in a layout where the
+    /// environment level is optional (issue: environments leak inside a tenant).
+    fn confusable() -> Vec<Location> {
+        let at = |env: Option<&str>, config_type: &str| Location {
+            tenant: "zeta".into(),
+            environment: env.map(String::from),
+            config_type: config_type.into(),
+        };
+        vec![
+            at(None, "prod"),
+            at(Some("prod"), "payments"),
+            at(Some("prod"), "prod"),
+            at(None, "payments"),
+            at(None, "_"),
+            at(Some("payments"), "_"),
+            at(None, "prod.payments"),
+        ]
+    }
+
+    #[test]
+    fn no_location_path_lies_at_or_under_another() {
+        let spec: ParameterStoreStore = serde_json::from_value(serde_json::json!({"pathPrefix": "/p"})).unwrap();
+        let locations = confusable();
+        for a in &locations {
+            let path = location_path("/p", a);
+            assert_eq!(changed_location(&spec, &format!("{path}/k")).as_ref(), Some(a), "{path}");
+            assert_eq!(changed_location(&spec, &format!("{path}/k/nested")).as_ref(), Some(a), "{path}");
+            for b in locations.iter().filter(|b| *b != a) {
+                let other = location_path("/p", b);
+                assert!(!is_at_or_under(&path, &other), "{path} is readable from {other}");
+            }
+        }
+    }
 
     #[test]
     fn colliding_names_flatten_the_same_way_whatever_the_read_order() {

@@ -239,6 +239,19 @@ impl World {
             .unwrap();
     }
 
+    /// Every parameter under `path` (recursive, decrypted): name → value.
+    pub async fn parameters(&self, path: &str) -> BTreeMap<String, String> {
+        let mut params = BTreeMap::new();
+        let mut pages =
+            self.ssm.get_parameters_by_path().path(path).recursive(true).with_decryption(true).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            for p in page.expect("GetParametersByPath").parameters() {
+                params.insert(p.name().unwrap().to_string(), p.value().unwrap_or_default().to_string());
+            }
+        }
+        params
+    }
+
     /// Parameters under `path` (recursive).
     pub async fn parameter_count(&self, path: &str) -> usize {
         let mut count = 0;
