@@ -24,7 +24,8 @@ enum Command {
     EventPatterns(PatternArgs),
     /// Move Parameter Store data of namespaces without an environment from
     /// `{pathPrefix}/{tenant}/{configType}/…` to `{pathPrefix}/{tenant}/_/{configType}/…`
-    /// (the layout before 0.9). A dry run unless --apply; run it with the controller stopped.
+    /// (the layout of builds without this command). A dry run unless --apply; run it with the
+    /// controller stopped.
     MigratePaths(migrate::Args),
 }
 
