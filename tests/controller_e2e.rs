@@ -467,3 +467,67 @@ async fn migrate_paths_moves_data_of_namespaces_without_an_environment() {
     w.clean_up().await;
     controller.stop_within(Duration::from_secs(30)).await;
 }
+
+/// The Ready condition of a ConfigStore, once it says `reason`.
+async fn store_reason(w: &World, store: &str, reason: &str) -> String {
+    let api = Api::<ConfigStore>::all(w.client.clone());
+    eventually(&format!("ConfigStore {store} {reason}"), || async {
+        let status = api.get(store).await.ok()?.status?;
+        let ready = status.conditions.into_iter().find(|c| c.type_ == "Ready" && c.reason == reason)?;
+        Some(ready.message)
+    })
+    .await
+}
+
+/// Two DynamoDB stores on one table, and a shared path above a tenant
+/// prefix: every store of each pair says `Overlap` (and `kubectl get` shows
+/// it), nothing is written through them, an include that would read another
+/// tenant's data is refused; once separated, everything converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_stores_are_refused_and_say_so() {
+    let _turn = SERIAL.lock().await;
+    let mut s = Scene::new("e2e-overlap").await;
+    let (ddb, ssm) = (format!("{}-ddb", s.world.id), format!("{}-ssm", s.world.id));
+    let (table, prefix) = (s.world.table.clone(), s.world.prefix.clone());
+    let twin = s.world.store("twin", json!({ "tags": ["twin"], "dynamodb": { "tableName": table } })).await;
+    let wide_spec = |shared: &str| json!({ "tags": ["wide"], "parameterStore": { "pathPrefix": format!("{prefix}-wide"), "sharedPaths": [shared] } });
+    let wide = s.world.store("wide", wide_spec(&prefix)).await;
+    let omega = s.world.tenant(1);
+    s.world.put_parameter(&format!("{prefix}/{omega}/_/orders/token"), "omega-secret").await;
+
+    let w = &s.world;
+    for (store, other) in [(&ddb, &twin), (&twin, &ddb), (&ssm, &wide), (&wide, &ssm)] {
+        let message = store_reason(w, store, "Overlap").await;
+        assert!(message.contains(&format!("ConfigStore {other}")), "{store}: {message}");
+    }
+    let listed = std::process::Command::new(support::env("KUBECTL")).args(["get", "configstores", &twin]).output();
+    let listed = String::from_utf8_lossy(&listed.unwrap().stdout).to_string();
+    assert!(listed.contains("READY") && listed.contains("False") && listed.contains("Overlap"), "{listed}");
+
+    let ns = s.ns.clone();
+    s.simple(&ns, "plain", json!({})).await;
+    let nosy = json!({ "include": [{ "parameterPath": format!("{prefix}/{omega}/_/orders") }] });
+    s.simple(&ns, "nosy", nosy).await;
+    let w = &s.world;
+    let refused = w.wait_reason(&ns, "plain", "False", "StoreOverlap").await;
+    let ready = refused.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(ready.message.contains(&format!("route to ConfigStore {ddb}")), "{}", ready.message);
+    w.wait_reason(&ns, "nosy", "False", "StoreOverlap").await;
+    assert!(s.item("plain").await.is_none(), "nothing written through an overlapping store");
+    assert!(s.item("nosy").await.is_none());
+    assert!(w.config_maps(&ns).get_opt("nosy").await.unwrap().is_none(), "omega's value projected nowhere");
+
+    // The platform team separates them: each store converges, and so does the object.
+    let stores = Api::<ConfigStore>::all(w.client.clone());
+    let other_table = json!({ "spec": { "dynamodb": { "tableName": format!("{table}-twin") } } });
+    stores.patch(&twin, &PatchParams::default(), &Patch::Merge(&other_table)).await.unwrap();
+    let own_shared = json!({ "spec": wide_spec(&format!("{prefix}-wide-shared")) });
+    stores.patch(&wide, &PatchParams::default(), &Patch::Merge(&own_shared)).await.unwrap();
+    for store in [&ddb, &twin, &ssm, &wide] {
+        store_reason(w, store, "Valid").await;
+    }
+    w.wait_reason(&ns, "plain", "True", "Reconciled").await;
+    w.wait_reason(&ns, "nosy", "False", "IncludeNotAllowed").await;
+    assert_eq!(s.item("plain").await.unwrap()["a"], "1");
+    s.finish().await;
+}

@@ -114,7 +114,8 @@ fn chart_lints_and_renders_what_matters() {
     assert!(grants(&docs, "deployments").is_empty(), "no workload access without rollout");
     assert!(find(&docs, "ValidatingAdmissionPolicy", "").is_none(), "no policy without refresh or rollout");
     assert_eq!(grants(&docs, "configmaps"), ["get", "list", "watch", "create", "patch", "delete"]);
-    assert_eq!(grants(&docs, "configstores"), ["get", "list", "watch"], "stores are read-only");
+    assert_eq!(grants(&docs, "configstores"), ["get", "list", "watch"], "store specs are read-only");
+    assert_eq!(grants(&docs, "configstores/status"), ["patch"], "Ready / Overlap");
     let args = args_of(&docs);
     assert!(args.contains(&"--leader-election=true".into()));
     assert!(args.contains(&"--lease-namespace=tcc-system".into()));

@@ -23,6 +23,9 @@ pub mod reason {
     pub const STORE_UNAVAILABLE: &str = "StoreUnavailable";
     pub const THROTTLED: &str = "Throttled";
     pub const CONFIG_MAP_CONFLICT: &str = "ConfigMapConflict";
+    /// An entry, include or earlier key of the object is in a ConfigStore
+    /// that overlaps another (the store's own reason is `Overlap`).
+    pub const STORE_OVERLAP: &str = "StoreOverlap";
 }
 
 /// Sets `type_` in `conditions` to the given state. `lastTransitionTime` moves only

@@ -1,6 +1,7 @@
 //! `ConfigStore`: one storage backend (the Strategy) and the tags it serves.
 //! Cluster-scoped, owned by the platform team.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,9 @@ use super::{NO_DOT_SEGMENTS_RULE, PARAMETER_PATH_MAX_LEN, PARAMETER_PATH_PATTERN
     kind = "ConfigStore",
     plural = "configstores",
     shortname = "cstore",
+    status = "ConfigStoreStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Tags","type":"string","jsonPath":".spec.tags"}"#,
     printcolumn = r#"{"name":"Default","type":"boolean","jsonPath":".spec.default"}"#,
     printcolumn = r#"{"name":"Priority","type":"integer","jsonPath":".spec.priority"}"#,
@@ -56,6 +60,17 @@ pub struct ConfigStoreSpec {
     /// AWS Systems Manager Parameter Store: one parameter per key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameter_store: Option<ParameterStoreStore>,
+}
+
+/// Observed state, written only by the controller: `Ready` (reason `Valid`, or
+/// `Overlap` naming the store(s) it overlaps; then nothing routes to it).
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigStoreStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
 }
 
 /// Where a DynamoDB-backed store keeps its items.

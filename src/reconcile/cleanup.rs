@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     api::{DeletionPolicy, TenantConfig, conditions::reason, names::FINALIZER},
-    store::{StoreRef, routing},
+    store::{StoreRef, overlap, routing},
     workloads::refs::Kind,
 };
 
@@ -66,7 +66,9 @@ async fn delete_keys(tc: &TenantConfig, ctx: &Context, ns: &str) -> Result<(), E
     // As in a reconcile: an unsettled object may have written to stores its
     // status does not name.
     let settled = plan::stores_settled(tc);
-    let swept = |name: &str| !settled && !used.contains(name);
+    // Never through a store that shares its table or paths with another.
+    let overlaps = overlap::overlapping(&stores);
+    let swept = |name: &str| !settled && !used.contains(name) && !overlaps.contains_key(name);
     info!(stores = ?used, sweep_others = !settled, known_stores = stores.len(), "cleanup: removing this object's keys");
     for store in stores.iter().filter(|s| used.contains(s.name) || swept(s.name)) {
         let backend = ctx.stores.backend(store.name, store.spec)?;

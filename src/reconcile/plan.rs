@@ -26,7 +26,7 @@ use crate::{
         identity::{Identity, IdentityError},
     },
     store::{
-        Desired, Location, StoreRef, Value,
+        Desired, Location, StoreRef, Value, overlap,
         routing::{self},
     },
 };
@@ -180,14 +180,11 @@ pub fn plan<'a>(
     let identity = identity.map_err(|e| identity_refusal(&e))?;
     let location = location_of(tc, identity);
     let owner = tc.owner_key();
-    let mut includes = Vec::new();
-    for (index, include) in tc.spec.include.iter().enumerate() {
-        let store = routing::shared_store_for(&include.parameter_path, stores)
-            .map_err(|e| Refusal::new(reason::INCLUDE_NOT_ALLOWED, e))?;
-        let spec = stores.iter().find(|s| s.name == store).expect("the serving store is a candidate").spec;
-        includes.push(IncludeRead { index, store, spec, path: include.parameter_path.clone() });
-    }
+    let overlaps = overlap::overlapping(stores);
+    let includes = includes(tc, stores, &overlaps)?;
     let routed = routing::route_entries(&tc.spec, stores).map_err(|e| Refusal::new(reason::NO_STORE_FOR_TAGS, e))?;
+    let previous = recorded_stores(tc);
+    refuse_overlapping(&routed, &previous, &overlaps)?;
 
     let secret_name = secret_name(tc, secure_projection).map(str::to_string);
     // The projection holds at least the spec's own entries.
@@ -197,8 +194,7 @@ pub fn plan<'a>(
     }
 
     // Stores this object writes to now, plus those it managed before (keys
-    // whose tags moved elsewhere must leave the old store).
-    let previous = recorded_stores(tc);
+    // whose tags moved elsewhere must leave the old store): `previous`.
     // Until a reconcile of this generation has got through its store writes,
     // status.stores may miss a store an interrupted or failed reconcile (crash,
     // lost answer, throttled sweep) wrote to; such stores are swept.
@@ -213,7 +209,9 @@ pub fn plan<'a>(
         let entries = routed.get(store.name);
         let before = previous.contains(store.name);
         if entries.is_none() && !before {
-            if !settled {
+            // An overlapping store shares its table or paths with another: a
+            // sweep through it would delete what the object wrote through that one.
+            if !settled && !overlaps.contains_key(store.name) {
                 plan.sweep.push(*store);
             }
             continue;
@@ -229,6 +227,52 @@ pub fn plan<'a>(
         plan.writes.push(StoreWrite { store: store.name, spec: store.spec, desired, routed_here: entries.is_some() });
     }
     Ok(plan)
+}
+
+/// The stores serving each include, among stores that overlap nothing.
+fn includes<'a>(
+    tc: &TenantConfig,
+    stores: &[StoreRef<'a>],
+    overlaps: &BTreeMap<String, String>,
+) -> Result<Vec<IncludeRead<'a>>, Refusal> {
+    let usable: Vec<StoreRef<'a>> = stores.iter().filter(|s| !overlaps.contains_key(s.name)).copied().collect();
+    let mut includes = Vec::new();
+    for (index, include) in tc.spec.include.iter().enumerate() {
+        let path = &include.parameter_path;
+        let store = routing::shared_store_for(path, &usable).map_err(|e| {
+            match routing::shared_store_for(path, stores).ok().and_then(|s| Some((s, overlaps.get(s)?))) {
+                Some((refused, why)) => Refusal::new(
+                    reason::STORE_OVERLAP,
+                    format!("include {path:?} is served by ConfigStore {refused}: {why}"),
+                ),
+                None => Refusal::new(reason::INCLUDE_NOT_ALLOWED, e),
+            }
+        })?;
+        let spec = usable.iter().find(|s| s.name == store).expect("the serving store is a candidate").spec;
+        includes.push(IncludeRead { index, store, spec, path: path.clone() });
+    }
+    Ok(includes)
+}
+
+/// Refuses an object with entries in, or keys left in, an overlapping store:
+/// nothing is written until the platform team separates the stores.
+fn refuse_overlapping(
+    routed: &BTreeMap<String, Vec<&Entry>>,
+    previous: &BTreeSet<String>,
+    overlaps: &BTreeMap<String, String>,
+) -> Result<(), Refusal> {
+    for (store, why) in overlaps {
+        if let Some(entries) = routed.get(store) {
+            let keys: Vec<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+            let message = format!("key(s) {} route to ConfigStore {store}: {why}", keys.join(", "));
+            return Err(Refusal::new(reason::STORE_OVERLAP, message));
+        }
+        if previous.contains(store) {
+            let message = format!("keys this object wrote to ConfigStore {store} wait there: {why}");
+            return Err(Refusal::new(reason::STORE_OVERLAP, message));
+        }
+    }
+    Ok(())
 }
 
 /// Entries of a spec as store values.
@@ -393,6 +437,37 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.sweep.iter().map(|s| s.name).collect::<Vec<_>>(), ["ddb"]);
+    }
+
+    /// A second DynamoDB store on the first one's table: neither is written
+    /// through, and an unsettled object's sweep never goes through it (it
+    /// deleted what the object had just written through the other).
+    #[test]
+    fn overlapping_stores_are_refused_and_never_swept() {
+        let mut all = stores();
+        let twin = json!({"dynamodb": {"tableName": "t"}, "tags": ["twin"]});
+        all.push(("twin".into(), serde_json::from_value(twin).unwrap()));
+        let into_twin = json!({"entries": [{"key": "a", "value": "1", "tags": ["twin"]}]});
+        let refused = plan(&tc(into_twin, None), acme(), &refs(&all), false, |_| false).unwrap_err();
+        assert_eq!(refused.reason, reason::STORE_OVERLAP);
+        assert!(refused.message.contains("key(s) a route to ConfigStore twin"), "{}", refused.message);
+        assert!(refused.message.contains("ConfigStore ddb's table \"t\""), "{}", refused.message);
+        let into_ddb = json!({"entries": [{"key": "a", "value": "1"}]});
+        let refused = plan(&tc(into_ddb, None), acme(), &refs(&all), false, |_| false).unwrap_err();
+        assert_eq!(refused.reason, reason::STORE_OVERLAP, "ddb overlaps twin just as much");
+        let in_ssm = json!({"entries": [{"key": "b", "value": "1", "tags": ["static"]}]});
+        let p = plan(&tc(in_ssm.clone(), None), acme(), &refs(&all), false, |_| false).unwrap();
+        assert!(p.sweep.is_empty(), "unsettled, yet no sweep through ddb or twin: {:?}", p.sweep);
+        let left_behind = plan(&tc(in_ssm, Some(settled_in(&["twin"]))), acme(), &refs(&all), false, |_| false);
+        assert!(left_behind.unwrap_err().message.contains("keys this object wrote to ConfigStore twin wait there"));
+        // A shared path that contains the tenant prefix: includes through it are refused.
+        let mut leaky = stores();
+        let wide = json!({"parameterStore": {"pathPrefix": "/other", "sharedPaths": ["/tc"]}});
+        leaky.push(("wide".into(), serde_json::from_value(wide).unwrap()));
+        let include = json!({"include": [{"parameterPath": "/tc/omega/_/orders"}]});
+        let refused = plan(&tc(include, None), acme(), &refs(&leaky), false, |_| false).unwrap_err();
+        assert_eq!(refused.reason, reason::STORE_OVERLAP);
+        assert!(refused.message.starts_with("include \"/tc/omega/_/orders\" is served by ConfigStore wide"));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! TenantConfigs (the controller's own stream), ConfigStores, Namespaces and
 //! the ConfigMaps this controller owns.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use futures::{StreamExt, TryStreamExt, stream::BoxStream};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
@@ -15,6 +15,7 @@ use kube::{
         watcher,
     },
 };
+use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use crate::{
@@ -45,6 +46,8 @@ pub struct Watches {
     pub namespace_requests: Requested,
     /// Every object, on any store change (routing may change for all).
     pub store_requests: Requested,
+    /// Notified on every ConfigStore change once the first listing is in.
+    pub store_changes: Arc<Notify>,
     pub requests: Arc<Requests>,
 }
 
@@ -66,7 +69,12 @@ impl Watches {
         };
         let (config_stores, writer) = reflector::store();
         let stores_listed = listed(Cache::ConfigStores);
+        let store_changes = Arc::new(Notify::new());
+        let changed = store_changes.clone();
         let store_events = cached(writer, watcher(Api::<ConfigStore>::all(client.clone()), watch.clone()), move |e| {
+            if !matches!(e, watcher::Event::Init | watcher::Event::InitApply(_)) {
+                changed.notify_one();
+            }
             stores_listed(matches!(e, watcher::Event::InitDone))
         });
         let (namespaces, writer) = reflector::store();
@@ -84,7 +92,11 @@ impl Watches {
             .inspect(asked(&requests, Clone::clone))
             .boxed();
         let every_object = objects.clone();
-        let store_requests = logged(store_events.default_backoff().touched_objects())
+        let mut generations = HashMap::new();
+        let spec_changes = store_events
+            .default_backoff()
+            .try_filter(move |e| futures::future::ready(spec_changed(&mut generations, e)));
+        let store_requests = logged(spec_changes.touched_objects())
             .flat_map(move |_| futures::stream::iter(every(&every_object)))
             .inspect(asked(&requests, Clone::clone))
             .boxed();
@@ -99,6 +111,7 @@ impl Watches {
             config_map_owners,
             namespace_requests,
             store_requests,
+            store_changes,
             requests,
         }
     }
@@ -185,6 +198,21 @@ fn logged<T>(stream: impl futures::Stream<Item = watcher::Result<T>>) -> impl fu
     stream.filter_map(
         |item| async move { item.map_err(|e| warn!(error = %e, "watch failed; retrying with backoff")).ok() },
     )
+}
+
+/// Whether a ConfigStore event changes what routing sees: a spec change (new
+/// generation) or a deletion, not a status write (the controller's own).
+fn spec_changed(generations: &mut HashMap<String, Option<i64>>, event: &watcher::Event<ConfigStore>) -> bool {
+    match event {
+        watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
+            generations.insert(s.name_any(), s.metadata.generation) != Some(s.metadata.generation)
+        }
+        watcher::Event::Delete(s) => {
+            generations.remove(&s.name_any());
+            true
+        }
+        watcher::Event::Init | watcher::Event::InitDone => true,
+    }
 }
 
 /// Every TenantConfig in the cache.

@@ -7,6 +7,7 @@
 pub mod change;
 pub mod dynamodb;
 pub mod limits;
+pub mod overlap;
 pub mod parameter_store;
 pub mod plan;
 pub mod rate_limit;
