@@ -243,3 +243,59 @@ async fn events_count_repeats_and_say_each_new_note() {
         assert_eq!(e.reason.as_deref(), Some("StoreWritten"));
     }
 }
+
+/// The foreign-object race (issue #30 item 6): the reconcile reads the
+/// ConfigMap (absent, or ours), then writes it. Another writer's object that
+/// appears in between — created where there was none, or replacing ours — is
+/// never taken over: the write fails (409 on create, 422 on the uid
+/// precondition) and leaves it as it was. A forced server-side apply, as
+/// before, took it over.
+#[tokio::test]
+async fn a_projection_never_takes_over_an_object_created_since_it_was_read() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::DeleteParams;
+    use tenant_config_controller::reconcile::project::write_owned;
+
+    let (client, ns) = setup().await;
+    let api = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    let ours = |name: &str, data: Value| -> ConfigMap {
+        serde_json::from_value(json!({
+            "metadata": { "name": name, "namespace": ns, "labels": { "app.kubernetes.io/managed-by": "tenant-config-controller" } },
+            "data": data
+        }))
+        .unwrap()
+    };
+    let foreign = |name: &str| -> ConfigMap {
+        serde_json::from_value(json!({ "metadata": { "name": name }, "data": { "theirs": "1" } })).unwrap()
+    };
+    let is_untouched = |cm: ConfigMap| {
+        cm.data == Some([("theirs".to_string(), "1".to_string())].into()) && cm.metadata.labels.is_none()
+    };
+
+    // Read: absent. Someone creates it. The write fails and leaves theirs.
+    api.create(&PostParams::default(), &foreign("raced")).await.unwrap();
+    let err = write_owned(&api, &ours("raced", json!({ "a": "1" })), None).await.unwrap_err();
+    assert!(matches!(&err, kube::Error::Api(e) if e.code == 409), "{err}");
+    assert!(is_untouched(api.get("raced").await.unwrap()));
+
+    // Read: ours. It is replaced by someone else's. The write fails and leaves theirs.
+    let written = write_owned(&api, &ours("replaced", json!({ "a": "1", "b": "2" })), None).await.unwrap();
+    api.delete("replaced", &DeleteParams::default()).await.unwrap();
+    api.create(&PostParams::default(), &foreign("replaced")).await.unwrap();
+    let err = write_owned(&api, &ours("replaced", json!({ "a": "2" })), Some(&written.metadata)).await.unwrap_err();
+    let uid_refused = |e: &kube::core::Status| e.code == 422 && e.message.contains("metadata.uid");
+    assert!(matches!(&err, kube::Error::Api(e) if uid_refused(e)), "{err}");
+    assert!(is_untouched(api.get("replaced").await.unwrap()));
+
+    // Undisturbed: created whole, then updated in place; a dropped key is
+    // removed, and so is a key someone else added.
+    let created = write_owned(&api, &ours("kept", json!({ "a": "1", "b": "2" })), None).await.unwrap();
+    assert_eq!(created.data.as_ref().map(|d| d.len()), Some(2), "never an empty shell a pod could mount");
+    let updated = write_owned(&api, &ours("kept", json!({ "a": "2" })), Some(&created.metadata)).await.unwrap();
+    assert_eq!(updated.data, Some([("a".to_string(), "2".to_string())].into()));
+    assert_eq!(updated.metadata.uid, created.metadata.uid);
+    let added = json!({ "data": { "x": "hand-added" } });
+    api.patch("kept", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&added)).await.unwrap();
+    let reverted = write_owned(&api, &ours("kept", json!({ "a": "3" })), Some(&created.metadata)).await.unwrap();
+    assert_eq!(reverted.data, Some([("a".to_string(), "3".to_string())].into()));
+}

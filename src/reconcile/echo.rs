@@ -107,12 +107,11 @@ impl OwnWrites {
     }
 }
 
-/// Whether the newest managed-fields entry is this controller's apply, and no
-/// other manager's entry is as new (timestamps have one-second resolution).
+/// Whether the newest managed-fields entry is this controller's (its apply, or
+/// the create of a shell that the apply fills), and no other manager's entry is
+/// as new (timestamps have one-second resolution).
 fn applied_last_by_us(fields: &[ManagedFieldsEntry]) -> bool {
-    let ours = |f: &&ManagedFieldsEntry| {
-        f.manager.as_deref() == Some(FIELD_MANAGER) && f.operation.as_deref() == Some("Apply")
-    };
+    let ours = |f: &&ManagedFieldsEntry| f.manager.as_deref() == Some(FIELD_MANAGER);
     let Some(our_time) = fields.iter().filter(ours).filter_map(|f| f.time.as_ref()).max() else { return false };
     fields.iter().filter(|f| !ours(f)).filter_map(|f| f.time.as_ref()).all(|t| t < our_time)
 }

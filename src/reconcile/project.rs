@@ -2,7 +2,7 @@
 //! owns, written by server-side apply when their content changed; what they
 //! now hold, for refresh and rollout; their deletion.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::{
     api::core::v1::{ConfigMap, Secret},
@@ -11,7 +11,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
     runtime::reflector::ObjectRef,
 };
 
@@ -56,7 +56,6 @@ pub async fn apply(
     let ns = tc.namespace().ok_or(Error::MissingNamespace)?;
     let owner = tc.controller_owner_ref(&()).expect("TenantConfig has a name and uid");
     let tenant = &plan.location.tenant;
-    let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut applied = Applied::default();
     // Up to date only if both the digest and the data match: a hand edit of the
     // data that leaves the annotation alone must still be reverted.
@@ -69,8 +68,8 @@ pub async fn apply(
         let name = tc.config_map_name();
         let cm = render::config_map(name, &ns, tenant, rendered, owner.clone());
         let writing = ctx.ledgers.own_writes.writing(&ns, name);
-        let written =
-            Api::<ConfigMap>::namespaced(ctx.kube.client.clone(), &ns).patch(name, &params, &Patch::Apply(&cm)).await?;
+        let api = Api::<ConfigMap>::namespaced(ctx.kube.client.clone(), &ns);
+        let written = write_owned(&api, &cm, existing.config_map.as_ref().map(|c| &c.metadata)).await?;
         ctx.ledgers.own_writes.wrote(&written);
         drop(writing);
         applied.config_map = Some(written.metadata);
@@ -88,13 +87,70 @@ pub async fn apply(
         });
         if !secret_up_to_date {
             let secret = render::secret(name, &ns, tenant, rendered, owner);
-            let written = Api::<Secret>::namespaced(ctx.kube.client.clone(), &ns)
-                .patch(name, &params, &Patch::Apply(&secret))
-                .await?;
+            let api = Api::<Secret>::namespaced(ctx.kube.client.clone(), &ns);
+            let written = write_owned(&api, &secret, existing.secret.as_ref().map(|s| &s.metadata)).await?;
             applied.secret = Some(written.metadata);
         }
     }
     Ok(applied)
+}
+
+/// Writes a projected ConfigMap or Secret without ever taking over another
+/// writer's object, whatever happened since `known` (what the reconcile read
+/// and found ours, or absent) was read: absent → created whole, which fails
+/// (409) if someone created one since; ours → server-side applied with its uid
+/// as a precondition, which fails (422, "metadata.uid: field is immutable") if
+/// it was replaced since. A failure is retried: the retry reads again and the
+/// ownership check decides. Keys the apply cannot remove because it does not
+/// own them alone (those of the create, or another writer's additions) are
+/// removed by a merge patch under the same precondition.
+pub async fn write_owned<K>(api: &Api<K>, desired: &K, known: Option<&ObjectMeta>) -> Result<K, kube::Error>
+where
+    K: Resource + DataKeys + Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    let Some(uid) = known.and_then(|meta| meta.uid.clone()) else {
+        let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
+        return api.create(&params, desired).await;
+    };
+    let name = desired.name_any();
+    let mut applied = desired.clone();
+    applied.meta_mut().uid = Some(uid.clone());
+    let written = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&applied)).await?;
+    let wanted = desired.data_keys();
+    let extra: serde_json::Map<String, serde_json::Value> =
+        written.data_keys().into_iter().filter(|k| !wanted.contains(k)).map(|k| (k, serde_json::Value::Null)).collect();
+    if extra.is_empty() {
+        return Ok(written);
+    }
+    let remove = serde_json::json!({ "metadata": { "uid": uid }, "data": extra });
+    api.patch(
+        &name,
+        &PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() },
+        &Patch::Merge(&remove),
+    )
+    .await
+}
+
+/// The keys of a projected object's `data`.
+pub trait DataKeys {
+    fn data_keys(&self) -> BTreeSet<String>;
+}
+
+impl DataKeys for ConfigMap {
+    fn data_keys(&self) -> BTreeSet<String> {
+        self.data.iter().flat_map(|d| d.keys().cloned()).collect()
+    }
+}
+
+impl DataKeys for Secret {
+    fn data_keys(&self) -> BTreeSet<String> {
+        self.data
+            .iter()
+            .flat_map(|d| d.keys().cloned())
+            .chain(self.string_data.iter().flat_map(|d| d.keys().cloned()))
+            .collect()
+    }
 }
 
 /// What the projection now holds, for refresh and rollout: each object's
