@@ -531,3 +531,64 @@ async fn overlapping_stores_are_refused_and_say_so() {
     assert_eq!(s.item("plain").await.unwrap()["a"], "1");
     s.finish().await;
 }
+
+/// Keys other systems own (issue #30 item 5): a billing system keeps
+/// `plan-tier` in the tenant's item. A TenantConfig that declares the same key
+/// gets KeyConflict, writes nothing for it, never reverts the owner's resets
+/// as drift, and never deletes it — until it opts in with `adoptExisting`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_writers_key_is_a_conflict_until_adopted() {
+    let _turn = SERIAL.lock().await;
+    let s = Scene::new("e2e-adopt").await;
+    let (w, ns) = (&s.world, &s.ns);
+    for (config_type, key) in [("billing", "plan-tier"), ("seeded", "x")] {
+        w.ddb
+            .put_item()
+            .table_name(&w.table)
+            .item("pk", AttributeValue::S(format!("TENANT#{}", s.tenant)))
+            .item("sk", AttributeValue::S(format!("CONFIG#{config_type}")))
+            .item("data", AttributeValue::M([(key.to_string(), AttributeValue::S("theirs".into()))].into()))
+            .send()
+            .await
+            .unwrap();
+    }
+    let spec = |entries: serde_json::Value, extra: serde_json::Value| {
+        let mut spec = json!({ "defaultTags": [s.tag("tenant")], "entries": entries });
+        spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        spec
+    };
+    let billing = json!([{ "key": "plan-tier", "value": "free" }, { "key": "a", "value": "1" }]);
+    w.tenant_config(ns, "billing", spec(billing, json!({}))).await;
+    let seeded = json!([{ "key": "x", "value": "mine" }]);
+    w.tenant_config(ns, "seeded", spec(seeded, json!({ "managementPolicy": "CreateOnly" }))).await;
+
+    let conflict = w.wait_reason(ns, "billing", "False", "KeyConflict").await;
+    let ready = conflict.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(ready.message.contains(&format!("{}-ddb: plan-tier", w.id)), "{}", ready.message);
+    w.wait_reason(ns, "seeded", "False", "KeyConflict").await;
+    let item = s.item("billing").await.unwrap();
+    assert_eq!((item["plan-tier"].as_str(), item["a"].as_str()), ("theirs", "1"), "the other keys are written");
+    w.wait_config_map(ns, "billing", "projected", |d| d.contains_key("a")).await;
+    assert_eq!(w.config_map(ns, "billing").await["plan-tier"], "theirs", "the projection shows what the store holds");
+
+    // The owner resets its key: not drift. Several 2 s resyncs later it still holds.
+    w.set_item_key(&s.tenant, "billing", "plan-tier", Some("reset")).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(s.item("billing").await.unwrap()["plan-tier"], "reset");
+    assert_eq!(w.config_map(ns, "billing").await["plan-tier"], "reset");
+    let events = Api::<Event>::namespaced(w.client.clone(), ns).list(&ListParams::default()).await.unwrap();
+    assert!(!events.items.iter().any(|e| e.reason.as_deref() == Some("DriftCorrected")), "never reverted as drift");
+
+    // CreateOnly and deletion: their key stays.
+    let tcs = w.tenant_configs(ns);
+    tcs.delete("seeded", &DeleteParams::default()).await.unwrap();
+    eventually("seeded deleted", || async { tcs.get_opt("seeded").await.unwrap().is_none().then_some(()) }).await;
+    assert_eq!(s.item("seeded").await.unwrap()["x"], "theirs");
+
+    // Opting in takes it over.
+    let adopt = json!({ "spec": { "adoptExisting": true } });
+    tcs.patch("billing", &PatchParams::default(), &Patch::Merge(&adopt)).await.unwrap();
+    w.wait_reason(ns, "billing", "True", "Reconciled").await;
+    assert_eq!(s.item("billing").await.unwrap()["plan-tier"], "free");
+    s.finish().await;
+}

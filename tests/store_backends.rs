@@ -50,6 +50,7 @@ fn desired(owner: &str, entries: &[(&str, &str)]) -> Desired {
         owned_before: false,
         expect_absent: false,
         created: None,
+        adopt_existing: false,
     }
 }
 

@@ -26,6 +26,9 @@ pub mod reason {
     /// An entry, include or earlier key of the object is in a ConfigStore
     /// that overlaps another (the store's own reason is `Overlap`).
     pub const STORE_OVERLAP: &str = "StoreOverlap";
+    /// A key the object declares is held by another writer at its location
+    /// and the object does not adopt existing keys: not written.
+    pub const KEY_CONFLICT: &str = "KeyConflict";
 }
 
 /// Sets `type_` in `conditions` to the given state. `lastTransitionTime` moves only

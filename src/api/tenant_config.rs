@@ -71,6 +71,14 @@ pub struct TenantConfigSpec {
     /// Delete: managed keys leave the stores with the object. Retain: they stay.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+
+    /// Take over entries whose key another writer already put at this
+    /// object's location (from then on they are managed: written, reverted on
+    /// drift, deleted with the object). Default false: such a key is a
+    /// conflict, named in the Ready condition (reason KeyConflict), and
+    /// nothing is written for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopt_existing: bool,
 }
 
 /// One configuration key.

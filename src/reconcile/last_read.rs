@@ -36,6 +36,8 @@ pub struct OwnStores {
     pub layers: Vec<Layer>,
     /// Other writers' entries left out (another entry has the same key).
     pub shadowed: Vec<String>,
+    /// Desired keys another writer holds, not adopted (`store: key`).
+    pub unclaimed: Vec<String>,
 }
 
 /// A last reconcile's own-store reads that a new reconcile may stand on

@@ -222,8 +222,12 @@ async fn pipeline(
         digest: rendered.digest.clone(),
         written: projected_now,
     };
+    let mut verdict = Verdict::reconciled(store_message, message, stores, projection);
+    if !synced.written.unclaimed.is_empty() {
+        verdict = verdict.with_key_conflicts(&synced.written.unclaimed);
+    }
     Ok(Done {
-        verdict: Verdict::reconciled(store_message, message, stores, projection),
+        verdict,
         projected_now,
         own_stores: synced.own_stores(),
         projected: project::projected(tc, &plan, &resolved.existing, &rendered, &applied),

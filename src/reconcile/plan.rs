@@ -223,6 +223,7 @@ pub fn plan<'a>(
             owned_before: settled && before,
             expect_absent,
             created: tc.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            adopt_existing: tc.spec.adopt_existing,
         };
         plan.writes.push(StoreWrite { store: store.name, spec: store.spec, desired, routed_here: entries.is_some() });
     }

@@ -120,6 +120,20 @@ impl Verdict {
     }
 }
 
+impl Verdict {
+    /// Everything in place except keys another writer holds, which the object
+    /// declares but does not adopt: Ready=False (KeyConflict) names them;
+    /// the stores hold what the object manages and the projection is current.
+    pub fn with_key_conflicts(self, keys: &[String]) -> Self {
+        let message = format!(
+            "another writer holds key(s) {}: not written (set spec.adoptExisting: true to take them over); \
+             the projection shows the stored values",
+            keys.join(", ")
+        );
+        Verdict { standing: Standing::Stalled, ready: Concluded::new(false, reason::KEY_CONFLICT, message), ..self }
+    }
+}
+
 /// The status after a reconcile of `generation` that concluded `verdict` at
 /// `now`, in a namespace whose tenant label has the value `tenant`.
 pub fn next_status(

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     api::{StoreSummary, TenantConfig},
-    store::{Backend, StoreError, entries_digest},
+    store::{Backend, Desired, StoreError, StoreState, entries_digest},
 };
 
 /// Why the step stopped.
@@ -59,6 +59,7 @@ impl Synced {
             summaries: written.summaries.clone(),
             layers: written.layers.clone(),
             shadowed: written.shadowed.clone(),
+            unclaimed: written.unclaimed.clone(),
         }
     }
 }
@@ -121,6 +122,7 @@ fn reused(last: &Reusable, plan: &ReconcilePlan<'_>) -> Option<Written> {
         reads: last.read.stores.clone(),
         changed_keys: 0,
         shadowed: last.own.shadowed.clone(),
+        unclaimed: last.own.unclaimed.clone(),
     })
 }
 
@@ -207,6 +209,8 @@ pub struct Written {
     pub changed_keys: usize,
     /// Other writers' entries left out: another entry has the same key.
     pub shadowed: Vec<String>,
+    /// `store: key` of each desired key another writer holds, not adopted.
+    pub unclaimed: Vec<String>,
 }
 
 impl Written {
@@ -227,8 +231,14 @@ async fn write(
     plan: &ReconcilePlan<'_>,
     prepared: Vec<Prepared<'_, '_>>,
 ) -> Result<Written, StoreFailure> {
-    let mut written =
-        Written { summaries: Vec::new(), layers: Vec::new(), reads: Vec::new(), changed_keys: 0, shadowed: Vec::new() };
+    let mut written = Written {
+        summaries: Vec::new(),
+        layers: Vec::new(),
+        reads: Vec::new(),
+        changed_keys: 0,
+        shadowed: Vec::new(),
+        unclaimed: Vec::new(),
+    };
     let mut notes = Vec::new();
     for Prepared { write, backend } in prepared {
         let report = match backend.apply(&plan.location, &write.desired).await {
@@ -265,12 +275,21 @@ async fn write(
             });
             written.reads.push((write.store.to_string(), report.state.content_digest()));
             written.shadowed.extend(report.state.shadowed.iter().cloned());
+            written.unclaimed.extend(unclaimed(&write.desired, &report.state).map(|k| format!("{}: {k}", write.store)));
             let source = Source::Store { precedence: backend.precedence(), name: write.store.to_string() };
             written.layers.push(Layer { source, entries: Arc::new(report.state.entries) });
         }
     }
     publish_written(ctx, tc, &notes).await;
     Ok(written)
+}
+
+/// Desired keys the store holds for another writer (not adopted).
+fn unclaimed<'a>(desired: &'a Desired, state: &'a StoreState) -> impl Iterator<Item = &'a String> {
+    desired
+        .entries
+        .keys()
+        .filter(move |k| !desired.adopt_existing && state.entries.contains_key(*k) && !state.managed.contains(*k))
 }
 
 async fn publish_written(ctx: &Context, tc: &TenantConfig, notes: &[String]) {

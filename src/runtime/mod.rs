@@ -108,18 +108,9 @@ pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send +
         metrics,
         settings,
     });
-    let store_status = store_status::keep_current(
-        context.kube.client.clone(),
-        watches.config_stores.clone(),
-        watches.store_changes.clone(),
-    );
+    let stores = (context.kube.client.clone(), watches.config_stores.clone(), watches.store_changes.clone());
     let controller = controller(watches, context, triggered, retry_requests.boxed(), shutdown.clone());
-    let controller = async move {
-        tokio::select! {
-            _ = controller => {}
-            _ = store_status => {}
-        }
-    };
+    let controller = store_status::alongside(controller, stores);
     tokio::select! {
         _ = drive(controller, workloads, consumer.map(|c| (c, trigger)), shutdown.clone()) => {}
         _ = shutdown_before_sync(&probes, shutdown) => info!("shutdown before the caches synced: nothing in flight to finish"),

@@ -26,9 +26,20 @@ use crate::{
 pub const VALID: &str = "Valid";
 pub const OVERLAP: &str = "Overlap";
 
+/// Runs `controller`, keeping the stores' statuses current until it ends.
+pub async fn alongside(
+    controller: impl Future<Output = ()>,
+    (client, stores, changed): (Client, reflector::Store<ConfigStore>, Arc<Notify>),
+) {
+    tokio::select! {
+        _ = controller => {}
+        _ = keep_current(client, stores, changed) => {}
+    }
+}
+
 /// Rewrites every store's status that differs from what the set of stores
 /// says, each time `changed` is notified; retries failed writes.
-pub async fn keep_current(client: Client, stores: reflector::Store<ConfigStore>, changed: Arc<Notify>) {
+async fn keep_current(client: Client, stores: reflector::Store<ConfigStore>, changed: Arc<Notify>) {
     loop {
         changed.notified().await;
         // A burst of changes (one `kubectl apply` of many stores) is one pass.

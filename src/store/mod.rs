@@ -108,6 +108,9 @@ pub struct Desired {
     /// bulk read taken after that instead of reading on its own
     /// ([`tenant_walks`]).
     pub created: Option<k8s_openapi::jiff::Timestamp>,
+    /// Keys another writer put at the location may be taken over
+    /// (`spec.adoptExisting`); otherwise they are left alone ([`plan::Plan::unclaimed`]).
+    pub adopt_existing: bool,
 }
 
 /// The result of an apply.

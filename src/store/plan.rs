@@ -21,6 +21,9 @@ pub struct Plan {
     pub managed: BTreeSet<String>,
     /// True when only bookkeeping (owner, managed set) changes.
     pub bookkeeping_only: bool,
+    /// Desired keys another writer holds at the location, not adopted:
+    /// neither written nor managed (so never reverted or deleted).
+    pub unclaimed: BTreeSet<String>,
 }
 
 impl Plan {
@@ -44,6 +47,8 @@ pub struct OwnedElsewhere {
 ///   writes only keys absent from the store.
 /// - Only keys this owner manages are ever deleted; keys written by others
 ///   survive untouched.
+/// - A desired key another writer holds is taken over only with
+///   `adopt_existing`; otherwise it is [`Plan::unclaimed`].
 pub fn plan(current: &StoreState, desired: &Desired) -> Result<Plan, OwnedElsewhere> {
     if let Some(owner) = &current.managed_by
         && owner != &desired.owner
@@ -53,6 +58,11 @@ pub fn plan(current: &StoreState, desired: &Desired) -> Result<Plan, OwnedElsewh
     }
     let mut plan = Plan::default();
     for (key, want) in &desired.entries {
+        let anothers = current.entries.contains_key(key) && !current.managed.contains(key);
+        if anothers && !desired.adopt_existing {
+            plan.unclaimed.insert(key.clone());
+            continue;
+        }
         match current.entries.get(key) {
             None => {
                 plan.puts.insert(key.clone(), want.clone());
@@ -72,7 +82,7 @@ pub fn plan(current: &StoreState, desired: &Desired) -> Result<Plan, OwnedElsewh
         .filter(|k| !desired.entries.contains_key(*k) && current.entries.contains_key(*k))
         .cloned()
         .collect();
-    plan.managed = desired.entries.keys().cloned().collect();
+    plan.managed = desired.entries.keys().filter(|k| !plan.unclaimed.contains(*k)).cloned().collect();
     // Ownership is recorded only while there is something to own: an object that
     // manages nothing at a location must not create an empty item there.
     let owner_changes = current.managed_by.as_deref() != Some(desired.owner.as_str()) && !plan.managed.is_empty();
@@ -107,6 +117,7 @@ mod tests {
             owned_before: false,
             expect_absent: false,
             created: None,
+            adopt_existing: false,
         }
     }
 
@@ -162,10 +173,35 @@ mod tests {
         let cur = state(&[("a", "1")], &["a"], Some("acme-dev/payments"));
         let err = plan(&cur, &desired(&[("a", "1")], ManagementPolicy::Enforce)).unwrap_err();
         assert_eq!(err.owner, "acme-dev/payments");
-        // Released (no managed keys left): the next owner may take it.
+        // Released (no managed keys left): the next owner may take it; the
+        // keys left behind are another writer's unless it adopts them.
         let released = state(&[("a", "1")], &[], Some("acme-dev/payments"));
-        let p = plan(&released, &desired(&[("a", "1")], ManagementPolicy::Enforce)).unwrap();
+        let p = plan(&released, &desired(&[("a", "1"), ("b", "2")], ManagementPolicy::Enforce)).unwrap();
+        assert_eq!((keys(&p.unclaimed), keys(&p.managed)), (vec!["a"], vec!["b"]));
+        let adopting = Desired { adopt_existing: true, ..desired(&[("a", "1")], ManagementPolicy::Enforce) };
+        let p = plan(&released, &adopting).unwrap();
         assert!(p.bookkeeping_only && !p.is_noop(), "ownership is recorded: {p:?}");
+    }
+
+    /// Another writer's key (a billing system's plan tier) that the object
+    /// also declares: not written, not managed — so never reverted as drift,
+    /// never deleted with the object, whatever the policy — unless adopted.
+    #[test]
+    fn another_writers_key_is_taken_over_only_when_adopted() {
+        let cur = state(&[("plan-tier", "gold"), ("a", "1")], &["a"], ME);
+        for policy in [ManagementPolicy::Enforce, ManagementPolicy::CreateOnly] {
+            let p = plan(&cur, &desired(&[("plan-tier", "free"), ("a", "2")], policy)).unwrap();
+            assert_eq!(keys(&p.unclaimed), ["plan-tier"], "{policy:?}");
+            assert!(!p.puts.contains_key("plan-tier") && !p.managed.contains("plan-tier"), "{policy:?}: {p:?}");
+            // Dropping it from the spec deletes nothing of theirs.
+            let p = plan(&cur, &desired(&[("a", "2")], policy)).unwrap();
+            assert!(p.deletes.is_empty());
+        }
+        let adopting = Desired { adopt_existing: true, ..desired(&[("plan-tier", "free")], ManagementPolicy::Enforce) };
+        let p = plan(&cur, &adopting).unwrap();
+        assert_eq!(p.puts["plan-tier"], value("free"));
+        assert!(p.managed.contains("plan-tier") && p.unclaimed.is_empty());
+        assert!(p.drift_corrected.is_empty(), "taking over is not a drift correction");
     }
 
     #[test]
