@@ -525,3 +525,73 @@ async fn a_stop_mid_long_poll_leaves_no_message_hidden() {
         .await;
     h.finish().await;
 }
+
+/// One object no projection can reach (its tenant made its ConfigMap
+/// immutable) is edited 200 times; another tenant's store change still
+/// arrives by event at once. The consumer's in-flight cap is 100 here (1,000
+/// in production): before, each edit's message was held until the object
+/// projected, the cap filled and event delivery stopped for every tenant.
+/// Now the refusal is a condition for the current generation and the
+/// object's messages are acknowledged (and coalesced while it retries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_never_projectable_object_does_not_stall_other_tenants_events() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Patch, PatchParams};
+
+    let _turn = SERIAL.lock().await;
+    let mut h = Harness::new("ev-stall", 5, 30).await;
+    let (noisy, quiet) = (h.tenant(0), h.tenant(1));
+    let noisy_ns = h.namespace("noisy", Some(&noisy)).await;
+    let quiet_ns = h.namespace("quiet", Some(&quiet)).await;
+    let db = h.tag("db");
+    let entry = json!({ "defaultTags": [db], "entries": [{ "key": "a", "value": "1" }] });
+    h.tenant_config(&noisy_ns, "stuck", entry.clone()).await;
+    h.tenant_config(&quiet_ns, "calm", entry).await;
+    let events = ConsumerSettings {
+        visibility_timeout: h.visibility,
+        max_in_flight: 100,
+        ..ConsumerSettings::new(h.queue_url().into())
+    };
+    let settings = Settings { resync_interval: Duration::from_secs(600), ..Settings::default() };
+    h.controller = Some(InProcessController::start(&h.client, &h.sdk, settings, Some(events)));
+    h.wait_ready(&noisy_ns, "stuck").await;
+    h.wait_ready(&quiet_ns, "calm").await;
+
+    // The tenant freezes the controller's ConfigMap; a store change can no longer be projected.
+    let immutable = json!({ "immutable": true });
+    let cms = kube::Api::<ConfigMap>::namespaced(h.client.clone(), &noisy_ns);
+    cms.patch("stuck", &PatchParams::default(), &Patch::Merge(&immutable)).await.unwrap();
+    h.set_item_key(&noisy, "stuck", "b", Some("0")).await;
+    let refused = h.wait_reason(&noisy_ns, "stuck", "False", "ProjectionRefused").await;
+    assert_eq!(refused.status.as_ref().unwrap().observed_generation, refused.metadata.generation);
+
+    // 200 edits of it, as events.
+    for round in 0..20 {
+        let entries: Vec<_> = (0..10)
+            .map(|i| {
+                let body = pipe_event(&h.table, &noisy, "stuck").replace("forged-", &format!("edit-{round}-{i}-"));
+                SendMessageBatchRequestEntry::builder().id(i.to_string()).message_body(body).build().unwrap()
+            })
+            .collect();
+        h.sqs.send_message_batch().queue_url(h.queue_url()).set_entries(Some(entries)).send().await.unwrap();
+    }
+    // Once they are in, the quiet tenant's change arrives by event.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    h.set_item_key(&quiet, "calm", "b", Some("1")).await;
+    let took = h
+        .wait_config_map(&quiet_ns, "calm", "the quiet tenant's change", |d| {
+            d.get("b").map(String::as_str) == Some("1")
+        })
+        .await;
+    println!("quiet tenant's store change → ConfigMap with 200 edits of a stuck object queued: {took:?}");
+    let (visible, in_flight) = h.queue_depth(h.queue_url()).await;
+    assert!(
+        visible + in_flight <= 1,
+        "the stuck object's messages are not held: {visible} visible, {in_flight} in flight"
+    );
+    assert!(took < Duration::from_secs(1), "event-driven, not delayed: {took:?}");
+    // Unfreezing (a new ConfigMap) lets it converge.
+    cms.delete("stuck", &Default::default()).await.unwrap();
+    h.wait_reason(&noisy_ns, "stuck", "True", "Reconciled").await;
+    h.finish().await;
+}

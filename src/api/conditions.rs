@@ -29,6 +29,9 @@ pub mod reason {
     /// A key the object declares is held by another writer at its location
     /// and the object does not adopt existing keys: not written.
     pub const KEY_CONFLICT: &str = "KeyConflict";
+    /// The API server refuses the ConfigMap or Secret write for good (4xx:
+    /// an immutable ConfigMap, a value it will not take).
+    pub const PROJECTION_REFUSED: &str = "ProjectionRefused";
 }
 
 /// Sets `type_` in `conditions` to the given state. `lastTransitionTime` moves only

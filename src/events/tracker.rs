@@ -39,11 +39,25 @@ impl Tracker {
     }
 
     /// A message received at `received` (sent to the queue at `sent`) triggers `objects`.
+    ///
+    /// Coalesced: an object holds at most one message. A newer message
+    /// supersedes an older one for the same object (the success it waits for,
+    /// a reconcile started after the newer arrival, re-reads everything the
+    /// older one asked for), so the older is handled as far as this object
+    /// goes. One object that never succeeds, edited again and again, then holds
+    /// one message, not one per edit (which once filled the consumer's
+    /// in-flight cap and stopped event delivery for every tenant).
     pub fn expect(&self, objects: &[ObjectRef<Guarded>], received: Instant, sent: Instant) {
         let mut map = self.pending.lock().unwrap();
         for obj in objects {
-            map.entry(obj.clone()).or_default().push(Pending { received, sent });
+            let waiting = map.entry(obj.clone()).or_default();
+            let oldest_sent = waiting.iter().map(|p| p.sent).chain([sent]).min().unwrap_or(sent);
+            waiting.clear();
+            waiting.push(Pending { received, sent: oldest_sent });
         }
+        drop(map);
+        // Waiters of superseded messages look again.
+        self.progress.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// The reconcile of `obj` that started at `started` wrote its projection:
@@ -137,6 +151,26 @@ mod tests {
         tracker.succeeded(&b, Instant::now());
         assert!(waiter.await.unwrap());
         assert_eq!(metrics.encode().matches("tenant_config_event_to_projection_seconds_count 1").count(), 1);
+    }
+
+    /// 200 edits of an object that never succeeds hold one message, the
+    /// newest; each older one is released as the next arrives.
+    #[tokio::test]
+    async fn an_object_holds_at_most_one_message() {
+        let tracker = Tracker::new(Arc::new(Metrics::default()));
+        let (stuck, other) = (obj("stuck"), obj("other"));
+        let first = Instant::now();
+        tracker.expect(&[stuck.clone(), other.clone()], first, first);
+        let mut last = first;
+        for _ in 0..200 {
+            last = Instant::now();
+            tracker.expect(std::slice::from_ref(&stuck), last, last);
+        }
+        let soon = || Instant::now() + Duration::from_millis(20);
+        assert!(tracker.wait(std::slice::from_ref(&stuck), first, soon(), |_| true).await, "superseded");
+        assert!(!tracker.wait(std::slice::from_ref(&other), first, soon(), |_| true).await, "other still waits");
+        assert!(!tracker.wait(std::slice::from_ref(&stuck), last, soon(), |_| true).await, "the newest is held");
+        assert_eq!(tracker.pending.lock().unwrap()[&stuck].len(), 1);
     }
 
     #[tokio::test]

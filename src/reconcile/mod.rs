@@ -201,11 +201,22 @@ async fn pipeline(
     let store_message = synced.written.message();
     let stores = synced.written.summaries.clone();
     let rendered = render::render(synced.layers(), plan.secret_name.is_some()).map_err(|e| Halt::Unprojectable {
+        reason: reason::VALIDATION_FAILED,
         why: e.to_string(),
         store_message: store_message.clone(),
         stores: stores.clone(),
     })?;
-    let applied = project::apply(ctx, tc, &plan, &resolved.existing, &rendered).await?;
+    let applied = project::apply(ctx, tc, &plan, &resolved.existing, &rendered).await.map_err(|e| {
+        match project::refused(&e) {
+            Some(why) => Halt::Unprojectable {
+                reason: reason::PROJECTION_REFUSED,
+                why,
+                store_message: store_message.clone(),
+                stores: stores.clone(),
+            },
+            None => Halt::Error(e),
+        }
+    })?;
     let projected_now = applied.wrote_anything();
     if projected_now {
         info!(digest = %rendered.digest, keys = rendered.keys(), "projected");

@@ -28,8 +28,10 @@ pub enum Halt {
     /// A store call failed: retried when transient. `stores`: the object's
     /// stores, written, when only an include could not be read.
     StoreFailed { failure: Box<StoreFailure>, stores: Option<Vec<StoreSummary>> },
-    /// The stores are written but their data cannot be projected (too large).
-    Unprojectable { why: String, store_message: String, stores: Vec<StoreSummary> },
+    /// The stores are written but their data cannot be projected: too large
+    /// (`ValidationFailed`), or the API server refuses the write
+    /// (`ProjectionRefused`).
+    Unprojectable { reason: &'static str, why: String, store_message: String, stores: Vec<StoreSummary> },
     /// Anything else (the API server, a backend that cannot be built): retried
     /// with backoff, status untouched.
     Error(Error),
@@ -83,8 +85,8 @@ pub async fn halted(
             write_status(ctx, tc, labels, Verdict { stores: Some(stores), ..failure.verdict() }).await?;
             failure_action(*failure)
         }
-        Halt::Unprojectable { why, store_message, stores } => {
-            write_status(ctx, tc, labels, Verdict::unprojectable(why, store_message, stores)).await?;
+        Halt::Unprojectable { reason, why, store_message, stores } => {
+            write_status(ctx, tc, labels, Verdict::unprojectable(reason, why, store_message, stores)).await?;
             Ok(Action::await_change())
         }
         Halt::Error(e) => Err(e),
@@ -290,7 +292,12 @@ mod tests {
         let (client, server) = ApiServer::start(object.clone());
         let ctx = context(client);
         let labels = BTreeMap::from([(ctx.settings.tenant_label.clone(), "acme".to_string())]);
-        let halt = Halt::Unprojectable { why: "too large".into(), store_message: "2 keys".into(), stores: vec![] };
+        let halt = Halt::Unprojectable {
+            reason: reason::VALIDATION_FAILED,
+            why: "too large".into(),
+            store_message: "2 keys".into(),
+            stores: vec![],
+        };
         let action = halted(&ctx, &typed(&object), Some(&labels), halt).await.unwrap();
         assert_eq!(action, Action::await_change());
         let seen = server.requests();

@@ -132,6 +132,20 @@ where
     .await
 }
 
+/// Why the API server refused a projection write for good: a 4xx other than
+/// the ones a retry can get past (the object changed or appeared meanwhile —
+/// 409, or 422 on the uid precondition of [`write_owned`] —, throttling,
+/// timeouts, a namespace or object gone). Such a write is a refusal with a
+/// condition, not a retry loop (which held the object's event messages and,
+/// with enough edits, stopped event delivery for every tenant).
+pub fn refused(error: &Error) -> Option<String> {
+    let Error::Kube(kube::Error::Api(status)) = error else { return None };
+    let race = status.code == 422 && status.message.contains("metadata.uid");
+    let retryable = matches!(status.code, 404 | 408 | 409 | 429) || race;
+    ((400..500).contains(&status.code) && !retryable)
+        .then(|| format!("the API server refuses the projection ({}): {}", status.code, status.message))
+}
+
 /// The keys of a projected object's `data`.
 pub trait DataKeys {
     fn data_keys(&self) -> BTreeSet<String>;
@@ -220,6 +234,28 @@ pub async fn delete(ctx: &Context, tc: &TenantConfig) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_projection_is_refused_only_for_what_a_retry_cannot_change() {
+        let api = |code: u16, message: &str| {
+            Error::Kube(kube::Error::Api(kube::core::Status::failure(message, "x").with_code(code).boxed()))
+        };
+        let immutable =
+            api(422, "ConfigMap \"p\" is invalid: data: Forbidden: field is immutable when `immutable` is set");
+        assert!(refused(&immutable).unwrap().contains("(422): ConfigMap \"p\" is invalid"));
+        assert!(refused(&api(403, "denied by ValidatingAdmissionPolicy")).is_some());
+        assert!(refused(&api(400, "bad request")).is_some());
+        for retried in [
+            api(409, "already exists"),
+            api(422, "metadata.uid: Invalid value: \"u\": field is immutable"),
+            api(429, "too many requests"),
+            api(404, "namespace gone"),
+            api(500, "etcd timeout"),
+        ] {
+            assert_eq!(refused(&retried), None, "{retried}");
+        }
+        assert_eq!(refused(&Error::MissingNamespace), None);
+    }
     use serde_json::json;
 
     fn meta(created: &str, applied: &[(&str, &str, &str)]) -> ObjectMeta {

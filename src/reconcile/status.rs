@@ -90,13 +90,13 @@ impl Verdict {
         Verdict { store_synced: None, ..verdict }
     }
 
-    /// The stores are written but their data cannot be projected (too large).
-    pub fn unprojectable(why: String, store_message: String, stores: Vec<StoreSummary>) -> Self {
+    /// The stores are written but their data cannot be projected (`reason`).
+    pub fn unprojectable(reason: &'static str, why: String, store_message: String, stores: Vec<StoreSummary>) -> Self {
         Verdict {
             standing: Standing::Stalled,
-            ready: Concluded::new(false, reason::VALIDATION_FAILED, why.clone()),
+            ready: Concluded::new(false, reason, why.clone()),
             store_synced: Some(Concluded::new(true, reason::RECONCILED, store_message)),
-            projected: Concluded::new(false, reason::VALIDATION_FAILED, why),
+            projected: Concluded::new(false, reason, why),
             stores: Some(stores),
             projection: None,
         }
