@@ -13,7 +13,7 @@ use std::{
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
-    Api,
+    Api, Client,
     api::{DeleteParams, ListParams, PostParams},
 };
 use serde_json::json;
@@ -112,7 +112,14 @@ fn chart_lints_and_renders_what_matters() {
     assert!(grants(&docs, "secrets").is_empty(), "no Secrets access by default");
     assert!(grants(&docs, "pods").is_empty(), "no pod access without refresh");
     assert!(grants(&docs, "deployments").is_empty(), "no workload access without rollout");
-    assert!(find(&docs, "ValidatingAdmissionPolicy", "").is_none(), "no policy without refresh or rollout");
+    assert!(
+        find(&docs, "ValidatingAdmissionPolicy", "-config-digest-only").is_none(),
+        "no workload policy without refresh or rollout"
+    );
+    let fence = find(&docs, "ValidatingAdmissionPolicy", "-own-projections-only").expect("the projection policy");
+    let resources = fence["spec"]["matchConstraints"]["resourceRules"][0]["resources"].as_sequence().unwrap();
+    assert_eq!(resources.len(), 2, "ConfigMaps and Secrets: {resources:?}");
+    assert!(find(&docs, "ValidatingAdmissionPolicyBinding", "-own-projections-only").is_some());
     assert_eq!(grants(&docs, "configmaps"), ["get", "list", "watch", "create", "patch", "delete"]);
     assert_eq!(grants(&docs, "configstores"), ["get", "list", "watch"], "store specs are read-only");
     assert_eq!(grants(&docs, "configstores/status"), ["patch"], "Ready / Overlap");
@@ -198,8 +205,9 @@ fn chart_lints_and_renders_what_matters() {
     assert!(condition.contains("system:serviceaccount:tcc-system:tcc-tenant-config-controller"), "{condition}");
     let binding = find(&docs, "ValidatingAdmissionPolicyBinding", "-config-digest-only").expect("its binding");
     assert_eq!(binding["spec"]["validationActions"][0].as_str(), Some("Deny"));
-    let docs = render(&["refresh.enabled=true", "workloadPatches.admissionPolicy=false"]);
-    assert!(find(&docs, "ValidatingAdmissionPolicy", "").is_none(), "the policy can be left to the platform");
+    let docs =
+        render(&["refresh.enabled=true", "workloadPatches.admissionPolicy=false", "projectionPolicy.enabled=false"]);
+    assert!(find(&docs, "ValidatingAdmissionPolicy", "").is_none(), "the policies can be left to the platform");
     assert!(grants(&docs, "deployments").is_empty(), "rollout stays off");
 }
 
@@ -257,7 +265,16 @@ async fn installed_chart_rbac_is_sufficient_and_not_excessive() {
     let denied = Api::<ConfigStore>::all(chart_client.clone()).delete("anything", &DeleteParams::default()).await;
     assert!(matches!(denied, Err(kube::Error::Api(ref e)) if e.code == 403), "ConfigStores are read-only: {denied:?}");
 
-    // Sufficient: the controller, as that identity, reconciles end to end.
+    let tenant_ns = format!("{id}-tenant");
+    let ns: Namespace = serde_json::from_value(json!({
+        "metadata": { "name": tenant_ns, "labels": { "tenantconfig.io/tenant": format!("{id}-t") } }
+    }))
+    .unwrap();
+    Api::<Namespace>::all(admin.clone()).create(&PostParams::default(), &ns).await.unwrap();
+    projections_are_fenced(&admin, &chart_client, &release_ns, &tenant_ns).await;
+
+    // Sufficient: the controller, as that identity, reconciles end to end
+    // (its own ConfigMap is created, updated and deleted under the policy).
     let prefix = format!("/{id}");
     let queue = event_queue(&id, &[&prefix], 5, 30);
     let store: ConfigStore = serde_json::from_value(json!({
@@ -266,12 +283,6 @@ async fn installed_chart_rbac_is_sufficient_and_not_excessive() {
     }))
     .unwrap();
     Api::<ConfigStore>::all(admin.clone()).create(&PostParams::default(), &store).await.unwrap();
-    let tenant_ns = format!("{id}-tenant");
-    let ns: Namespace = serde_json::from_value(json!({
-        "metadata": { "name": tenant_ns, "labels": { "tenantconfig.io/tenant": format!("{id}-t") } }
-    }))
-    .unwrap();
-    Api::<Namespace>::all(admin.clone()).create(&PostParams::default(), &ns).await.unwrap();
     // Killed on drop: a failed assertion must not leave a controller running
     // that reconciles every later test's objects as the chart's identity.
     let queue_url = queue.queue_url.clone();
@@ -326,6 +337,81 @@ async fn installed_chart_rbac_is_sufficient_and_not_excessive() {
     let (ok, _, stderr) = helm(&["uninstall", "tcc", "--namespace", &release_ns]);
     assert!(ok, "helm uninstall: {stderr}");
     release.installed = false;
+}
+
+/// With the chart's ServiceAccount token, the ConfigMap rights RBAC must
+/// grant cluster-wide are fenced by the projection policy: no write outside
+/// tenant namespaces (a ConfigMap in the release namespace, kube-system's
+/// aws-auth — cluster-admin on EKS), none of an object without the managed-by
+/// label and a TenantConfig controller owner, no change or deletion of a
+/// tenant's ConfigMap the controller does not own.
+async fn projections_are_fenced(admin: &Client, chart: &Client, release_ns: &str, tenant_ns: &str) {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Patch, PatchParams};
+    let cm = |name: &str, ours: bool| -> ConfigMap {
+        let mut cm = json!({ "metadata": { "name": name }, "data": { "k": "v" } });
+        if ours {
+            cm["metadata"]["labels"] = json!({ "app.kubernetes.io/managed-by": "tenant-config-controller" });
+            cm["metadata"]["ownerReferences"] = json!([{ "apiVersion": "tenantconfig.io/v1alpha1", "kind": "TenantConfig",
+                "name": "x", "uid": "00000000-0000-0000-0000-000000000000", "controller": true }]);
+        }
+        serde_json::from_value(cm).unwrap()
+    };
+    let denied = |result: Result<ConfigMap, kube::Error>, what: &str, says: &str| match result {
+        Err(kube::Error::Api(e)) => {
+            assert!(e.message.contains(says), "{what}: denied for the wrong reason: {}", e.message)
+        }
+        other => panic!("{what} must be denied: {other:?}"),
+    };
+    let as_chart = |ns: &str| Api::<ConfigMap>::namespaced(chart.clone(), ns);
+    // The policy takes effect once the API server has loaded it.
+    let started = Instant::now();
+    loop {
+        match as_chart(release_ns).create(&PostParams::default(), &cm(&unique("probe"), true)).await {
+            Err(kube::Error::Api(e)) if e.message.contains("own-projections-only") => break,
+            other => {
+                assert!(started.elapsed() < Duration::from_secs(30), "the policy never denied anything: {other:?}");
+                if let Ok(created) = other {
+                    Api::<ConfigMap>::namespaced(admin.clone(), release_ns)
+                        .delete(&created.metadata.name.unwrap(), &DeleteParams::default())
+                        .await
+                        .unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let tenant_only = "only in tenant namespaces";
+    denied(as_chart(release_ns).create(&PostParams::default(), &cm("x", true)).await, "outside", tenant_only);
+    // kube-system/aws-auth: made here (this stack is not EKS), then attacked.
+    let kube_system = Api::<ConfigMap>::namespaced(admin.clone(), "kube-system");
+    if kube_system.get_opt("aws-auth").await.unwrap().is_none() {
+        kube_system.create(&PostParams::default(), &cm("aws-auth", false)).await.unwrap();
+    }
+    let take_over =
+        json!({ "data": { "mapRoles": "- rolearn: arn:aws:iam::1:role/evil\n  groups: [system:masters]" } });
+    let patched = as_chart("kube-system").patch("aws-auth", &PatchParams::default(), &Patch::Merge(&take_over)).await;
+    denied(patched, "kube-system/aws-auth", tenant_only);
+    assert_eq!(kube_system.get("aws-auth").await.unwrap().data.unwrap()["k"], "v");
+    // In a tenant namespace: nothing that is not a projection, nobody else's object.
+    let tenant = as_chart(tenant_ns);
+    let not_ours = "labelled app.kubernetes.io/managed-by=tenant-config-controller";
+    denied(tenant.create(&PostParams::default(), &cm("bare", false)).await, "a bare ConfigMap", not_ours);
+    let theirs = Api::<ConfigMap>::namespaced(admin.clone(), tenant_ns);
+    theirs.create(&PostParams::default(), &cm("team-config", false)).await.unwrap();
+    let own_label = json!({ "metadata": { "labels": { "app.kubernetes.io/managed-by": "tenant-config-controller" } },
+        "data": { "k": "overwritten" } });
+    let only_own = "only its own projected";
+    let patched = tenant.patch("team-config", &PatchParams::default(), &Patch::Merge(&own_label)).await;
+    denied(patched, "another team's ConfigMap", not_ours);
+    let mut hijack = own_label.clone();
+    hijack["metadata"]["ownerReferences"] = serde_json::to_value(cm("x", true).metadata.owner_references).unwrap();
+    let patched = tenant.patch("team-config", &PatchParams::default(), &Patch::Merge(&hijack)).await;
+    denied(patched, "dressing another team's ConfigMap up as a projection", only_own);
+    let deleted = tenant.delete("team-config", &DeleteParams::default()).await.map(|_| cm("gone", false));
+    denied(deleted, "deleting another team's ConfigMap", only_own);
+    assert_eq!(theirs.get("team-config").await.unwrap().data.unwrap()["k"], "v");
+    theirs.delete("team-config", &DeleteParams::default()).await.unwrap();
 }
 
 /// The one right refresh and rollout need, and no more: with the chart's
