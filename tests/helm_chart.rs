@@ -421,7 +421,10 @@ async fn projections_are_fenced(admin: &Client, chart: &Client, release_ns: &str
 /// anything outside tenant namespaces cannot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workload_rights_allow_only_the_config_digest_annotation() {
-    use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+    use k8s_openapi::api::{
+        apps::v1::{Deployment, StatefulSet},
+        core::v1::Pod,
+    };
     use kube::api::{Patch, PatchParams};
     install_crds();
     let admin = kube_client().await;
@@ -533,6 +536,47 @@ async fn workload_rights_allow_only_the_config_digest_annotation() {
         "another template annotation",
         "pod template's tenantconfig.io/config-digest",
     );
+    let template_meta = "may not change a pod template's name, finalizers or owner references";
+    for (field, value) in [
+        ("finalizers", json!(["example.com/hold"])),
+        ("name", json!("other")),
+        ("ownerReferences", json!([{ "apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "u" }])),
+    ] {
+        let patch = template(json!({ "metadata": { field: value } }));
+        denied(patch_deployment(&tenant_ns, patch).await, &format!("the template's {field}"), template_meta);
+    }
+    // A StatefulSet's claim retention and ordinals are its spec too.
+    let set: StatefulSet = serde_json::from_value(json!({
+        "metadata": { "name": "db", "labels": { "tenantconfig.io/rollout": "true" } },
+        "spec": { "replicas": 0, "serviceName": "db", "selector": { "matchLabels": { "app": "db" } },
+                  "template": { "metadata": { "labels": { "app": "db" } }, "spec": { "containers": [container] } } }
+    }))
+    .unwrap();
+    Api::<StatefulSet>::namespaced(admin.clone(), &tenant_ns).create(&PostParams::default(), &set).await.unwrap();
+    let sets = Api::<StatefulSet>::namespaced(controller.clone(), &tenant_ns);
+    for patch in [
+        json!({ "spec": { "persistentVolumeClaimRetentionPolicy": { "whenDeleted": "Delete", "whenScaled": "Delete" } } }),
+        json!({ "spec": { "ordinals": { "start": 5 } } }),
+    ] {
+        let result = sets.patch("db", &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ());
+        denied(result, &format!("a StatefulSet's {patch}"), "may not change a workload's spec");
+    }
+    // Only objects that opted in, as they were: not one whose label was removed (or never set).
+    let pods_admin = Api::<Pod>::namespaced(admin.clone(), &tenant_ns);
+    let opted_out: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "plain" }, "spec": { "containers": [container] }
+    }))
+    .unwrap();
+    pods_admin.create(&PostParams::default(), &opted_out).await.unwrap();
+    let api = Api::<Pod>::namespaced(controller.clone(), &tenant_ns);
+    let result = api.patch("plain", &PatchParams::default(), &Patch::Merge(&digest("sha256:1"))).await.map(|_| ());
+    denied(result, "a pod that never opted in", "only pods and workloads that opted in");
+    // The controller's patches name the uid of the object it cached: one
+    // deleted and recreated since (which may never have opted in) is not patched.
+    let mut stale = digest("sha256:3");
+    stale["metadata"]["uid"] = json!("00000000-0000-0000-0000-000000000000");
+    let result = api.patch("app", &PatchParams::default(), &Patch::Merge(&stale)).await.map(|_| ());
+    denied(result, "a patch of a replaced pod", "metadata.uid");
     let outside = "only in tenant namespaces";
     denied(patch_pod(&plain_ns, digest("sha256:1")).await, "a pod outside tenant namespaces", outside);
     denied(patch_deployment(&plain_ns, template(digest("sha256:1"))).await, "a Deployment outside", outside);

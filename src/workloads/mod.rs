@@ -147,12 +147,18 @@ impl Shared {
         })
     }
 
-    /// A JSON merge patch, within the rate and concurrency budget; counted by
-    /// kind and result. Returns whether it was applied.
-    async fn patch<K>(&self, namespace: &str, name: &str, patch: serde_json::Value) -> bool
+    /// A JSON merge patch of the object the cache holds (its uid is the
+    /// precondition: an object deleted and recreated since — which may never
+    /// have opted in — is not patched), within the rate and concurrency
+    /// budget; counted by kind and result. Returns whether it was applied.
+    async fn patch<K>(&self, object: &K, mut patch: serde_json::Value) -> bool
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
     {
+        let (Some(namespace), Some(name)) = (object.meta().namespace.as_deref(), object.meta().name.as_deref()) else {
+            return false;
+        };
+        patch["metadata"]["uid"] = object.meta().uid.clone().into();
         let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
         self.limiter.until_ready().await;
         let kind = K::kind(&());
@@ -161,8 +167,9 @@ impl Shared {
             .await;
         let outcome = match result {
             Ok(_) => "ok",
-            // Gone since the cache saw it: nothing to do.
+            // Gone since the cache saw it, or replaced: nothing to do.
             Err(kube::Error::Api(e)) if e.code == 404 => "gone",
+            Err(kube::Error::Api(e)) if e.code == 422 && e.message.contains("metadata.uid") => "gone",
             Err(e) => {
                 warn!(kind = %kind, namespace, name, error = %e, "could not patch the config digest");
                 "error"

@@ -92,7 +92,7 @@ async fn refresh(shared: Arc<Shared>, pods: reflector::Store<Pod>, change: Arc<C
                     return None;
                 };
                 let patch = json!({ "metadata": { "annotations": { CONFIG_DIGEST_ANNOTATION: digest } } });
-                shared.patch::<Pod>(ns, &pod.name_any(), patch).await.then(|| pod.name_any())
+                shared.patch(&*pod, patch).await.then(|| pod.name_any())
             }
         })
         .buffer_unordered(shared.concurrency)

@@ -107,7 +107,7 @@ impl<K: Workload> Cached<K> {
         };
         let patch =
             json!({ "spec": { "template": { "metadata": { "annotations": { CONFIG_DIGEST_ANNOTATION: &digest } } } } });
-        shared.patch::<K>(namespace, name, patch).await.then_some((digest, reads))
+        shared.patch(&*workload, patch).await.then_some((digest, reads))
     }
 }
 
