@@ -74,6 +74,8 @@ async fn valid_tenant_config_is_accepted_with_defaults() {
 async fn invalid_tenant_configs_are_refused_with_the_schema_message() {
     let (client, ns) = setup().await;
     let many: Vec<Value> = (0..257).map(|i| json!({ "key": format!("k{i}"), "value": "v" })).collect();
+    // 33 values of 8,000 bytes: each allowed alone, 264,000 together.
+    let heavy: Vec<Value> = (0..33).map(|i| json!({ "key": format!("k{i}"), "value": "v".repeat(8000) })).collect();
     let cases = [
         ("bad key charset", json!({ "entries": [{ "key": "a/b", "value": "x" }] }), "should match '^[-._a-zA-Z0-9]+$'"),
         (
@@ -92,6 +94,7 @@ async fn invalid_tenant_configs_are_refused_with_the_schema_message() {
         ("key too long", json!({ "entries": [{ "key": "k".repeat(129), "value": "x" }] }), "Too long"),
         ("value over 8 KiB", json!({ "entries": [{ "key": "k", "value": "v".repeat(8193) }] }), "Too long"),
         ("too many entries", json!({ "entries": many }), "must have at most 256 items"),
+        ("entries over 256 KiB together", json!({ "entries": heavy }), "at most 256 KiB of keys and values together"),
         ("unknown managementPolicy", json!({ "managementPolicy": "Sometimes" }), "Unsupported value: \"Sometimes\""),
         ("unknown deletionPolicy", json!({ "deletionPolicy": "Forever" }), "Unsupported value: \"Forever\""),
         (
@@ -115,6 +118,15 @@ async fn invalid_tenant_configs_are_refused_with_the_schema_message() {
     }
     let left = Api::<TenantConfig>::namespaced(client, &ns).list(&Default::default()).await.unwrap();
     assert!(left.items.is_empty(), "nothing invalid was stored");
+}
+
+/// The total-size cap leaves room for what a real configuration holds: 32
+/// values of 8,000 bytes (256,000 bytes with their keys) are accepted.
+#[tokio::test]
+async fn entries_up_to_the_total_size_cap_are_accepted() {
+    let (client, ns) = setup().await;
+    let full: Vec<Value> = (0..32).map(|i| json!({ "key": format!("k{i}"), "value": "v".repeat(8000) })).collect();
+    create_raw(&client, Some(&ns), "TenantConfig", manifest("full", json!({ "entries": full }))).await.unwrap();
 }
 
 #[tokio::test]

@@ -1069,8 +1069,15 @@ async fn hostile_manifests_and_forged_events_write_nothing_and_cross_no_tenant()
             json!({ "entries": [entry("a", "v", &db), entry("b", &"v".repeat(5000), &ssm)] }),
             Outcome::Condition("ValidationFailed"),
         ),
-        ("item-over-400kb", json!({ "entries": over_item }), Outcome::Condition("ValidationFailed")),
-        ("projection-over-1mib", json!({ "entries": over_projection }), Outcome::Condition("ValidationFailed")),
+        // Over the per-object total-size cap (256 KiB) long before the item's
+        // 400 KB or the ConfigMap's 1 MiB (those limits are checked by the
+        // controller too: store_backends, the plan's unit tests).
+        ("item-over-400kb", json!({ "entries": over_item }), Outcome::Refused("at most 256 KiB of keys and values")),
+        (
+            "projection-over-1mib",
+            json!({ "entries": over_projection }),
+            Outcome::Refused("at most 256 KiB of keys and values"),
+        ),
         (
             "foreign-config-map",
             json!({ "entries": [entry("a", "v", &db), entry("b", "v", &ssm)],

@@ -15,6 +15,11 @@ use super::{
 pub const MAX_ENTRIES: u32 = 256;
 /// Largest value a store accepts (SSM Advanced tier: 8 KiB).
 pub const MAX_VALUE_BYTES: u32 = 8192;
+/// Most bytes of keys and values one object's entries may hold together. The
+/// controller caches every object and keeps what it projects, so this bounds
+/// its memory per object (256 entries of 8 KiB were 2 MiB each: 126 such
+/// objects in one namespace took the process past the chart's 256 MiB limit).
+pub const MAX_ENTRIES_BYTES: u32 = 256 * 1024;
 
 /// Desired configuration of one `(tenant, configType)`. The tenant comes from the
 /// namespace label `tenantconfig.io/tenant`, never from the spec.
@@ -51,6 +56,7 @@ pub struct TenantConfigSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_ENTRIES))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["key".into()]))]
+    #[x_kube(validation = Rule::new("self.map(e, size(bytes(e.key)) + size(bytes(e.value))).sum() <= 262144").message("entries may hold at most 256 KiB of keys and values together (the controller's memory bound per object): split the configuration over several TenantConfigs"))]
     pub entries: Vec<Entry>,
 
     /// Read-only shared parameter paths to project; each must lie under a

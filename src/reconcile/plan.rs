@@ -24,6 +24,7 @@ use crate::{
         ConfigStoreSpec, Entry, TenantConfig, TenantConfigStatus,
         conditions::{STORE_SYNCED, reason},
         identity::{Identity, IdentityError},
+        tenant_config::MAX_ENTRIES_BYTES,
     },
     store::{
         Desired, Location, StoreRef, Value, overlap,
@@ -191,6 +192,12 @@ pub fn plan<'a>(
     let spec_only = Layer { source: Source::Spec, entries: Arc::new(spec_values(&tc.spec.entries)) };
     if let Err(e) = render::render(vec![spec_only], secret_name.is_some()) {
         return Err(Refusal::new(reason::VALIDATION_FAILED, format!("spec entries alone: {e}")));
+    }
+    // The CRD refuses it too; an object admitted before that rule still is.
+    let bytes: usize = tc.spec.entries.iter().map(|e| e.key.len() + e.value.len()).sum();
+    if bytes > MAX_ENTRIES_BYTES as usize {
+        let message = format!("entries hold {bytes} bytes of keys and values; at most {MAX_ENTRIES_BYTES} per object");
+        return Err(Refusal::new(reason::VALIDATION_FAILED, message));
     }
 
     // Stores this object writes to now, plus those it managed before (keys
@@ -492,6 +499,10 @@ mod tests {
         let too_large = plan(&tc(huge, None), acme(), &refs(&all), false, |_| false).unwrap_err();
         assert_eq!(too_large.reason, reason::VALIDATION_FAILED);
         assert!(too_large.message.starts_with("spec entries alone"), "{}", too_large.message);
+        let over_cap = json!({"entries": (0..40).map(|i| json!({"key": format!("k{i}"), "value": "x".repeat(8000)})).collect::<Vec<_>>()});
+        let refused = plan(&tc(over_cap, None), acme(), &refs(&all), false, |_| false).unwrap_err();
+        assert_eq!(refused.reason, reason::VALIDATION_FAILED);
+        assert!(refused.message.contains("at most 262144 per object"), "{}", refused.message);
     }
 
     #[test]
