@@ -137,3 +137,37 @@ fn controller_role_grants_exactly_the_calls_the_controller_makes() {
     let granted_non_kms: BTreeSet<String> = actions.into_iter().filter(|a| !a.starts_with("kms:")).collect();
     assert_eq!(granted_non_kms, called, "grants follow the calls in src/");
 }
+
+/// Tenant scoping in IAM: table items only in `TENANT#` partitions, KMS only
+/// through SSM and only for parameters of the controller's paths (encryption
+/// writes under the tenant prefix; reads there and under the shared prefix).
+#[test]
+fn controller_role_is_scoped_to_tenant_partitions_and_its_parameter_paths() {
+    let t = template();
+    let statements = t["Resources"]["ControllerRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|s| match s {
+            Value::Tagged(t) => t.value[1].clone(),
+            s => s.clone(),
+        })
+        .collect::<Vec<_>>();
+    let by_sid = |sid: &str| statements.iter().find(|s| s["Sid"].as_str() == Some(sid)).unwrap().clone();
+    let items = by_sid("TableItems");
+    let leading = &items["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"];
+    assert_eq!(leading[0].as_str(), Some("TENANT#*"));
+    let context = |sid: &str| -> Vec<String> {
+        let statement = substitute(&by_sid(sid), &t["Parameters"]);
+        let via = statement["Condition"]["StringEquals"]["kms:ViaService"].as_str().unwrap_or_default().to_string();
+        assert!(via.starts_with("ssm."), "{sid}: via SSM only, not {via:?}");
+        let arns = &statement["Condition"]["StringLike"]["kms:EncryptionContext:PARAMETER_ARN"];
+        arns.as_sequence().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect()
+    };
+    let written = context("SecureStringsWritten");
+    assert_eq!(written.len(), 1);
+    assert!(written[0].ends_with(":parameter/tenant-config/*"), "{written:?}");
+    let read = context("SecureStringsRead");
+    assert!(read.iter().any(|a| a.ends_with(":parameter/tenant-config-shared/*")), "{read:?}");
+    assert_eq!(by_sid("SecureStringsRead")["Action"].as_str(), Some("kms:Decrypt"));
+}
