@@ -592,3 +592,44 @@ async fn another_writers_key_is_a_conflict_until_adopted() {
     assert_eq!(s.item("billing").await.unwrap()["plan-tier"], "free");
     s.finish().await;
 }
+
+/// Per-tenant quotas (issue #29 item 2): a store allows 3 entries per
+/// tenant. A tenant's second object that would take it to 4 writes nothing and
+/// says why (condition and Event); another tenant has its own 3; once the
+/// first object is deleted, the second gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_over_its_store_quota_writes_nothing_and_others_keep_theirs() {
+    let _turn = SERIAL.lock().await;
+    let mut s = Scene::new("e2e-quota").await;
+    let prefix = format!("{}-q", s.world.prefix);
+    let quota = json!({ "tags": ["quota"], "parameterStore": { "pathPrefix": prefix }, "quota": { "maxEntries": 3 } });
+    s.world.store("quota", quota).await;
+    let other_tenant = s.world.tenant(1);
+    let other_ns = s.world.namespace("other", Some(&other_tenant)).await;
+    let (w, ns, tag) = (&s.world, &s.ns, s.tag("quota"));
+    let entries = |n: usize| {
+        let entries: Vec<_> = (0..n).map(|i| json!({ "key": format!("k{i}"), "value": "v", "tags": [tag] })).collect();
+        json!({ "entries": entries })
+    };
+    w.tenant_config(ns, "first", entries(2)).await;
+    w.wait_ready(ns, "first").await;
+    w.tenant_config(ns, "second", entries(2)).await;
+    let held = w.wait_reason(ns, "second", "False", "QuotaExceeded").await;
+    let ready = held.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(
+        ready.message.contains("would hold 4 entries") && ready.message.contains("allows 3 entries"),
+        "{}",
+        ready.message
+    );
+    let second_path = format!("{prefix}/{}/_/second", s.tenant);
+    assert_eq!(w.parameter_count(&second_path).await, 0, "nothing written");
+    let events = Api::<Event>::namespaced(w.client.clone(), ns).list(&ListParams::default()).await.unwrap();
+    assert!(events.items.iter().any(|e| e.reason.as_deref() == Some("QuotaExceeded")), "an Event says so");
+    w.tenant_config(&other_ns, "third", entries(3)).await;
+    w.wait_ready(&other_ns, "third").await;
+
+    w.tenant_configs(ns).delete("first", &DeleteParams::default()).await.unwrap();
+    w.wait_ready(ns, "second").await;
+    assert_eq!(w.parameter_count(&second_path).await, 2);
+    s.finish().await;
+}

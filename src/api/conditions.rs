@@ -32,6 +32,8 @@ pub mod reason {
     /// The API server refuses the ConfigMap or Secret write for good (4xx:
     /// an immutable ConfigMap, a value it will not take).
     pub const PROJECTION_REFUSED: &str = "ProjectionRefused";
+    /// The object would take its tenant past a store's per-tenant quota.
+    pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
 }
 
 /// Sets `type_` in `conditions` to the given state. `lastTransitionTime` moves only

@@ -60,7 +60,31 @@ pub struct ConfigStoreSpec {
     /// AWS Systems Manager Parameter Store: one parameter per key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameter_store: Option<ParameterStoreStore>,
+
+    /// Per-tenant limits on what all of one tenant's TenantConfigs put in this
+    /// store, checked before any write. Parameter Store defaults to 1,000
+    /// entries per tenant (a tenth of an account's 10,000 Standard parameters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<TenantQuota>,
 }
+
+/// Per-tenant limits of one store. An object that would take its tenant past
+/// one writes nothing new (`Ready=False`, reason `QuotaExceeded`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantQuota {
+    /// Most entries (parameters / item keys) of one tenant in this store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_entries: Option<i64>,
+    /// Most bytes of keys and values of one tenant in this store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_bytes: Option<i64>,
+}
+
+/// Parameter Store's default per-tenant entry limit.
+pub const DEFAULT_PARAMETER_STORE_MAX_ENTRIES: i64 = 1000;
 
 /// Observed state, written only by the controller: `Ready` (reason `Valid`, or
 /// `Overlap` naming the store(s) it overlaps; then nothing routes to it).
@@ -174,6 +198,16 @@ impl ConfigStoreSpec {
             (None, Some(p)) => Some(StoreBackend::ParameterStore(p)),
             _ => None,
         }
+    }
+
+    /// The per-tenant limits in force: the spec's, else the backend's defaults.
+    pub fn tenant_quota(&self) -> TenantQuota {
+        let default_entries = match self.backend() {
+            Some(StoreBackend::ParameterStore(_)) => Some(DEFAULT_PARAMETER_STORE_MAX_ENTRIES),
+            _ => None,
+        };
+        let set = self.quota.clone().unwrap_or_default();
+        TenantQuota { max_entries: set.max_entries.or(default_entries), max_bytes: set.max_bytes }
     }
 
     /// The shared paths (read-only includes) this store serves; empty for a

@@ -10,7 +10,9 @@ pub mod tenant_config;
 
 use kube::core::DeserializeGuard;
 
-pub use config_store::{ConfigStore, ConfigStoreSpec, DynamoDbStore, ParameterStoreStore, ParameterTier, StoreBackend};
+pub use config_store::{
+    ConfigStore, ConfigStoreSpec, DynamoDbStore, ParameterStoreStore, ParameterTier, StoreBackend, TenantQuota,
+};
 pub use tenant_config::{
     DeletionPolicy, Entry, Include, ManagementPolicy, Projection, StoreSummary, TenantConfig, TenantConfigSpec,
     TenantConfigStatus,

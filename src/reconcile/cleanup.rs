@@ -29,6 +29,7 @@ pub async fn cleanup(tc: &TenantConfig, ctx: &Context) -> Result<Action, Error> 
     }
     project::delete(ctx, tc).await?;
     ctx.metrics.set_ready(&tc.owner_key(), None);
+    super::admit::release(ctx, tc);
     ctx.ledgers.last_reads.forget(&ObjectRef::new(&tc.name_any()).within(&ns));
     let secret = tc.spec.projection.as_ref().and_then(|p| p.secret_name.clone());
     let projected = std::iter::once((Kind::ConfigMap, tc.config_map_name().to_string()))

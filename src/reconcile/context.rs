@@ -83,6 +83,8 @@ impl Kube {
 pub struct Caches {
     pub config_stores: Store<ConfigStore>,
     pub namespaces: Store<Namespace>,
+    /// Every TenantConfig (a tenant's admitted objects seed its quota usage).
+    pub tenant_configs: Store<Guarded>,
     /// True once every watch has listed once.
     pub synced: tokio::sync::watch::Receiver<bool>,
 }

@@ -11,7 +11,7 @@ use std::{
 use kube::runtime::reflector::ObjectRef;
 
 use super::{echo::OwnWrites, last_read::LastReads};
-use crate::api::Guarded;
+use crate::{api::Guarded, store::quota::Quotas};
 
 /// The per-object memory of the controller.
 pub struct Ledgers {
@@ -22,6 +22,8 @@ pub struct Ledgers {
     pub last_reads: Arc<LastReads>,
     /// ConfigMap writes of this controller whose watch event is still to come.
     pub own_writes: Arc<OwnWrites>,
+    /// What each admitted object counts against its tenant's store quotas.
+    pub quotas: Quotas,
 }
 
 impl Ledgers {
@@ -32,6 +34,7 @@ impl Ledgers {
             requests: Arc::new(Requests::new(queue_depth)),
             last_reads: Arc::new(LastReads::default()),
             own_writes: Arc::new(OwnWrites::default()),
+            quotas: Quotas::default(),
         }
     }
 }

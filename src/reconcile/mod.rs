@@ -9,6 +9,7 @@
 //! Events and requeue. Deletion: [`cleanup`]. The services every reconcile
 //! shares: [`context`]; what it remembers per object: [`ledgers`].
 
+mod admit;
 pub mod cleanup;
 pub mod context;
 pub mod echo;
@@ -196,6 +197,7 @@ async fn pipeline(
     let claimed = |location: &_| ctx.outbound.claims.claimed_by_another(location, key);
     let plan = plan::plan(tc, resolved.identity.clone(), &stores, ctx.settings.secure_projection, claimed)?;
     plan::check_existing(tc, &plan, &resolved.existing)?;
+    admit::admit(ctx, &plan, &stores)?;
     tracing::Span::current().record("tenant", plan.location.tenant.as_str());
     let synced = sync_stores::sync(ctx, tc, &plan, reusable).await?;
     let store_message = synced.written.message();

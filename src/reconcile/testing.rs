@@ -104,6 +104,7 @@ pub fn context(client: Client) -> Context {
         caches: Caches {
             config_stores: reflector::store().0,
             namespaces: reflector::store().0,
+            tenant_configs: reflector::store().0,
             synced: tokio::sync::watch::channel(true).1,
         },
         stores: Stores::new(backend_ctx, shared_cache),

@@ -100,6 +100,7 @@ pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send +
         caches: Caches {
             config_stores: watches.config_stores.clone(),
             namespaces: watches.namespaces.clone(),
+            tenant_configs: watches.objects.clone(),
             synced: probes.caches_synced(),
         },
         stores: Stores::new(backend_ctx, shared_cache),

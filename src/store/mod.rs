@@ -10,6 +10,7 @@ pub mod limits;
 pub mod overlap;
 pub mod parameter_store;
 pub mod plan;
+pub mod quota;
 pub mod rate_limit;
 pub mod registry;
 pub mod routing;

@@ -98,6 +98,7 @@ mod tests {
             priority,
             dynamodb: Some(DynamoDbStore::default()),
             parameter_store: None,
+            quota: None,
         }
     }
 

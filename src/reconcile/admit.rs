@@ -1,0 +1,93 @@
+//! The reconcile's `admit` step, between plan and the store writes: the
+//! tenant's quotas in each store ([`crate::store::quota`]). An object that
+//! would take its tenant past one writes nothing new (`QuotaExceeded`).
+
+use std::collections::BTreeMap;
+
+use kube::{ResourceExt, runtime::reflector::ObjectRef};
+
+use super::{
+    context::Context,
+    plan::{ReconcilePlan, Refusal},
+};
+use crate::{
+    api::{TenantConfig, conditions::reason},
+    store::{
+        StoreRef,
+        quota::Usage,
+        routing::{self},
+    },
+};
+
+/// Admits the plan's writes against the tenant's quotas, and records them.
+pub fn admit(ctx: &Context, plan: &ReconcilePlan<'_>, stores: &[StoreRef<'_>]) -> Result<(), Refusal> {
+    let tenant = &plan.location.tenant;
+    let quotas = &ctx.ledgers.quotas;
+    if !quotas.is_seeded(tenant) {
+        quotas.seed(tenant, admitted(ctx, tenant, stores));
+    }
+    let usage: BTreeMap<String, Usage> = plan
+        .writes
+        .iter()
+        .filter(|w| w.routed_here)
+        .map(|w| (w.store.to_string(), usage_of(w.desired.entries.iter().map(|(k, v)| (k, &v.value)))))
+        .collect();
+    let quota_of =
+        |name: &str| stores.iter().find(|s| s.name == name).map(|s| s.spec.tenant_quota()).unwrap_or_default();
+    quotas.admit(&plan.owner, tenant, &usage, quota_of).map_err(|e| Refusal::new(reason::QUOTA_EXCEEDED, e))
+}
+
+/// A deleted object frees its share: the tenant's objects held back by a
+/// quota try again now rather than at the next resync.
+pub fn release(ctx: &Context, tc: &TenantConfig) {
+    ctx.ledgers.quotas.forget(&tc.owner_key());
+    let Some(tenant) = tenant_of(ctx, tc) else { return };
+    for held in ctx.caches.tenant_configs.state().iter().filter_map(|g| g.0.as_ref().ok()) {
+        let waiting = held.status.iter().flat_map(|s| &s.conditions).any(|c| c.reason == reason::QUOTA_EXCEEDED);
+        if waiting && tenant_of(ctx, held).as_deref() == Some(tenant.as_str()) {
+            let _ = ctx
+                .outbound
+                .retries_due
+                .unbounded_send(ObjectRef::new(&held.name_any()).within(&held.namespace().unwrap_or_default()));
+        }
+    }
+}
+
+/// The tenant of an object's namespace, from the cache.
+fn tenant_of(ctx: &Context, tc: &TenantConfig) -> Option<String> {
+    let ns = tc.metadata.namespace.as_deref()?;
+    let labels = ctx.caches.namespaces.get(&ObjectRef::new(ns))?.metadata.labels.clone();
+    Some(ctx.identity(ns, labels.as_ref()).ok()?.tenant)
+}
+
+fn usage_of<'a>(entries: impl Iterator<Item = (&'a String, &'a String)>) -> Usage {
+    entries.fold(Usage::default(), |u, (k, v)| Usage {
+        entries: u.entries + 1,
+        bytes: u.bytes + (k.len() + v.len()) as u64,
+    })
+}
+
+/// The tenant's objects already admitted (they wrote to a store and are not
+/// held back by a quota), with what their specs route to each store.
+fn admitted(ctx: &Context, tenant: &str, stores: &[StoreRef<'_>]) -> Vec<(String, BTreeMap<String, Usage>)> {
+    let of_tenant = |tc: &TenantConfig| (tenant_of(ctx, tc)? == tenant).then_some(());
+    let was_admitted = |tc: &TenantConfig| {
+        let status = tc.status.as_ref();
+        let held = status.into_iter().flat_map(|s| &s.conditions).any(|c| c.reason == reason::QUOTA_EXCEEDED);
+        status.is_some_and(|s| !s.stores.is_empty()) && !held
+    };
+    let state = ctx.caches.tenant_configs.state();
+    let mut admitted = Vec::new();
+    for tc in state.iter().filter_map(|g| g.0.as_ref().ok()) {
+        if of_tenant(tc).is_none() || !was_admitted(tc) {
+            continue;
+        }
+        let Ok(routed) = routing::route_entries(&tc.spec, stores) else { continue };
+        let usage = routed
+            .into_iter()
+            .map(|(store, entries)| (store, usage_of(entries.iter().map(|e| (&e.key, &e.value)))))
+            .collect();
+        admitted.push((tc.owner_key(), usage));
+    }
+    admitted
+}
