@@ -188,17 +188,7 @@ pub fn plan<'a>(
     refuse_overlapping(&routed, &previous, &overlaps)?;
 
     let secret_name = secret_name(tc, secure_projection).map(str::to_string);
-    // The projection holds at least the spec's own entries.
-    let spec_only = Layer { source: Source::Spec, entries: Arc::new(spec_values(&tc.spec.entries)) };
-    if let Err(e) = render::render(vec![spec_only], secret_name.is_some()) {
-        return Err(Refusal::new(reason::VALIDATION_FAILED, format!("spec entries alone: {e}")));
-    }
-    // The CRD refuses it too; an object admitted before that rule still is.
-    let bytes: usize = tc.spec.entries.iter().map(|e| e.key.len() + e.value.len()).sum();
-    if bytes > MAX_ENTRIES_BYTES as usize {
-        let message = format!("entries hold {bytes} bytes of keys and values; at most {MAX_ENTRIES_BYTES} per object");
-        return Err(Refusal::new(reason::VALIDATION_FAILED, message));
-    }
+    check_entries_alone(tc, secret_name.is_some())?;
 
     // Stores this object writes to now, plus those it managed before (keys
     // whose tags moved elsewhere must leave the old store): `previous`.
@@ -235,6 +225,23 @@ pub fn plan<'a>(
         plan.writes.push(StoreWrite { store: store.name, spec: store.spec, desired, routed_here: entries.is_some() });
     }
     Ok(plan)
+}
+
+/// What the spec's entries alone make impossible: a projection Kubernetes
+/// refuses, or more than the per-object size cap.
+fn check_entries_alone(tc: &TenantConfig, with_secret: bool) -> Result<(), Refusal> {
+    // The projection holds at least the spec's own entries.
+    let spec_only = Layer { source: Source::Spec, entries: Arc::new(spec_values(&tc.spec.entries)) };
+    if let Err(e) = render::render(vec![spec_only], with_secret) {
+        return Err(Refusal::new(reason::VALIDATION_FAILED, format!("spec entries alone: {e}")));
+    }
+    // The CRD refuses it too; an object admitted before that rule still is.
+    let bytes: usize = tc.spec.entries.iter().map(|e| e.key.len() + e.value.len()).sum();
+    if bytes > MAX_ENTRIES_BYTES as usize {
+        let message = format!("entries hold {bytes} bytes of keys and values; at most {MAX_ENTRIES_BYTES} per object");
+        return Err(Refusal::new(reason::VALIDATION_FAILED, message));
+    }
+    Ok(())
 }
 
 /// The stores serving each include, among stores that overlap nothing.
