@@ -275,6 +275,8 @@ impl Metrics {
     pub fn reconciled(&self, error: Option<&'static str>, seconds: f64) {
         let labels = match error {
             None => ReconcileLabels { result: "success", error: "" },
+            // Waiting for its tenant's turn (`--tenant-concurrency`): not an error to alert on.
+            Some("tenant_busy") => ReconcileLabels { result: "deferred", error: "tenant_busy" },
             Some(error) => ReconcileLabels { result: "error", error },
         };
         self.reconciles.get_or_create(&labels).inc();

@@ -633,3 +633,42 @@ async fn a_tenant_over_its_store_quota_writes_nothing_and_others_keep_theirs() {
     assert_eq!(w.parameter_count(&second_path).await, 2);
     s.finish().await;
 }
+
+/// Fair share of the reconcile slots (issue #29 item 1, the slot part): a
+/// noisy tenant's objects wait for the SSM write budget (3/s) inside their
+/// reconciles. With 4 slots and `--tenant-concurrency 2`, it holds at most 2;
+/// a quiet tenant's new DynamoDB-routed object is Ready at once instead of
+/// after noisy reconciles free a slot (17 s measured with no per-tenant
+/// limit), and the noisy tenant still converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_tenant_converges_while_a_noisy_one_waits_for_aws() {
+    let _turn = SERIAL.lock().await;
+    let mut w = World::new("e2e-fair").await;
+    w.standard_stores().await;
+    let (noisy, quiet) = (w.tenant(0), w.tenant(1));
+    let noisy_ns = w.namespace("noisy", Some(&noisy)).await;
+    let quiet_ns = w.namespace("quiet", Some(&quiet)).await;
+    let settings = Settings { concurrency: 4, tenant_concurrency: 2, ..Settings::default() };
+    let controller = InProcessController::start(&w.client, &w.sdk, settings, None);
+    let ssm = w.tag("ssm");
+    let noisy_objects = 12;
+    for n in 0..noisy_objects {
+        let entries: Vec<_> =
+            (0..6).map(|k| json!({ "key": format!("k{k}"), "value": format!("{n}"), "tags": [ssm] })).collect();
+        w.tenant_config(&noisy_ns, &format!("n{n}"), json!({ "entries": entries })).await;
+    }
+    // The noisy objects are under way, waiting for the write budget.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = std::time::Instant::now();
+    let db = w.tag("db");
+    w.tenant_config(&quiet_ns, "calm", json!({ "defaultTags": [db], "entries": [{ "key": "a", "value": "1" }] })).await;
+    w.wait_ready(&quiet_ns, "calm").await;
+    let took = started.elapsed();
+    let noisy_ready = w.ready_count(&noisy_ns).await;
+    println!("quiet tenant Ready in {took:?} while the noisy one had {noisy_ready}/{noisy_objects} Ready");
+    assert!(noisy_ready < noisy_objects, "the noisy tenant was still draining");
+    assert!(took < Duration::from_secs(3), "the quiet tenant waited for a slot: {took:?}");
+    w.wait_ready_count(&noisy_ns, noisy_objects).await;
+    w.clean_up().await;
+    controller.stop_within(Duration::from_secs(30)).await;
+}

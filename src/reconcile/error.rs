@@ -18,6 +18,10 @@ pub enum Error {
     CachesNotSynced,
     #[error("ConfigStore {store} is named in status but does not exist")]
     StoreMissing { store: String },
+    /// Not a failure: the tenant already has `--tenant-concurrency`
+    /// reconciles under way; requeued shortly, without backoff.
+    #[error("tenant {tenant} has {limit} reconciles under way; this one waits its turn")]
+    TenantBusy { tenant: String, limit: u16 },
 }
 
 impl Error {
@@ -43,7 +47,13 @@ impl Error {
             Error::MissingNamespace => "missing_namespace",
             Error::CachesNotSynced => "caches_not_synced",
             Error::StoreMissing { .. } => "store_missing",
+            Error::TenantBusy { .. } => "tenant_busy",
         }
+    }
+
+    /// The tenant's share of the reconcile slots is in use: wait a moment.
+    pub fn is_tenant_busy(&self) -> bool {
+        matches!(self.cause(), Error::TenantBusy { .. })
     }
 
     /// Throttling says "slower", not "broken".

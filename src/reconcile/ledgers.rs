@@ -24,6 +24,8 @@ pub struct Ledgers {
     pub own_writes: Arc<OwnWrites>,
     /// What each admitted object counts against its tenant's store quotas.
     pub quotas: Quotas,
+    /// Reconciles under way per tenant (`--tenant-concurrency`).
+    pub tenant_slots: TenantSlots,
 }
 
 impl Ledgers {
@@ -35,6 +37,47 @@ impl Ledgers {
             last_reads: Arc::new(LastReads::default()),
             own_writes: Arc::new(OwnWrites::default()),
             quotas: Quotas::default(),
+            tenant_slots: TenantSlots::default(),
+        }
+    }
+}
+
+/// Reconciles under way per tenant; only tenants with one under way are kept.
+#[derive(Default)]
+pub struct TenantSlots(Arc<Mutex<HashMap<String, u16>>>);
+
+/// One of a tenant's slots, given back when dropped.
+pub struct TenantSlot {
+    slots: Arc<Mutex<HashMap<String, u16>>>,
+    tenant: String,
+}
+
+impl TenantSlots {
+    /// A slot for `tenant` unless it already holds `limit` (0: no limit).
+    pub fn try_acquire(&self, tenant: &str, limit: u16) -> Option<TenantSlot> {
+        let mut slots = self.0.lock().unwrap();
+        let held = slots.entry(tenant.to_string()).or_insert(0);
+        if limit > 0 && *held >= limit {
+            return None;
+        }
+        *held += 1;
+        Some(TenantSlot { slots: self.0.clone(), tenant: tenant.to_string() })
+    }
+
+    /// Tenants with a reconcile under way (for tests and the memory bound).
+    pub fn tenants(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+impl Drop for TenantSlot {
+    fn drop(&mut self) {
+        let mut slots = self.slots.lock().unwrap();
+        if let Some(held) = slots.get_mut(&self.tenant) {
+            *held -= 1;
+            if *held == 0 {
+                slots.remove(&self.tenant);
+            }
         }
     }
 }
@@ -147,6 +190,20 @@ impl Retries {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tenant_holds_at_most_its_share_of_slots_and_gives_them_back() {
+        let slots = TenantSlots::default();
+        let a1 = slots.try_acquire("a", 2).unwrap();
+        let _a2 = slots.try_acquire("a", 2).unwrap();
+        assert!(slots.try_acquire("a", 2).is_none(), "a's share is taken");
+        let b = slots.try_acquire("b", 2).expect("b has its own");
+        drop(a1);
+        assert!(slots.try_acquire("a", 2).is_some(), "a slot came back");
+        drop(b);
+        assert_eq!(slots.tenants(), 1, "a tenant with nothing under way is forgotten");
+        assert!((0..100).all(|_| slots.try_acquire("c", 0).is_some()), "0: no limit");
+    }
     use std::time::Duration;
 
     #[test]

@@ -159,6 +159,9 @@ async fn apply(
     // (their own events, and the resync for a lost one, ask for a full
     // reconcile). One walk of the shared path then serves every object
     // including it.
+    // A tenant's share of the reconcile slots, taken before any API or AWS
+    // call; without one, the slot goes to another tenant's object.
+    let _slot = tenant_slot(ctx, tc)?;
     let reusable = ctx.ledgers.last_reads.take(key, tc.metadata.generation).filter(|_| shared_only);
     let resolved = resolve::resolve(ctx, tc).await?;
     let labels = resolved.labels.as_ref();
@@ -174,6 +177,20 @@ async fn apply(
     ctx.outbound.projections.record(&tc.namespace().unwrap_or_default(), tc.object_ref(&()), done.projected);
     // Events bring it back when its stores change; the resync when one was lost.
     Ok(Action::await_change())
+}
+
+/// One of the object's tenant's slots (`--tenant-concurrency`), from the
+/// namespace cache alone; none needed without a tenant (the reconcile only
+/// says so) or for a namespace the cache does not hold yet (just created).
+fn tenant_slot(ctx: &Context, tc: &TenantConfig) -> Result<Option<ledgers::TenantSlot>, Error> {
+    let ns = tc.namespace().ok_or(Error::MissingNamespace)?;
+    let Some(namespace) = ctx.caches.namespaces.get(&ObjectRef::new(&ns)) else { return Ok(None) };
+    let Ok(identity) = ctx.identity(&ns, namespace.metadata.labels.as_ref()) else { return Ok(None) };
+    let limit = ctx.settings.tenant_concurrency;
+    match ctx.ledgers.tenant_slots.try_acquire(&identity.tenant, limit) {
+        Some(slot) => Ok(Some(slot)),
+        None => Err(Error::TenantBusy { tenant: identity.tenant, limit }),
+    }
 }
 
 /// What a reconcile that got through every step leaves.

@@ -152,6 +152,12 @@ pub fn backoff(failures: u32, throttling: bool) -> Duration {
 /// Per-object exponential backoff with jitter for failures.
 pub fn error_policy(tc: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = ObjectRef::from_obj(&*tc);
+    if error.is_tenant_busy() {
+        // Its turn comes soon; not a failure, so no backoff grows.
+        let wait = Duration::from_millis(200 + u64::from(Timestamp::now().subsec_nanosecond().unsigned_abs() % 300));
+        watch_retry(&ctx, key, wait);
+        return Action::requeue(wait);
+    }
     let failures = ctx.ledgers.retries.failed(&key);
     ctx.metrics.objects_backing_off.set(ctx.ledgers.retries.backing_off() as i64);
     let capped = backoff(failures, error.is_throttling());

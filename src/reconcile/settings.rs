@@ -29,6 +29,12 @@ pub struct Settings {
     /// for a cold start of 10,000.
     #[arg(long, env = "TENANT_CONFIG_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
+    /// Reconciles of one tenant's objects at once (0 = no limit). A tenant
+    /// whose objects wait for AWS (rate limits, a slow store) then holds at
+    /// most this many of the `--concurrency` slots; its other objects are
+    /// requeued, not parked in a slot, so other tenants' objects get through.
+    #[arg(long, env = "TENANT_CONFIG_TENANT_CONCURRENCY", default_value_t = 4)]
+    pub tenant_concurrency: u16,
     /// Project secure entries into Secrets (the ServiceAccount then needs to write Secrets).
     #[arg(long, env = "TENANT_CONFIG_SECURE_PROJECTION", default_value_t = false)]
     pub secure_projection: bool,

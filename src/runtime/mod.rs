@@ -228,8 +228,11 @@ fn controller(
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, reconcile::error_policy, context)
         .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(error = %e, "reconcile failed");
+            match result {
+                // Waiting for its tenant's turn is not a failure.
+                Err(controller::Error::ReconcilerFailed(e, _)) if e.is_tenant_busy() => {}
+                Err(e) => warn!(error = %e, "reconcile failed"),
+                Ok(_) => {}
             }
         })
         .inspect(|_| info!("controller stopped"))
