@@ -426,9 +426,12 @@ async fn an_event_whose_reconcile_fails_is_kept_until_it_succeeds() {
         (h.metrics().message("unhandled") >= 1).then_some(())
     })
     .await;
-    assert_eq!(h.metrics().message("acked"), acked_before, "not deleted while its reconcile fails");
+    // Not deleted while its reconcile fails. (An older message for the same
+    // object — the echo of the controller's own first write, if it came late —
+    // is superseded by this one and acknowledged: an object holds one.)
     let (visible, in_flight) = h.queue_depth(h.queue_url()).await;
     assert!(visible + in_flight >= 1, "the message is still in the queue");
+    assert!(h.metrics().message("acked") <= acked_before + 1, "at most a superseded older message was acknowledged");
     assert!(!h.config_map(&ns, "payments").await.contains_key("late"));
 
     proxy.clear();

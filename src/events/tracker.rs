@@ -20,8 +20,11 @@ use crate::{api::Guarded, metrics::Metrics};
 struct Pending {
     /// When the consumer received it: a success must start after this.
     received: Instant,
-    /// When it entered the queue: the origin of the lag metric.
+    /// When it entered the queue (a redelivered copy has the same).
     sent: Instant,
+    /// When the oldest message it superseded entered the queue: the origin
+    /// of the lag metric.
+    first_sent: Instant,
 }
 
 pub struct Tracker {
@@ -46,14 +49,17 @@ impl Tracker {
     /// older one asked for), so the older is handled as far as this object
     /// goes. One object that never succeeds, edited again and again, then holds
     /// one message, not one per edit (which once filled the consumer's
-    /// in-flight cap and stopped event delivery for every tenant).
+    /// in-flight cap and stopped event delivery for every tenant). A
+    /// redelivered copy of a message still held (same `sent`) supersedes
+    /// nothing: deleting the first copy by its old receipt handle could delete
+    /// the message while its change is not handled.
     pub fn expect(&self, objects: &[ObjectRef<Guarded>], received: Instant, sent: Instant) {
         let mut map = self.pending.lock().unwrap();
         for obj in objects {
             let waiting = map.entry(obj.clone()).or_default();
-            let oldest_sent = waiting.iter().map(|p| p.sent).chain([sent]).min().unwrap_or(sent);
-            waiting.clear();
-            waiting.push(Pending { received, sent: oldest_sent });
+            let first_sent = waiting.iter().map(|p| p.first_sent).chain([sent]).min().unwrap_or(sent);
+            waiting.retain(|p| p.sent == sent);
+            waiting.push(Pending { received, sent, first_sent });
         }
         drop(map);
         // Waiters of superseded messages look again.
@@ -65,7 +71,7 @@ impl Tracker {
     pub fn projected(&self, obj: &ObjectRef<Guarded>, started: Instant) {
         let map = self.pending.lock().unwrap();
         let covered = map.get(obj).into_iter().flatten().filter(|p| p.received <= started);
-        if let Some(oldest) = covered.map(|p| p.sent).min() {
+        if let Some(oldest) = covered.map(|p| p.first_sent).min() {
             self.metrics.event_lag.observe(oldest.elapsed().as_secs_f64());
         }
     }
@@ -171,6 +177,13 @@ mod tests {
         assert!(!tracker.wait(std::slice::from_ref(&other), first, soon(), |_| true).await, "other still waits");
         assert!(!tracker.wait(std::slice::from_ref(&stuck), last, soon(), |_| true).await, "the newest is held");
         assert_eq!(tracker.pending.lock().unwrap()[&stuck].len(), 1);
+        // A redelivered copy of the held message keeps both copies held.
+        let again = Instant::now();
+        tracker.expect(std::slice::from_ref(&stuck), again, last);
+        assert!(
+            !tracker.wait(std::slice::from_ref(&stuck), last, soon(), |_| true).await,
+            "not superseded by its copy"
+        );
     }
 
     #[tokio::test]

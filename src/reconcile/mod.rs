@@ -161,7 +161,15 @@ async fn apply(
     // including it.
     // A tenant's share of the reconcile slots, taken before any API or AWS
     // call; without one, the slot goes to another tenant's object.
-    let _slot = tenant_slot(ctx, tc)?;
+    let _slot = tenant_slot(ctx, tc).inspect_err(|_| {
+        // Waiting its turn keeps what asked for it: a shared-path change
+        // still may reuse the own-store reads.
+        if shared_only {
+            ctx.ledgers.requests.requested_by_shared_change(key);
+        } else {
+            ctx.ledgers.requests.requested(key);
+        }
+    })?;
     let reusable = ctx.ledgers.last_reads.take(key, tc.metadata.generation).filter(|_| shared_only);
     let resolved = resolve::resolve(ctx, tc).await?;
     let labels = resolved.labels.as_ref();

@@ -153,9 +153,10 @@ pub fn backoff(failures: u32, throttling: bool) -> Duration {
 pub fn error_policy(tc: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = ObjectRef::from_obj(&*tc);
     if error.is_tenant_busy() {
-        // Its turn comes soon; not a failure, so no backoff grows.
+        // Its turn comes soon; not a failure, so no backoff grows. (Not
+        // through the retry stream: that would make a shared-only request a
+        // full one. The request was recorded again with its kind.)
         let wait = Duration::from_millis(200 + u64::from(Timestamp::now().subsec_nanosecond().unsigned_abs() % 300));
-        watch_retry(&ctx, key, wait);
         return Action::requeue(wait);
     }
     let failures = ctx.ledgers.retries.failed(&key);
