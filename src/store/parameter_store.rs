@@ -17,7 +17,7 @@ use std::{
 use aws_sdk_ssm::{
     Client,
     error::SdkError,
-    types::{ParameterStringFilter, ParameterType, ResourceTypeForTagging, Tag},
+    types::{ParameterMetadata, ParameterStringFilter, ParameterType, ResourceTypeForTagging, Tag},
 };
 use tracing::debug;
 
@@ -313,38 +313,40 @@ impl ParameterStoreBackend {
 
     /// Owner recorded on each parameter under `path` (relative, flattened keys).
     async fn owners_under(&self, path: &str) -> Result<BTreeMap<String, String>, StoreError> {
+        let owners = self.describe_under(path).await?.into_iter().filter_map(|p| {
+            let owner = p.description()?.strip_prefix(OWNER_PREFIX)?.to_string();
+            Some((p.name?, owner))
+        });
+        Ok(flatten(path, owners).entries)
+    }
+
+    /// Every parameter under `path` (recursive) with its metadata, paged.
+    async fn describe_under(&self, path: &str) -> Result<Vec<ParameterMetadata>, StoreError> {
         let filter = ParameterStringFilter::builder()
             .key("Path")
             .option("Recursive")
             .values(path)
             .build()
             .expect("filter has a key");
-        let mut owners = Vec::new();
+        let mut listed = Vec::new();
         let mut token = None;
         loop {
+            let request = self
+                .client
+                .describe_parameters()
+                .parameter_filters(filter.clone())
+                .max_results(DESCRIBE_PAGE)
+                .set_next_token(token)
+                .send();
             let page = self
                 .gate
-                .call(
-                    "DescribeParameters",
-                    self.client
-                        .describe_parameters()
-                        .parameter_filters(filter.clone())
-                        .max_results(DESCRIBE_PAGE)
-                        .set_next_token(token)
-                        .send(),
-                )
+                .call("DescribeParameters", request)
                 .await
                 .map_err(|e| StoreError::from_sdk(KIND, "DescribeParameters", e))?;
-            for p in page.parameters() {
-                if let (Some(name), Some(owner)) =
-                    (p.name(), p.description().and_then(|d| d.strip_prefix(OWNER_PREFIX)))
-                {
-                    owners.push((name.to_string(), owner.to_string()));
-                }
-            }
             token = page.next_token().map(String::from);
+            listed.extend(page.parameters.unwrap_or_default());
             if token.is_none() {
-                return Ok(flatten(path, owners).entries);
+                return Ok(listed);
             }
         }
     }

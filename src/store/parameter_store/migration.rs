@@ -14,9 +14,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aws_sdk_ssm::types::{ParameterMetadata, ParameterStringFilter};
+use aws_sdk_ssm::types::ParameterMetadata;
 
-use super::{DESCRIBE_PAGE, KIND, OWNER_PREFIX, ParameterStoreBackend};
+use super::{KIND, OWNER_PREFIX, ParameterStoreBackend};
 use crate::{
     api::paths::{NO_ENVIRONMENT, strip_path},
     store::StoreError,
@@ -134,7 +134,7 @@ impl std::fmt::Display for Outcome {
 impl ParameterStoreBackend {
     /// Plans the store's move and, with `apply`, carries it out.
     pub async fn migrate(&self, claims: &Claims, apply: bool) -> Result<Vec<Outcome>, StoreError> {
-        let listed = self.describe_all().await?;
+        let listed = self.describe_under(&self.path_prefix).await?;
         let owners: Vec<(String, Option<String>)> = listed
             .iter()
             .filter_map(|p| {
@@ -155,37 +155,6 @@ impl ParameterStoreBackend {
             });
         }
         Ok(outcomes)
-    }
-
-    /// Every parameter under the store's prefix, with its metadata.
-    async fn describe_all(&self) -> Result<Vec<ParameterMetadata>, StoreError> {
-        let filter = ParameterStringFilter::builder()
-            .key("Path")
-            .option("Recursive")
-            .values(&self.path_prefix)
-            .build()
-            .expect("filter has a key");
-        let mut listed = Vec::new();
-        let mut token = None;
-        loop {
-            let request = self
-                .client
-                .describe_parameters()
-                .parameter_filters(filter.clone())
-                .max_results(DESCRIBE_PAGE)
-                .set_next_token(token)
-                .send();
-            let page = self
-                .gate
-                .call("DescribeParameters", request)
-                .await
-                .map_err(|e| StoreError::from_sdk(KIND, "DescribeParameters", e))?;
-            listed.extend(page.parameters().iter().cloned());
-            token = page.next_token().map(String::from);
-            if token.is_none() {
-                return Ok(listed);
-            }
-        }
     }
 
     /// Copies `from` to `to` (unless `to` already holds the same value) and
