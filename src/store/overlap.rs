@@ -76,28 +76,55 @@ fn clash(a: &Area<'_>, b: &Area<'_>) -> bool {
     }
 }
 
+/// The pairs of areas that may clash, without comparing every pair (every
+/// reconcile asks, and a store may list 32 shared paths): tables grouped by
+/// name; paths sorted by their segments, so that everything at or under a
+/// path follows it in one run.
+fn candidates<'s, 'a>(all: &'s [Area<'a>]) -> Vec<(&'s Area<'a>, &'s Area<'a>)> {
+    let mut pairs = Vec::new();
+    let mut tables: BTreeMap<&str, Vec<&Area<'a>>> = BTreeMap::new();
+    let mut paths: Vec<(Vec<&str>, &Area<'a>)> = Vec::new();
+    for area in all {
+        match area.kind {
+            AreaKind::Table(t) => tables.entry(t).or_default().push(area),
+            AreaKind::TenantPrefix(p) | AreaKind::SharedPath(p) => {
+                paths.push((p.trim_end_matches('/').split('/').collect(), area))
+            }
+        }
+    }
+    for group in tables.values() {
+        for (i, a) in group.iter().enumerate() {
+            pairs.extend(group[i + 1..].iter().map(|b| (*a, *b)));
+        }
+    }
+    paths.sort_by(|a, b| a.0.cmp(&b.0));
+    for (i, (segments, a)) in paths.iter().enumerate() {
+        let nested = paths[i + 1..].iter().take_while(|(other, _)| other.starts_with(segments));
+        pairs.extend(nested.map(|(_, b)| (*a, *b)));
+    }
+    pairs
+}
+
 /// Every overlapping store, with a message naming the store(s) it overlaps
 /// and where (the first clash per pair).
 pub fn overlapping(stores: &[StoreRef<'_>]) -> BTreeMap<String, String> {
     let all: Vec<Area<'_>> = stores.iter().flat_map(areas).collect();
     let mut found: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (i, a) in all.iter().enumerate() {
-        for b in &all[i + 1..] {
-            if !clash(a, b) {
-                continue;
+    for (a, b) in candidates(&all) {
+        if !clash(a, b) {
+            continue;
+        }
+        let (what_a, what_b) = (a.kind.describe(), b.kind.describe());
+        let note = |other: &str, mine: &str, theirs: &str| {
+            if other == a.store && other == b.store {
+                format!("its own {mine} and {theirs} overlap")
+            } else {
+                format!("its {mine} overlaps ConfigStore {other}'s {theirs}")
             }
-            let (what_a, what_b) = (a.kind.describe(), b.kind.describe());
-            let note = |other: &str, mine: &str, theirs: &str| {
-                if other == a.store && other == b.store {
-                    format!("its own {mine} and {theirs} overlap")
-                } else {
-                    format!("its {mine} overlaps ConfigStore {other}'s {theirs}")
-                }
-            };
-            found.entry(a.store.into()).or_default().push(note(b.store, &what_a, &what_b));
-            if a.store != b.store {
-                found.entry(b.store.into()).or_default().push(note(a.store, &what_b, &what_a));
-            }
+        };
+        found.entry(a.store.into()).or_default().push(note(b.store, &what_a, &what_b));
+        if a.store != b.store {
+            found.entry(b.store.into()).or_default().push(note(a.store, &what_b, &what_a));
         }
     }
     found
@@ -165,6 +192,26 @@ mod tests {
         assert!(found["a"].contains("its table \"one\" overlaps ConfigStore b's table \"one\""), "{found:?}");
         let elsewhere = spec(serde_json::json!({ "dynamodb": { "tableName": "one", "region": "eu-west-1" } }));
         assert!(check(&[("a", table("one")), ("b", elsewhere)]).is_empty());
+    }
+
+    /// Many stores with many shared paths: only nested pairs are compared, and
+    /// the answer is the same as comparing every pair.
+    #[test]
+    fn many_areas_are_checked_without_comparing_every_pair() {
+        let specs: Vec<(String, ConfigStoreSpec)> = (0..40)
+            .map(|i| {
+                let shared: Vec<String> = (0..32).map(|k| format!("/shared-{i}/p{k}")).collect();
+                let shared: Vec<&str> = shared.iter().map(String::as_str).collect();
+                (format!("s{i}"), ssm(&format!("/tenants-{i}"), &shared))
+            })
+            .collect();
+        let mut stores: Vec<StoreRef<'_>> = specs.iter().map(|(name, spec)| StoreRef { name, spec }).collect();
+        assert!(overlapping(&stores).is_empty());
+        let all: Vec<Area<'_>> = stores.iter().flat_map(areas).collect();
+        assert!(candidates(&all).len() < 100, "{} candidate pairs of {} areas", candidates(&all).len(), all.len());
+        let spoiler = ssm("/spoiler", &["/tenants-7/acme"]);
+        stores.push(StoreRef { name: "spoiler", spec: &spoiler });
+        assert_eq!(overlapping(&stores).keys().collect::<Vec<_>>(), ["s7", "spoiler"]);
     }
 
     #[test]
