@@ -23,8 +23,8 @@ use crate::{
 pub fn admit(ctx: &Context, plan: &ReconcilePlan<'_>, stores: &[StoreRef<'_>]) -> Result<(), Refusal> {
     let tenant = &plan.location.tenant;
     let quotas = &ctx.ledgers.quotas;
-    if !quotas.is_seeded(tenant) {
-        quotas.seed(tenant, admitted(ctx, tenant, stores));
+    if !quotas.is_seeded() {
+        quotas.seed(admitted(ctx, stores));
     }
     let usage: BTreeMap<String, Usage> = plan
         .writes
@@ -67,27 +67,28 @@ fn usage_of<'a>(entries: impl Iterator<Item = (&'a String, &'a String)>) -> Usag
     })
 }
 
-/// The tenant's objects already admitted (they wrote to a store and are not
-/// held back by a quota), with what their specs route to each store.
-fn admitted(ctx: &Context, tenant: &str, stores: &[StoreRef<'_>]) -> Vec<(String, BTreeMap<String, Usage>)> {
-    let of_tenant = |tc: &TenantConfig| (tenant_of(ctx, tc)? == tenant).then_some(());
+/// Every object already admitted (it wrote to a store and is not held back by
+/// a quota), with its tenant and what its spec routes to each store: one pass
+/// over the cache, the first time any object is admitted.
+fn admitted(ctx: &Context, stores: &[StoreRef<'_>]) -> Vec<(String, String, BTreeMap<String, Usage>)> {
     let was_admitted = |tc: &TenantConfig| {
         let status = tc.status.as_ref();
         let held = status.into_iter().flat_map(|s| &s.conditions).any(|c| c.reason == reason::QUOTA_EXCEEDED);
-        status.is_some_and(|s| !s.stores.is_empty()) && !held
+        // Its current spec is the one that was admitted (a spec that changed
+        // while no controller ran is admitted, or not, by its own reconcile).
+        let current = status.and_then(|s| s.observed_generation) == tc.metadata.generation;
+        status.is_some_and(|s| !s.stores.is_empty()) && !held && current
     };
     let state = ctx.caches.tenant_configs.state();
     let mut admitted = Vec::new();
     for tc in state.iter().filter_map(|g| g.0.as_ref().ok()) {
-        if of_tenant(tc).is_none() || !was_admitted(tc) {
-            continue;
-        }
+        let Some(tenant) = tenant_of(ctx, tc).filter(|_| was_admitted(tc)) else { continue };
         let Ok(routed) = routing::route_entries(&tc.spec, stores) else { continue };
         let usage = routed
             .into_iter()
             .map(|(store, entries)| (store, usage_of(entries.iter().map(|e| (&e.key, &e.value)))))
             .collect();
-        admitted.push((tc.owner_key(), usage));
+        admitted.push((tc.owner_key(), tenant, usage));
     }
     admitted
 }

@@ -4,13 +4,14 @@
 //! Usage is what each admitted object's spec routes to a store (entries, and
 //! bytes of keys and values), kept per object so that a new reconcile replaces
 //! the object's own share (its spec changed, its entries moved, its namespace
-//! now belongs to another tenant). A tenant's shares are seeded once from the
-//! cache with the objects already admitted (those that wrote to a store), so a
-//! restart keeps the objects that were in and refuses the newcomer, whatever
-//! the order of the first reconciles. Pure apart from its lock.
+//! now belongs to another tenant). The shares are seeded once, in one pass
+//! over the cache, with the objects already admitted (those that wrote to a
+//! store), so a restart keeps the objects that were in and refuses the
+//! newcomer, whatever the order of the first reconciles. Pure apart from its
+//! lock.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     sync::Mutex,
 };
 
@@ -51,7 +52,7 @@ type StoreTenant = (String, String);
 
 #[derive(Default)]
 struct Ledger {
-    seeded: HashSet<String>,
+    seeded: bool,
     /// Each object's shares: `(store, tenant)` → usage.
     objects: HashMap<String, Vec<(StoreTenant, Usage)>>,
     totals: HashMap<StoreTenant, Usage>,
@@ -92,21 +93,21 @@ impl<I: Iterator<Item = Usage>> SumUsage for I {
 pub struct Quotas(Mutex<Ledger>);
 
 impl Quotas {
-    /// Whether `tenant`'s admitted objects were counted already.
-    pub fn is_seeded(&self, tenant: &str) -> bool {
-        self.0.lock().unwrap().seeded.contains(tenant)
+    /// Whether the admitted objects were counted already.
+    pub fn is_seeded(&self) -> bool {
+        self.0.lock().unwrap().seeded
     }
 
-    /// Counts `tenant`'s admitted objects (`object` → usage per store), except
-    /// those counted since.
-    pub fn seed(&self, tenant: &str, admitted: impl IntoIterator<Item = (String, BTreeMap<String, Usage>)>) {
+    /// Counts the admitted objects (`(object, tenant, usage per store)`),
+    /// except those counted since; once.
+    pub fn seed(&self, admitted: impl IntoIterator<Item = (String, String, BTreeMap<String, Usage>)>) {
         let mut ledger = self.0.lock().unwrap();
-        if !ledger.seeded.insert(tenant.to_string()) {
+        if std::mem::replace(&mut ledger.seeded, true) {
             return;
         }
-        for (object, usage) in admitted {
+        for (object, tenant, usage) in admitted {
             if !ledger.objects.contains_key(&object) {
-                let shares = usage.into_iter().map(|(store, u)| ((store, tenant.to_string()), u)).collect();
+                let shares = usage.into_iter().map(|(store, u)| ((store, tenant.clone()), u)).collect();
                 ledger.record(&object, shares);
             }
         }
@@ -213,12 +214,12 @@ mod tests {
     #[test]
     fn seeding_keeps_the_admitted_objects_in() {
         let quotas = Quotas::default();
-        assert!(!quotas.is_seeded("t"));
-        quotas.seed("t", [("t/a".to_string(), usage("ssm", 2, 10))]);
-        assert!(quotas.is_seeded("t"));
+        assert!(!quotas.is_seeded());
+        quotas.seed([("t/a".to_string(), "t".to_string(), usage("ssm", 2, 10))]);
+        assert!(quotas.is_seeded());
         assert!(quotas.admit("t/new", "t", &usage("ssm", 2, 10), three_entries).is_err());
         quotas.admit("t/a", "t", &usage("ssm", 2, 10), three_entries).unwrap();
-        quotas.seed("t", [("t/a".to_string(), usage("ssm", 9, 10))]);
+        quotas.seed([("t/a".to_string(), "t".to_string(), usage("ssm", 9, 10))]);
         assert_eq!(quotas.usage("ssm", "t").entries, 2, "seeded once");
     }
 
@@ -226,7 +227,8 @@ mod tests {
     fn removing_entries_is_always_admitted() {
         let quotas = Quotas::default();
         let tight = |_: &str| TenantQuota { max_entries: Some(1), max_bytes: None };
-        quotas.seed("t", [("t/a".to_string(), usage("ssm", 3, 0)), ("t/b".to_string(), usage("ssm", 3, 0))]);
+        let t = || "t".to_string();
+        quotas.seed([("t/a".to_string(), t(), usage("ssm", 3, 0)), ("t/b".to_string(), t(), usage("ssm", 3, 0))]);
         quotas.admit("t/a", "t", &usage("ssm", 2, 0), tight).expect("shrinking is never refused");
         quotas.admit("t/a", "t", &usage("ssm", 0, 0), tight).expect("leaving the store is never refused");
         assert!(quotas.admit("t/b", "t", &usage("ssm", 4, 0), tight).is_err(), "growing is");
