@@ -105,6 +105,8 @@ pub struct Metrics {
     pub reconciles_in_flight: Gauge,
     /// Requested reconciles that have not started.
     pub reconcile_queue_depth: Gauge,
+    /// From a reconcile's request to its start, seconds.
+    pub reconcile_queue_wait: Histogram,
     /// Objects whose last reconcile failed, waiting for their retry.
     pub objects_backing_off: Gauge,
     /// Reconciles by result and error label.
@@ -177,6 +179,12 @@ impl Default for Metrics {
             "TenantConfigs whose reconcile was requested and has not started",
             reconcile_queue_depth.clone(),
         );
+        let reconcile_queue_wait = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]);
+        registry.register(
+            "reconcile_queue_wait_seconds",
+            "From a reconcile's request (a watch change, an event, the resync, a retry) to its start",
+            reconcile_queue_wait.clone(),
+        );
         let objects_backing_off = Gauge::default();
         registry.register(
             "objects_backing_off",
@@ -203,6 +211,7 @@ impl Default for Metrics {
             process,
             reconciles_in_flight,
             reconcile_queue_depth,
+            reconcile_queue_wait,
             objects_backing_off,
             event_messages,
             event_malformed,
@@ -249,6 +258,11 @@ impl Metrics {
     pub fn for_backends(backends: &BackendContext) -> Self {
         let mut metrics = Metrics::default();
         metrics.registry.register_collector(Box::new(StoreCalls(backends.stats.clone())));
+        metrics.registry.register(
+            "store_rate_limit_wait_seconds",
+            "How long AWS calls waited for their API family's process-wide rate limit",
+            backends.stats.rate_limit_wait.clone(),
+        );
         let walks = &backends.tenant_walks;
         metrics.registry.register(
             "start_up_walks",

@@ -29,11 +29,15 @@ pub struct Ledgers {
 }
 
 impl Ledgers {
-    /// Empty ledgers; `queue_depth` follows the requests not yet started.
-    pub fn new(queue_depth: prometheus_client::metrics::gauge::Gauge) -> Self {
+    /// Empty ledgers; `queue_depth` follows the requests not yet started,
+    /// `queue_wait` how long each waited.
+    pub fn new(
+        queue_depth: prometheus_client::metrics::gauge::Gauge,
+        queue_wait: prometheus_client::metrics::histogram::Histogram,
+    ) -> Self {
         Ledgers {
             retries: Retries::default(),
-            requests: Arc::new(Requests::new(queue_depth)),
+            requests: Arc::new(Requests::new(queue_depth, queue_wait)),
             last_reads: Arc::new(LastReads::default()),
             own_writes: Arc::new(OwnWrites::default()),
             quotas: Quotas::default(),
@@ -89,6 +93,7 @@ impl Drop for TenantSlot {
 pub struct Requests {
     requested: Mutex<HashMap<ObjectRef<Guarded>, Request>>,
     depth: prometheus_client::metrics::gauge::Gauge,
+    wait: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// A pending request: since when, and whether only shared-path changes asked.
@@ -98,8 +103,11 @@ struct Request {
 }
 
 impl Requests {
-    pub fn new(depth: prometheus_client::metrics::gauge::Gauge) -> Self {
-        Requests { requested: Mutex::default(), depth }
+    pub fn new(
+        depth: prometheus_client::metrics::gauge::Gauge,
+        wait: prometheus_client::metrics::histogram::Histogram,
+    ) -> Self {
+        Requests { requested: Mutex::default(), depth, wait }
     }
 
     /// A reconcile of `object` was requested now (repeats merge, as in the queue).
@@ -127,7 +135,11 @@ impl Requests {
     pub fn started(&self, object: &ObjectRef<Guarded>, at: Instant) -> bool {
         let mut requested = self.requested.lock().unwrap();
         let served = requested.get(object).is_some_and(|r| r.since <= at);
-        let shared_only = if served { requested.remove(object).is_some_and(|r| r.shared_only) } else { false };
+        let served = if served { requested.remove(object) } else { None };
+        if let Some(request) = &served {
+            self.wait.observe(at.saturating_duration_since(request.since).as_secs_f64());
+        }
+        let shared_only = served.is_some_and(|r| r.shared_only);
         self.depth.set(requested.len() as i64);
         shared_only
     }
@@ -190,6 +202,7 @@ impl Retries {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus_client::metrics::histogram::Histogram;
 
     #[test]
     fn a_tenant_holds_at_most_its_share_of_slots_and_gives_them_back() {
@@ -208,7 +221,7 @@ mod tests {
 
     #[test]
     fn requests_merge_and_a_start_serves_those_before_it() {
-        let requests = Requests::new(Default::default());
+        let requests = Requests::new(Default::default(), Histogram::new([1.0]));
         let (a, b) = (ObjectRef::new("a").within("ns"), ObjectRef::new("b").within("ns"));
         requests.requested(&a);
         requests.requested(&a);
@@ -225,7 +238,7 @@ mod tests {
 
     #[test]
     fn only_a_reconcile_that_nothing_but_shared_changes_asked_for_may_reuse_reads() {
-        let requests = Requests::new(Default::default());
+        let requests = Requests::new(Default::default(), Histogram::new([1.0]));
         let a = ObjectRef::new("a").within("ns");
         requests.requested_by_shared_change(&a);
         requests.requested_by_shared_change(&a);

@@ -67,7 +67,7 @@ impl Progress for Tracker {
 pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send + 'static) {
     let shutdown = shutdown.shared();
     let Dependencies { client, settings, backend_ctx, events, metrics, probes, workloads: workload_settings } = deps;
-    let ledgers = Ledgers::new(metrics.reconcile_queue_depth.clone());
+    let ledgers = Ledgers::new(metrics.reconcile_queue_depth.clone(), metrics.reconcile_queue_wait.clone());
     let index = Arc::new(Index::new(&settings.tenant_label, &settings.environment_label));
     let watches = Watches::start(&client, &probes, &index, &ledgers);
     let shared_cache = Arc::new(SharedCache::new(settings.shared_cache_max_age, metrics.shared_cache.clone()));

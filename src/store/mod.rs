@@ -346,7 +346,10 @@ impl CallGate {
         E: ProvideErrorMetadata,
     {
         let backend = self.backend;
-        self.limiters.acquire((self.family)(operation)).await;
+        let waiting = std::time::Instant::now();
+        if self.limiters.acquire((self.family)(operation)).await {
+            self.stats.rate_limit_wait.observe(waiting.elapsed().as_secs_f64());
+        }
         let result = request.instrument(tracing::debug_span!("store_call", backend, operation)).await;
         let outcome = match &result {
             Ok(_) => stats::Outcome::Ok,

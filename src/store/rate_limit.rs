@@ -67,9 +67,14 @@ impl Limiters {
     }
 
     /// Waits until a call of `family` is allowed.
-    pub async fn acquire(&self, family: &str) {
-        if let Some(limiter) = self.0.get(family) {
-            limiter.until_ready().await;
+    /// Waits for a token of `family`'s limit; false when it has none.
+    pub async fn acquire(&self, family: &str) -> bool {
+        match self.0.get(family) {
+            Some(limiter) => {
+                limiter.until_ready().await;
+                true
+            }
+            None => false,
         }
     }
 }

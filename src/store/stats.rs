@@ -3,6 +3,8 @@
 
 use std::{collections::BTreeMap, sync::Mutex};
 
+use prometheus_client::metrics::histogram::Histogram;
+
 /// Outcome label of a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Outcome {
@@ -27,9 +29,19 @@ const WRITE_OPERATIONS: [&str; 6] =
 
 type Key = (&'static str, &'static str, Outcome);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CallStats {
     calls: Mutex<BTreeMap<Key, u64>>,
+    /// How long calls waited for their API family's rate limit, seconds
+    /// (no tenant label: the cardinality would be unbounded).
+    pub rate_limit_wait: Histogram,
+}
+
+impl Default for CallStats {
+    fn default() -> Self {
+        let buckets = [0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+        CallStats { calls: Mutex::default(), rate_limit_wait: Histogram::new(buckets) }
+    }
 }
 
 impl CallStats {
