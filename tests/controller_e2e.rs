@@ -669,6 +669,16 @@ async fn a_quiet_tenant_converges_while_a_noisy_one_waits_for_aws() {
     assert!(noisy_ready < noisy_objects, "the noisy tenant was still draining");
     assert!(took < Duration::from_secs(3), "the quiet tenant waited for a slot: {took:?}");
     w.wait_ready_count(&noisy_ns, noisy_objects).await;
+    // The waits are visible without naming a tenant: the queue's and the rate limit's.
+    let exposition = controller.metrics.encode();
+    let count = |name: &str| -> f64 {
+        let line = format!("tenant_config_{name}_count ");
+        let value = exposition.lines().find_map(|l| l.strip_prefix(line.as_str()));
+        value.unwrap_or_else(|| panic!("{name} in\n{exposition}")).trim().parse().unwrap()
+    };
+    assert!(count("store_rate_limit_wait_seconds") >= 72.0, "every SSM write waited for its token");
+    assert!(count("reconcile_queue_wait_seconds") >= 13.0, "every object was requested and started");
+    assert!(exposition.contains("result=\"deferred\""), "waiting its tenant's turn is counted apart");
     w.clean_up().await;
     controller.stop_within(Duration::from_secs(30)).await;
 }
