@@ -3,7 +3,7 @@
 //! (for reuse and the resync) and its own ConfigMap writes (echoes).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
     time::Instant,
 };
@@ -46,42 +46,70 @@ impl Ledgers {
     }
 }
 
-/// Reconciles under way per tenant; only tenants with one under way are kept.
+/// Reconciles under way per tenant, and the objects waiting for one of the
+/// tenant's slots; only tenants with either are kept. A slot given back wakes
+/// the tenant's longest-waiting object (no polling: a cold start of a tenant
+/// with thousands of objects would otherwise requeue them all again and again).
 #[derive(Default)]
-pub struct TenantSlots(Arc<Mutex<HashMap<String, u16>>>);
+pub struct TenantSlots(Arc<Mutex<SlotsInner>>);
+
+#[derive(Default)]
+struct SlotsInner {
+    held: HashMap<String, u16>,
+    waiting: HashMap<String, VecDeque<ObjectRef<Guarded>>>,
+    wake: Option<futures::channel::mpsc::UnboundedSender<ObjectRef<Guarded>>>,
+}
 
 /// One of a tenant's slots, given back when dropped.
 pub struct TenantSlot {
-    slots: Arc<Mutex<HashMap<String, u16>>>,
+    slots: Arc<Mutex<SlotsInner>>,
     tenant: String,
 }
 
 impl TenantSlots {
-    /// A slot for `tenant` unless it already holds `limit` (0: no limit).
-    pub fn try_acquire(&self, tenant: &str, limit: u16) -> Option<TenantSlot> {
-        let mut slots = self.0.lock().unwrap();
-        let held = slots.entry(tenant.to_string()).or_insert(0);
-        if limit > 0 && *held >= limit {
+    /// Where a woken object is sent (the controller reconciles what arrives).
+    pub fn wake_with(&self, wake: futures::channel::mpsc::UnboundedSender<ObjectRef<Guarded>>) {
+        self.0.lock().unwrap().wake = Some(wake);
+    }
+
+    /// A slot for `tenant` unless it already holds `limit` (0: no limit);
+    /// otherwise `object` waits for the next one the tenant gives back.
+    pub fn try_acquire(&self, tenant: &str, limit: u16, object: &ObjectRef<Guarded>) -> Option<TenantSlot> {
+        let mut inner = self.0.lock().unwrap();
+        let held = inner.held.get(tenant).copied().unwrap_or(0);
+        if limit > 0 && held >= limit {
+            let waiting = inner.waiting.entry(tenant.to_string()).or_default();
+            if !waiting.contains(object) {
+                waiting.push_back(object.clone());
+            }
             return None;
         }
-        *held += 1;
+        *inner.held.entry(tenant.to_string()).or_insert(0) += 1;
         Some(TenantSlot { slots: self.0.clone(), tenant: tenant.to_string() })
     }
 
-    /// Tenants with a reconcile under way (for tests and the memory bound).
+    /// Tenants with a reconcile under way or waiting (for tests and the memory bound).
     pub fn tenants(&self) -> usize {
-        self.0.lock().unwrap().len()
+        let inner = self.0.lock().unwrap();
+        inner.held.keys().chain(inner.waiting.keys()).collect::<std::collections::HashSet<_>>().len()
     }
 }
 
 impl Drop for TenantSlot {
     fn drop(&mut self) {
-        let mut slots = self.slots.lock().unwrap();
-        if let Some(held) = slots.get_mut(&self.tenant) {
+        let mut inner = self.slots.lock().unwrap();
+        if let Some(held) = inner.held.get_mut(&self.tenant) {
             *held -= 1;
             if *held == 0 {
-                slots.remove(&self.tenant);
+                inner.held.remove(&self.tenant);
             }
+        }
+        let next = inner.waiting.get_mut(&self.tenant).and_then(VecDeque::pop_front);
+        if inner.waiting.get(&self.tenant).is_some_and(VecDeque::is_empty) {
+            inner.waiting.remove(&self.tenant);
+        }
+        if let (Some(next), Some(wake)) = (next, &inner.wake) {
+            let _ = wake.unbounded_send(next);
         }
     }
 }
@@ -205,17 +233,25 @@ mod tests {
     use prometheus_client::metrics::histogram::Histogram;
 
     #[test]
-    fn a_tenant_holds_at_most_its_share_of_slots_and_gives_them_back() {
+    fn a_tenant_holds_at_most_its_share_of_slots_and_a_slot_given_back_wakes_the_next() {
         let slots = TenantSlots::default();
-        let a1 = slots.try_acquire("a", 2).unwrap();
-        let _a2 = slots.try_acquire("a", 2).unwrap();
-        assert!(slots.try_acquire("a", 2).is_none(), "a's share is taken");
-        let b = slots.try_acquire("b", 2).expect("b has its own");
-        drop(a1);
-        assert!(slots.try_acquire("a", 2).is_some(), "a slot came back");
+        let (wake, mut woken) = futures::channel::mpsc::unbounded();
+        slots.wake_with(wake);
+        let object = |name: &str| ObjectRef::new(name).within("ns");
+        let a1 = slots.try_acquire("a", 2, &object("a1")).unwrap();
+        let _a2 = slots.try_acquire("a", 2, &object("a2")).unwrap();
+        assert!(slots.try_acquire("a", 2, &object("a3")).is_none(), "a's share is taken");
+        assert!(slots.try_acquire("a", 2, &object("a3")).is_none(), "asked twice, waits once");
+        assert!(slots.try_acquire("a", 2, &object("a4")).is_none());
+        let b = slots.try_acquire("b", 2, &object("b1")).expect("b has its own");
         drop(b);
-        assert_eq!(slots.tenants(), 1, "a tenant with nothing under way is forgotten");
-        assert!((0..100).all(|_| slots.try_acquire("c", 0).is_some()), "0: no limit");
+        assert!(woken.try_recv().is_err(), "b's slot wakes none of a's objects");
+        drop(a1);
+        assert_eq!(woken.try_recv().unwrap(), object("a3"), "the longest-waiting first");
+        assert!(woken.try_recv().is_err(), "one slot, one object");
+        assert!(slots.try_acquire("a", 2, &object("a3")).is_some(), "its turn");
+        assert_eq!(slots.tenants(), 1);
+        assert!((0..100).all(|_| slots.try_acquire("c", 0, &object("c")).is_some()), "0: no limit");
     }
     use std::time::Duration;
 

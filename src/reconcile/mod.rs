@@ -161,7 +161,7 @@ async fn apply(
     // including it.
     // A tenant's share of the reconcile slots, taken before any API or AWS
     // call; without one, the slot goes to another tenant's object.
-    let _slot = tenant_slot(ctx, tc).inspect_err(|_| {
+    let _slot = tenant_slot(ctx, tc, key).inspect_err(|_| {
         // Waiting its turn keeps what asked for it: a shared-path change
         // still may reuse the own-store reads.
         if shared_only {
@@ -190,12 +190,16 @@ async fn apply(
 /// One of the object's tenant's slots (`--tenant-concurrency`), from the
 /// namespace cache alone; none needed without a tenant (the reconcile only
 /// says so) or for a namespace the cache does not hold yet (just created).
-fn tenant_slot(ctx: &Context, tc: &TenantConfig) -> Result<Option<ledgers::TenantSlot>, Error> {
+fn tenant_slot(
+    ctx: &Context,
+    tc: &TenantConfig,
+    key: &ObjectRef<Guarded>,
+) -> Result<Option<ledgers::TenantSlot>, Error> {
     let ns = tc.namespace().ok_or(Error::MissingNamespace)?;
     let Some(namespace) = ctx.caches.namespaces.get(&ObjectRef::new(&ns)) else { return Ok(None) };
     let Ok(identity) = ctx.identity(&ns, namespace.metadata.labels.as_ref()) else { return Ok(None) };
     let limit = ctx.settings.tenant_concurrency;
-    match ctx.ledgers.tenant_slots.try_acquire(&identity.tenant, limit) {
+    match ctx.ledgers.tenant_slots.try_acquire(&identity.tenant, limit, key) {
         Some(slot) => Ok(Some(slot)),
         None => Err(Error::TenantBusy { tenant: identity.tenant, limit }),
     }

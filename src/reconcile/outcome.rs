@@ -153,11 +153,10 @@ pub fn backoff(failures: u32, throttling: bool) -> Duration {
 pub fn error_policy(tc: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = ObjectRef::from_obj(&*tc);
     if error.is_tenant_busy() {
-        // Its turn comes soon; not a failure, so no backoff grows. (Not
-        // through the retry stream: that would make a shared-only request a
-        // full one. The request was recorded again with its kind.)
-        let wait = Duration::from_millis(200 + u64::from(Timestamp::now().subsec_nanosecond().unsigned_abs() % 300));
-        return Action::requeue(wait);
+        // Woken when its tenant gives a slot back (the request was recorded
+        // again with its kind); not a failure, so no backoff grows. The
+        // requeue only stands in for a wake-up that never comes.
+        return Action::requeue(TENANT_TURN_FALLBACK);
     }
     let failures = ctx.ledgers.retries.failed(&key);
     ctx.metrics.objects_backing_off.set(ctx.ledgers.retries.backing_off() as i64);
@@ -168,6 +167,10 @@ pub fn error_policy(tc: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Actio
     watch_retry(&ctx, key, capped + jitter);
     Action::requeue(capped + jitter)
 }
+
+/// When an object waiting its tenant's turn is tried again if no slot of its
+/// tenant was given back by then.
+const TENANT_TURN_FALLBACK: Duration = Duration::from_secs(30);
 
 /// A second path for a retry. kube-runtime 5's scheduler was seen not to run
 /// an error-policy requeue (reliability suite, 30% throttling: one object

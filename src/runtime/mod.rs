@@ -68,6 +68,8 @@ pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send +
     let shutdown = shutdown.shared();
     let Dependencies { client, settings, backend_ctx, events, metrics, probes, workloads: workload_settings } = deps;
     let ledgers = Ledgers::new(metrics.reconcile_queue_depth.clone(), metrics.reconcile_queue_wait.clone());
+    let (turns, tenant_turns) = futures::channel::mpsc::unbounded();
+    ledgers.tenant_slots.wake_with(turns);
     let index = Arc::new(Index::new(&settings.tenant_label, &settings.environment_label));
     let watches = Watches::start(&client, &probes, &index, &ledgers);
     let shared_cache = Arc::new(SharedCache::new(settings.shared_cache_max_age, metrics.shared_cache.clone()));
@@ -110,7 +112,8 @@ pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send +
         settings,
     });
     let stores = (context.kube.client.clone(), watches.config_stores.clone(), watches.store_changes.clone());
-    let controller = controller(watches, context, triggered, retry_requests.boxed(), shutdown.clone());
+    let requests = Extra { retries: retry_requests.boxed(), tenant_turns: tenant_turns.boxed() };
+    let controller = controller(watches, context, triggered, requests, shutdown.clone());
     let controller = store_status::alongside(controller, stores);
     tokio::select! {
         _ = drive(controller, workloads, consumer.map(|c| (c, trigger)), shutdown.clone()) => {}
@@ -183,13 +186,21 @@ fn event_consumer(
     }
 }
 
+/// Reconcile requests the reconciles make themselves.
+struct Extra {
+    /// Retries that had not started when due (counted as requests here).
+    retries: Requested,
+    /// Objects woken when their tenant gave a slot back (`--tenant-concurrency`).
+    tenant_turns: Requested,
+}
+
 /// The controller over the TenantConfig watch, with every other source of
 /// reconcile requests, until `shutdown`.
 fn controller(
     watches: Watches,
     context: Arc<Context>,
     triggered: futures::channel::mpsc::UnboundedReceiver<sqs::Trigger>,
-    retry_requests: Requested,
+    Extra { retries: retry_requests, tenant_turns }: Extra,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Future<Output = ()> {
     let Watches { objects, tenant_configs, config_map_owners, namespace_requests, store_requests, requests, .. } =
@@ -224,6 +235,8 @@ fn controller(
         .reconcile_on(store_requests)
         .reconcile_on(triggered_objects)
         .reconcile_on(retry_requests.inspect(asked(&requests, Clone::clone)))
+        // An object whose tenant gave a slot back: its request is recorded already.
+        .reconcile_on(tenant_turns)
         .reconcile_on(resync_requests)
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, reconcile::error_policy, context)
