@@ -31,8 +31,8 @@ pub struct Settings {
     pub concurrency: u16,
     /// Reconciles of one tenant's objects at once (0 = no limit). A tenant
     /// whose objects wait for AWS (rate limits, a slow store) then holds at
-    /// most this many of the `--concurrency` slots; its other objects are
-    /// requeued, not parked in a slot, so other tenants' objects get through.
+    /// most this many of the `--concurrency` slots; its other objects wait in
+    /// the tenant's queue, not in a slot, so other tenants' objects get through.
     #[arg(long, env = "TENANT_CONFIG_TENANT_CONCURRENCY", default_value_t = 4)]
     pub tenant_concurrency: u16,
     /// Project secure entries into Secrets (the ServiceAccount then needs to write Secrets).
