@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use kube::{ResourceExt, runtime::reflector::ObjectRef};
+use kube::runtime::reflector::ObjectRef;
 
 use super::{
     context::Context,
@@ -40,24 +40,17 @@ pub fn admit(ctx: &Context, plan: &ReconcilePlan<'_>, stores: &[StoreRef<'_>]) -
 /// A deleted object frees its share: the tenant's objects held back by a
 /// quota try again now rather than at the next resync.
 pub fn release(ctx: &Context, tc: &TenantConfig) {
-    ctx.ledgers.quotas.forget(&tc.owner_key());
-    let Some(tenant) = tenant_of(ctx, tc) else { return };
-    for held in ctx.caches.tenant_configs.state().iter().filter_map(|g| g.0.as_ref().ok()) {
-        let waiting = held.status.iter().flat_map(|s| &s.conditions).any(|c| c.reason == reason::QUOTA_EXCEEDED);
-        if waiting && tenant_of(ctx, held).as_deref() == Some(tenant.as_str()) {
-            let _ = ctx
-                .outbound
-                .retries_due
-                .unbounded_send(ObjectRef::new(&held.name_any()).within(&held.namespace().unwrap_or_default()));
+    let tenant = tenant_of(ctx, tc).unwrap_or_default();
+    for held in ctx.ledgers.quotas.forget(&tc.owner_key(), &tenant) {
+        if let Some((ns, name)) = held.split_once('/') {
+            let _ = ctx.outbound.retries_due.unbounded_send(ObjectRef::new(name).within(ns));
         }
     }
 }
 
 /// The tenant of an object's namespace, from the cache.
 fn tenant_of(ctx: &Context, tc: &TenantConfig) -> Option<String> {
-    let ns = tc.metadata.namespace.as_deref()?;
-    let labels = ctx.caches.namespaces.get(&ObjectRef::new(ns))?.metadata.labels.clone();
-    Some(ctx.identity(ns, labels.as_ref()).ok()?.tenant)
+    ctx.cached_tenant(tc.metadata.namespace.as_deref()?)
 }
 
 fn usage_of<'a>(entries: impl Iterator<Item = (&'a String, &'a String)>) -> Usage {

@@ -53,6 +53,13 @@ impl Context {
         Ok(Api::<Namespace>::all(self.kube.client.clone()).get_opt(ns).await?.and_then(|n| n.metadata.labels))
     }
 
+    /// The tenant of a namespace the cache holds (no API call: `None` also
+    /// for a namespace not cached yet).
+    pub fn cached_tenant(&self, ns: &str) -> Option<String> {
+        let labels = self.caches.namespaces.get(&ObjectRef::new(ns))?.metadata.labels.clone();
+        Some(self.identity(ns, labels.as_ref()).ok()?.tenant)
+    }
+
     /// The tenant identity of a namespace.
     pub fn identity(&self, ns: &str, labels: Option<&BTreeMap<String, String>>) -> Result<Identity, IdentityError> {
         identity::resolve(ns, labels, &self.settings.tenant_label, &self.settings.environment_label)

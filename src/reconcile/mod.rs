@@ -196,12 +196,11 @@ fn tenant_slot(
     key: &ObjectRef<Guarded>,
 ) -> Result<Option<ledgers::TenantSlot>, Error> {
     let ns = tc.namespace().ok_or(Error::MissingNamespace)?;
-    let Some(namespace) = ctx.caches.namespaces.get(&ObjectRef::new(&ns)) else { return Ok(None) };
-    let Ok(identity) = ctx.identity(&ns, namespace.metadata.labels.as_ref()) else { return Ok(None) };
+    let Some(tenant) = ctx.cached_tenant(&ns) else { return Ok(None) };
     let limit = ctx.settings.tenant_concurrency;
-    match ctx.ledgers.tenant_slots.try_acquire(&identity.tenant, limit, key) {
+    match ctx.ledgers.tenant_slots.try_acquire(&tenant, limit, key) {
         Some(slot) => Ok(Some(slot)),
-        None => Err(Error::TenantBusy { tenant: identity.tenant, limit }),
+        None => Err(Error::TenantBusy { tenant, limit }),
     }
 }
 

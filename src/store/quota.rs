@@ -11,7 +11,7 @@
 //! lock.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::Mutex,
 };
 
@@ -56,6 +56,8 @@ struct Ledger {
     /// Each object's shares: `(store, tenant)` → usage.
     objects: HashMap<String, Vec<(StoreTenant, Usage)>>,
     totals: HashMap<StoreTenant, Usage>,
+    /// Objects a quota holds back, by tenant: woken when the tenant frees a share.
+    held: HashMap<String, BTreeSet<String>>,
 }
 
 impl Ledger {
@@ -124,10 +126,50 @@ impl Quotas {
         quota_of: impl Fn(&str) -> TenantQuota,
     ) -> Result<(), Exceeded> {
         let mut ledger = self.0.lock().unwrap();
+        let checked = ledger.check(object, tenant, usage, quota_of);
+        let held = ledger.held.entry(tenant.to_string()).or_default();
+        if checked.is_err() {
+            held.insert(object.to_string());
+            return checked;
+        }
+        held.remove(object);
+        if held.is_empty() {
+            ledger.held.remove(tenant);
+        }
+        let shares = usage.iter().map(|(store, u)| ((store.clone(), tenant.to_string()), *u)).collect();
+        ledger.record(object, shares);
+        Ok(())
+    }
+
+    /// An object is gone: its shares are free again. Returns the objects of
+    /// its tenant a quota holds back (`namespace/name`), to try again now.
+    pub fn forget(&self, object: &str, tenant: &str) -> Vec<String> {
+        let mut ledger = self.0.lock().unwrap();
+        ledger.record(object, Vec::new());
+        let held = ledger.held.get_mut(tenant).map(std::mem::take).unwrap_or_default();
+        ledger.held.remove(tenant);
+        held.into_iter().filter(|o| o != object).collect()
+    }
+
+    /// What `tenant` holds in `store`, as counted.
+    pub fn usage(&self, store: &str, tenant: &str) -> Usage {
+        self.0.lock().unwrap().totals.get(&(store.to_string(), tenant.to_string())).copied().unwrap_or_default()
+    }
+}
+
+impl Ledger {
+    /// Whether `usage` of `object` fits every store's quota.
+    fn check(
+        &self,
+        object: &str,
+        tenant: &str,
+        usage: &BTreeMap<String, Usage>,
+        quota_of: impl Fn(&str) -> TenantQuota,
+    ) -> Result<(), Exceeded> {
         for (store, wanted) in usage {
             let key = (store.clone(), tenant.to_string());
-            let own = ledger.own(object, &key);
-            let others = ledger.totals.get(&key).copied().unwrap_or_default().minus(own);
+            let own = self.own(object, &key);
+            let others = self.totals.get(&key).copied().unwrap_or_default().minus(own);
             let after = others.plus(*wanted);
             let quota = quota_of(store);
             // The CRD keeps limits at 1 or more; a negative one would allow nothing.
@@ -151,19 +193,7 @@ impl Quotas {
                 return Err(exceeded(what, held, format!("{limit} bytes")));
             }
         }
-        let shares = usage.iter().map(|(store, u)| ((store.clone(), tenant.to_string()), *u)).collect();
-        ledger.record(object, shares);
         Ok(())
-    }
-
-    /// An object is gone: its shares are free again.
-    pub fn forget(&self, object: &str) {
-        self.0.lock().unwrap().record(object, Vec::new());
-    }
-
-    /// What `tenant` holds in `store`, as counted.
-    pub fn usage(&self, store: &str, tenant: &str) -> Usage {
-        self.0.lock().unwrap().totals.get(&(store.to_string(), tenant.to_string())).copied().unwrap_or_default()
     }
 }
 
@@ -195,8 +225,9 @@ mod tests {
         let bytes = quotas.admit("t/a", "t", &usage("ssm", 1, 101), three_entries).unwrap_err();
         assert!(bytes.to_string().contains("101 bytes") && bytes.to_string().contains("allows 100 bytes"), "{bytes}");
         // Freed by a deletion.
-        quotas.forget("t/a");
+        assert_eq!(quotas.forget("t/a", "t"), ["t/b"], "the held object is woken");
         quotas.admit("t/b", "t", &usage("ssm", 2, 10), three_entries).unwrap();
+        assert!(quotas.forget("t/x", "t").is_empty(), "admitted objects are no longer held");
         assert_eq!(quotas.usage("ssm", "t"), Usage { entries: 2, bytes: 10 });
     }
 
