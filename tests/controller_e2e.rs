@@ -274,6 +274,13 @@ async fn refusals_name_their_reason_and_write_nothing() {
         serde_json::from_value(json!({ "metadata": { "name": "foreign-cm" }, "data": { "mine": "yes" } })).unwrap();
     s.world.config_maps(&ns).create(&PostParams::default(), &foreign).await.unwrap();
     s.simple(&ns, "collide", json!({ "projection": { "configMapName": "foreign-cm" } })).await;
+    // The same for a Secret, which the controller learns about without reading it.
+    let foreign: Secret =
+        serde_json::from_value(json!({ "metadata": { "name": "foreign-secret" }, "stringData": { "mine": "yes" } }))
+            .unwrap();
+    let secrets = Api::<Secret>::namespaced(s.world.client.clone(), &ns);
+    secrets.create(&PostParams::default(), &foreign).await.unwrap();
+    s.simple(&ns, "collide-secret", json!({ "projection": { "secretName": "foreign-secret" } })).await;
     // A secure entry routed to DynamoDB (no per-value encryption) is a spec error.
     let insecure =
         json!({ "defaultTags": [s.tag("tenant")], "entries": [{ "key": "token", "value": "t", "secure": true }] });
@@ -292,11 +299,16 @@ async fn refusals_name_their_reason_and_write_nothing() {
     let message = ready_message(conflict);
     assert!(message.contains(&format!("{ns}/payments")), "names the owner: {message}");
     w.wait_reason(&ns, "collide", "False", "ConfigMapConflict").await;
+    let message = ready_message(w.wait_reason(&ns, "collide-secret", "False", "ConfigMapConflict").await);
+    assert!(message.contains("Secret foreign-secret"), "{message}");
     w.wait_reason(&ns, "insecure", "False", "ValidationFailed").await;
     let message = ready_message(w.wait_reason(&ns, "lost", "False", "NoStoreForTags").await);
     assert!(message.contains(&nowhere), "names the tags: {message}");
 
     assert_eq!(w.config_map(&ns, "foreign-cm").await, BTreeMap::from([("mine".into(), "yes".into())]));
+    let foreign = secrets.get("foreign-secret").await.unwrap();
+    assert_eq!(foreign.data.unwrap().keys().collect::<Vec<_>>(), ["mine"], "the foreign Secret is never overwritten");
+    assert!(s.item("collide-secret").await.is_none(), "a projection conflict writes nothing to the stores");
     assert!(s.item("sneaky").await.is_none(), "refused include wrote nothing");
     assert!(s.item("insecure").await.is_none());
     assert_eq!(s.item("payments").await.unwrap()["provider"], "stripe", "conflict wrote nothing");

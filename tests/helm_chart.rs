@@ -1,8 +1,9 @@
 //! The Helm chart: lint, render with default and non-default values (golden
 //! checks on what matters), refuse bad values, install into the real API server,
 //! and prove its RBAC by running the controller as the chart's ServiceAccount:
-//! sufficient (a TenantConfig reconciles end to end) and not excessive (no
-//! Secrets without secure projection).
+//! sufficient (a TenantConfig reconciles end to end, its Secret included) and
+//! not excessive (no Secret read, even with secure projection; writes fenced by
+//! the projection policy).
 
 mod support;
 
@@ -155,7 +156,7 @@ fn chart_lints_and_renders_what_matters() {
     ] {
         assert!(args.contains(&expected.to_string()), "{expected} in {args:?}");
     }
-    assert_eq!(grants(&docs, "secrets"), ["get", "create", "patch", "delete"]);
+    assert_eq!(grants(&docs, "secrets"), ["create", "patch", "delete"], "never a read of a Secret");
 
     assert!(find(&docs, "PodDisruptionBudget", "").is_none(), "no PDB for one replica");
     assert!(find(&docs, "Role", "-leader-election").is_none(), "no Lease access without election");
@@ -252,16 +253,27 @@ async fn installed_chart_rbac_is_sufficient_and_not_excessive() {
     let admin = kube_client().await;
     let id = unique("helm");
     let release_ns = format!("{id}-system");
-    let (mut release, stdout) = install("tcc", &release_ns, &[]);
+    // With secure projection: the widest rights the chart can grant.
+    let (mut release, stdout) = install("tcc", &release_ns, &["secureProjection.enabled=true"]);
     assert!(stdout.contains("events.queueUrl is empty"), "NOTES warn about the missing queue: {stdout}");
 
     // The chart's identity.
     let kubeconfig_path = kubeconfig_as_service_account(&admin, &release_ns, "tcc-tenant-config-controller").await;
     let chart_client = client_from(&kubeconfig_path).await;
 
-    // Not excessive: no Secrets without secure projection.
-    let denied = Api::<Secret>::namespaced(chart_client.clone(), &release_ns).list(&ListParams::default()).await;
-    assert!(matches!(denied, Err(kube::Error::Api(ref e)) if e.code == 403), "Secrets are refused: {denied:?}");
+    // Not excessive: no Secret is ever read, even with secure projection.
+    fn forbidden<T>(result: &Result<T, kube::Error>) -> bool {
+        matches!(result, Err(kube::Error::Api(e)) if e.code == 403)
+    }
+    for ns in [release_ns.as_str(), "kube-system", "default"] {
+        let secrets = Api::<Secret>::namespaced(chart_client.clone(), ns);
+        let listed = secrets.list(&ListParams::default()).await;
+        assert!(forbidden(&listed), "list Secrets in {ns}: {listed:?}");
+        let got = secrets.get("anything").await;
+        assert!(forbidden(&got), "get a Secret in {ns}: {got:?}");
+    }
+    let listed = Api::<Secret>::all(chart_client.clone()).list(&ListParams::default()).await;
+    assert!(forbidden(&listed), "list Secrets cluster-wide: {listed:?}");
     let denied = Api::<ConfigStore>::all(chart_client.clone()).delete("anything", &DeleteParams::default()).await;
     assert!(matches!(denied, Err(kube::Error::Api(ref e)) if e.code == 403), "ConfigStores are read-only: {denied:?}");
 
@@ -272,6 +284,7 @@ async fn installed_chart_rbac_is_sufficient_and_not_excessive() {
     .unwrap();
     Api::<Namespace>::all(admin.clone()).create(&PostParams::default(), &ns).await.unwrap();
     projections_are_fenced(&admin, &chart_client, &release_ns, &tenant_ns).await;
+    secrets_are_fenced(&admin, &chart_client, &tenant_ns).await;
 
     // Sufficient: the controller, as that identity, reconciles end to end
     // (its own ConfigMap is created, updated and deleted under the policy).
@@ -283,19 +296,28 @@ async fn installed_chart_rbac_is_sufficient_and_not_excessive() {
     }))
     .unwrap();
     Api::<ConfigStore>::all(admin.clone()).create(&PostParams::default(), &store).await.unwrap();
+    let ssm_store: ConfigStore = serde_json::from_value(json!({
+        "apiVersion": "tenantconfig.io/v1alpha1", "kind": "ConfigStore", "metadata": { "name": format!("{id}-ssm") },
+        "spec": { "tags": [format!("{id}-ssm")], "parameterStore": { "pathPrefix": prefix, "kmsKeyId": "alias/tc" } }
+    }))
+    .unwrap();
+    Api::<ConfigStore>::all(admin.clone()).create(&PostParams::default(), &ssm_store).await.unwrap();
     // Killed on drop: a failed assertion must not leave a controller running
     // that reconciles every later test's objects as the chart's identity.
     let queue_url = queue.queue_url.clone();
     let args = ["--event-queue-url", &queue_url, "--lease-namespace", &release_ns];
     let mut controller = Process::spawn(
         &id,
-        &[&args[..], &["--lease-name", "tcc-tenant-config-controller"]].concat(),
+        &[&args[..], &["--lease-name", "tcc-tenant-config-controller", "--secure-projection"]].concat(),
         &[("KUBECONFIG", kubeconfig_path.to_str().unwrap())],
     );
     let tcs = Api::<TenantConfig>::namespaced(admin.clone(), &tenant_ns);
     let tc: TenantConfig = serde_json::from_value(json!({
         "apiVersion": "tenantconfig.io/v1alpha1", "kind": "TenantConfig", "metadata": { "name": "payments" },
-        "spec": { "defaultTags": [format!("{id}-db")], "entries": [{ "key": "provider", "value": "stripe" }] }
+        "spec": { "defaultTags": [format!("{id}-db")], "entries": [
+            { "key": "provider", "value": "stripe" },
+            { "key": "password", "value": "s3cret", "secure": true, "tags": [format!("{id}-ssm")] }
+        ], "projection": { "secretName": "payments-secrets" } }
     }))
     .unwrap();
     tcs.create(&PostParams::default(), &tc).await.unwrap();
@@ -319,6 +341,29 @@ async fn installed_chart_rbac_is_sufficient_and_not_excessive() {
         .await
         .unwrap();
     assert_eq!(cm.data.unwrap()["provider"], "stripe");
+    let secrets = Api::<Secret>::namespaced(admin.clone(), &tenant_ns);
+    let secret = secrets.get("payments-secrets").await.unwrap();
+    assert_eq!(secret.data.unwrap()["password"].0, b"s3cret", "its own Secret is written without a read");
+    // Out-of-band drift of its own Secret is corrected at the next reconcile.
+    let drift = json!({ "data": { "password": "ZHJpZnQ=", "added": "eA==" } });
+    secrets
+        .patch("payments-secrets", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&drift))
+        .await
+        .unwrap();
+    let touch = json!({ "metadata": { "annotations": { "test/touch": "1" } }, "spec": { "entries": [
+        { "key": "provider", "value": "adyen" },
+        { "key": "password", "value": "s3cret", "secure": true, "tags": [format!("{id}-ssm")] }
+    ] } });
+    tcs.patch("payments", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&touch)).await.unwrap();
+    let started = Instant::now();
+    loop {
+        let data = secrets.get("payments-secrets").await.unwrap().data.unwrap_or_default();
+        if data.get("password").is_some_and(|v| v.0 == b"s3cret") && !data.contains_key("added") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "drift of the Secret kept: {data:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Not a bare "403": a port in a logged queue URL can contain it.
     let logs = controller.logs();
     let refused = logs.to_lowercase().contains("forbidden") || logs.contains("code: 403");
@@ -331,9 +376,15 @@ async fn installed_chart_rbac_is_sufficient_and_not_excessive() {
         assert!(started.elapsed() < Duration::from_secs(60), "deletion as the chart's identity");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    assert!(secrets.get_opt("payments-secrets").await.unwrap().is_none(), "its Secret deleted with it");
     controller.signal("TERM");
     assert!(controller.wait_exit(Duration::from_secs(30)).success());
-    Api::<ConfigStore>::all(admin.clone()).delete(&format!("{id}-db"), &DeleteParams::default()).await.unwrap();
+    for store in ["db", "ssm"] {
+        Api::<ConfigStore>::all(admin.clone())
+            .delete(&format!("{id}-{store}"), &DeleteParams::default())
+            .await
+            .unwrap();
+    }
     let (ok, _, stderr) = helm(&["uninstall", "tcc", "--namespace", &release_ns]);
     assert!(ok, "helm uninstall: {stderr}");
     release.installed = false;
@@ -412,6 +463,38 @@ async fn projections_are_fenced(admin: &Client, chart: &Client, release_ns: &str
     denied(deleted, "deleting another team's ConfigMap", only_own);
     assert_eq!(theirs.get("team-config").await.unwrap().data.unwrap()["k"], "v");
     theirs.delete("team-config", &DeleteParams::default()).await.unwrap();
+}
+
+/// With the chart's ServiceAccount token and secure projection on, Secrets are
+/// fenced like ConfigMaps: none created that is not a projection, none of a
+/// tenant's own changed or deleted. The ownership probe the controller uses
+/// instead of a read (a patch of `test` operations) tells it nothing about a
+/// Secret that is not its own: a refusal, no content.
+async fn secrets_are_fenced(admin: &Client, chart: &Client, tenant_ns: &str) {
+    use kube::api::{Patch, PatchParams};
+    let bare: Secret =
+        serde_json::from_value(json!({ "metadata": { "name": "bare" }, "stringData": { "k": "v" } })).unwrap();
+    let as_chart = Api::<Secret>::namespaced(chart.clone(), tenant_ns);
+    let denied = |result: Result<Secret, kube::Error>, what: &str| match result {
+        Err(kube::Error::Api(e)) => assert!(e.code == 403 || e.code == 422, "{what}: {e:?}"),
+        Ok(secret) => panic!("{what} must be denied, got {:?}", secret.data),
+        Err(other) => panic!("{what}: {other:?}"),
+    };
+    denied(as_chart.create(&PostParams::default(), &bare).await, "a bare Secret in a tenant namespace");
+    let theirs = Api::<Secret>::namespaced(admin.clone(), tenant_ns);
+    theirs.create(&PostParams::default(), &bare).await.unwrap();
+    let overwrite = json!({ "metadata": { "labels": { "app.kubernetes.io/managed-by": "tenant-config-controller" } },
+        "stringData": { "k": "overwritten" } });
+    denied(as_chart.patch("bare", &PatchParams::default(), &Patch::Merge(&overwrite)).await, "a tenant's Secret");
+    let probe: json_patch::Patch = serde_json::from_value(json!([
+        { "op": "test", "path": "/metadata/labels/app.kubernetes.io~1managed-by", "value": "tenant-config-controller" }
+    ]))
+    .unwrap();
+    let probed = as_chart.patch("bare", &PatchParams::default(), &Patch::<()>::Json(probe)).await;
+    denied(probed, "the ownership probe of a tenant's Secret");
+    denied(as_chart.delete("bare", &DeleteParams::default()).await.map(|_| bare.clone()), "deleting a tenant's Secret");
+    assert_eq!(theirs.get("bare").await.unwrap().data.unwrap()["k"].0, b"v");
+    theirs.delete("bare", &DeleteParams::default()).await.unwrap();
 }
 
 /// The one right refresh and rollout need, and no more: with the chart's

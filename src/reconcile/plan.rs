@@ -83,11 +83,34 @@ pub struct ReconcilePlan<'a> {
     pub secret_name: Option<String>,
 }
 
+/// A projected Secret's name as the controller may learn it: it holds no
+/// right to read Secrets (README "Permissions"), so it never asks what
+/// stands under a name.
+#[derive(Debug, Default)]
+pub enum SecretUnder {
+    #[default]
+    Absent,
+    /// Labelled as ours and controlled by the TenantConfig asked about.
+    Ours(Box<Secret>),
+    /// Someone else's: never overwritten, never shown to this process.
+    Foreign,
+}
+
 /// What already stands under the projection's names, as `resolve` read it.
 #[derive(Debug, Default)]
 pub struct Existing {
     pub config_map: Option<ConfigMap>,
-    pub secret: Option<Secret>,
+    pub secret: SecretUnder,
+}
+
+impl Existing {
+    /// The projected Secret, when it exists and is this object's.
+    pub fn own_secret(&self) -> Option<&Secret> {
+        match &self.secret {
+            SecretUnder::Ours(secret) => Some(secret),
+            SecretUnder::Absent | SecretUnder::Foreign => None,
+        }
+    }
 }
 
 /// The Secret secure entries go to: secure projection on and a `secretName`.
@@ -106,9 +129,7 @@ pub fn check_existing(tc: &TenantConfig, plan: &ReconcilePlan<'_>, existing: &Ex
     if existing.config_map.as_ref().is_some_and(|cm| !render::owned_by(&cm.metadata, &uid)) {
         return Err(foreign("ConfigMap", tc.config_map_name()));
     }
-    if let (Some(secret), Some(name)) = (&existing.secret, &plan.secret_name)
-        && !render::owned_by(&secret.metadata, &uid)
-    {
+    if let (SecretUnder::Foreign, Some(name)) = (&existing.secret, &plan.secret_name) {
         return Err(foreign("Secret", name));
     }
     Ok(())

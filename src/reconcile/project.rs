@@ -18,13 +18,13 @@ use kube::{
 use super::{
     context::Context,
     error::Error,
-    plan::{Existing, ReconcilePlan},
+    plan::{Existing, ReconcilePlan, SecretUnder},
     render::{self, Rendered},
 };
 use crate::{
     api::{
         TenantConfig,
-        names::{DIGEST_ANNOTATION, FIELD_MANAGER},
+        names::{DIGEST_ANNOTATION, FIELD_MANAGER, MANAGED_BY_LABEL},
     },
     workloads::{
         decide::{self, Seen},
@@ -75,7 +75,7 @@ pub async fn apply(
         applied.config_map = Some(written.metadata);
     }
     if let Some(name) = &plan.secret_name {
-        let secret_up_to_date = existing.secret.as_ref().is_some_and(|s| {
+        let secret_up_to_date = existing.own_secret().is_some_and(|s| {
             let same_data = match &s.data {
                 Some(data) => {
                     data.len() == rendered.secret.len()
@@ -88,7 +88,7 @@ pub async fn apply(
         if !secret_up_to_date {
             let secret = render::secret(name, &ns, tenant, rendered, owner);
             let api = Api::<Secret>::namespaced(ctx.kube.client.clone(), &ns);
-            let written = write_owned(&api, &secret, existing.secret.as_ref().map(|s| &s.metadata)).await?;
+            let written = write_owned(&api, &secret, existing.own_secret().map(|s| &s.metadata)).await?;
             applied.secret = Some(written.metadata);
         }
     }
@@ -185,7 +185,7 @@ pub fn projected(
         seen(&rendered.config_map, applied.config_map.as_ref(), existing.config_map.as_ref().map(|c| &c.metadata)),
     )];
     if let Some(name) = &plan.secret_name {
-        let before = existing.secret.as_ref().map(|s| &s.metadata);
+        let before = existing.own_secret().map(|s| &s.metadata);
         parts.push(((Kind::Secret, name.clone()), seen(&rendered.secret, applied.secret.as_ref(), before)));
     }
     parts
@@ -205,6 +205,28 @@ fn last_applied(meta: &ObjectMeta) -> Option<Timestamp> {
     created.is_none_or(|created| applied > created).then_some(applied)
 }
 
+/// Learns whether the Secret `name` is this TenantConfig's without the right
+/// to read Secrets: a JSON patch made only of `test` operations (our
+/// managed-by label, a controller owner reference to `owner_uid`) changes
+/// nothing and is refused (422) unless both hold, so the API server returns
+/// the object only when it is ours; 404 when nothing stands there.
+pub async fn secret_under(api: &Api<Secret>, name: &str, owner_uid: &str) -> Result<SecretUnder, Error> {
+    let label = format!("/metadata/labels/{}", MANAGED_BY_LABEL.replace('~', "~0").replace('/', "~1"));
+    let tests = serde_json::json!([
+        { "op": "test", "path": label, "value": FIELD_MANAGER },
+        { "op": "test", "path": "/metadata/ownerReferences/0/uid", "value": owner_uid },
+        { "op": "test", "path": "/metadata/ownerReferences/0/controller", "value": true },
+    ]);
+    let patch: json_patch::Patch = serde_json::from_value(tests).expect("a well-formed JSON patch");
+    match api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch)).await {
+        Ok(secret) if render::owned_by(&secret.metadata, owner_uid) => Ok(SecretUnder::Ours(Box::new(secret))),
+        Ok(_) => Ok(SecretUnder::Foreign),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(SecretUnder::Absent),
+        Err(kube::Error::Api(status)) if status.code == 422 => Ok(SecretUnder::Foreign),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Deletes the ConfigMap (and Secret) this object owns. Owner references
 /// would let a garbage collector do it; doing it here keeps deletion
 /// independent of one running.
@@ -222,13 +244,20 @@ pub async fn delete(ctx: &Context, tc: &TenantConfig) -> Result<(), Error> {
         && ctx.settings.secure_projection
     {
         let secret_api = Api::<Secret>::namespaced(ctx.kube.client.clone(), &ns);
-        if let Some(s) = secret_api.get_opt(name).await?
-            && render::owned_by(&s.metadata, &uid)
-        {
-            secret_api.delete(name, &DeleteParams::default()).await?;
+        if let SecretUnder::Ours(secret) = secret_under(&secret_api, name, &uid).await? {
+            // The one we found ours, not one that replaced it since.
+            let params = DeleteParams { preconditions: Some(uid_precondition(&secret.metadata)), ..Default::default() };
+            match secret_api.delete(name, &params).await {
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                other => drop(other?),
+            }
         }
     }
     Ok(())
+}
+
+fn uid_precondition(meta: &ObjectMeta) -> kube::api::Preconditions {
+    kube::api::Preconditions { uid: meta.uid.clone(), resource_version: None }
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@ use kube::{Api, ResourceExt};
 use super::{
     context::Context,
     error::Error,
-    plan::{self, Existing},
+    plan::{self, Existing, SecretUnder},
+    project,
 };
 use crate::api::{
     ConfigStore, TenantConfig,
@@ -36,8 +37,11 @@ pub async fn resolve(ctx: &Context, tc: &TenantConfig) -> Result<Resolved, Error
     let config_maps = Api::<ConfigMap>::namespaced(ctx.kube.client.clone(), &ns);
     let config_map = config_maps.get_opt(tc.config_map_name()).await?;
     let secret = match plan::secret_name(tc, ctx.settings.secure_projection) {
-        Some(name) => Api::<Secret>::namespaced(ctx.kube.client.clone(), &ns).get_opt(name).await?,
-        None => None,
+        Some(name) => {
+            let api = Api::<Secret>::namespaced(ctx.kube.client.clone(), &ns);
+            project::secret_under(&api, name, &tc.uid().unwrap_or_default()).await?
+        }
+        None => SecretUnder::Absent,
     };
     Ok(Resolved { labels, identity, config_stores, existing: Existing { config_map, secret } })
 }
