@@ -4,9 +4,10 @@ the production CloudFormation template (examples/aws/tenant-config.yaml).
 moto's CloudFormation knows neither Pipes nor queue policies, so this reads the
 template itself and creates what it declares, with the same properties: the
 table (pk/sk, NEW_AND_OLD_IMAGES stream), the dead-letter queue, the event queue
-and its redrive policy, the Pipe from the stream to the default bus, and each
-rule with its event pattern and queue target. IAM roles and the queue policy
-are listed but not created: the emulator does not enforce IAM.
+and its redrive policy, the Pipe's event bus (with its policy, stored but not
+enforced by moto), the Pipe from the stream to that bus, and each rule with its
+bus, event pattern and queue target. IAM roles and the queue policy are listed
+but not created: the emulator does not enforce IAM.
 
 Parameters default to the template's; override with --param Name=Value.
 Prints one JSON object: queueUrl, deadLetterQueueUrl, streamArn.
@@ -94,6 +95,9 @@ def main() -> None:
                 )
             if value.name == "GetAtt":
                 logical, attribute = value.value.split(".", 1) if isinstance(value.value, str) else value.value
+                if resources[logical]["Type"] == "AWS::IAM::Role" and attribute == "Arn":
+                    # Roles are not created here; their ARN as a name stands in.
+                    return f"arn:aws:iam::{account}:role/{params.get('QueueName', 'tenant-config')}-{logical}"
                 return attributes[logical][attribute]
             if value.name == "Sub":
                 pseudo = {"AWS::AccountId": account, "AWS::Region": region, "AWS::Partition": "aws"}
@@ -106,7 +110,7 @@ def main() -> None:
         return value
 
     resources = template["Resources"]
-    order = ["AWS::DynamoDB::Table", "AWS::SQS::Queue", "AWS::Pipes::Pipe", "AWS::Events::Rule"]
+    order = ["AWS::DynamoDB::Table", "AWS::SQS::Queue", "AWS::Events::EventBus", "AWS::Pipes::Pipe", "AWS::Events::Rule"]
     # Queues: the dead-letter queue first (the event queue's redrive policy names it).
     ordered = sorted(
         resources.items(),
@@ -145,23 +149,35 @@ def main() -> None:
             url = sqs.create_queue(QueueName=props["QueueName"], Attributes=queue_attributes)["QueueUrl"]
             arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
             attributes[logical] = {"Ref": url, "Arn": arn}
+        elif kind == "AWS::Events::EventBus":
+            props = resolve(props)
+            try:
+                arn = events.describe_event_bus(Name=props["Name"])["Arn"]
+            except events.exceptions.ResourceNotFoundException:
+                arn = events.create_event_bus(Name=props["Name"])["EventBusArn"]
+            if "Policy" in props:
+                events.put_permission(EventBusName=props["Name"], Policy=json.dumps(props["Policy"]))
+            attributes[logical] = {"Ref": props["Name"], "Arn": arn}
         elif kind == "AWS::Pipes::Pipe":
-            props = resolve({k: v for k, v in props.items() if k != "RoleArn"})
+            props = resolve(props)
             if not any(pipe["Name"] == props["Name"] for pipe in pipes.list_pipes().get("Pipes", [])):
                 pipes.create_pipe(
                     Name=props["Name"],
                     Source=props["Source"],
                     SourceParameters=props.get("SourceParameters", {}),
                     Target=props["Target"],
-                    RoleArn=f"arn:aws:iam::{account}:role/{props['Name']}",
+                    RoleArn=props["RoleArn"],
                     DesiredState="RUNNING",
                 )
             attributes[logical] = {"Ref": props["Name"]}
         elif kind == "AWS::Events::Rule":
             props = resolve(props)
             rule = f"{params.get('QueueName', 'tenant-config')}-{logical}"
-            arn = events.put_rule(Name=rule, EventPattern=json.dumps(props["EventPattern"]), State="ENABLED")["RuleArn"]
-            events.put_targets(Rule=rule, Targets=[{"Id": t["Id"], "Arn": t["Arn"]} for t in props["Targets"]])
+            bus = props.get("EventBusName", "default")
+            pattern = json.dumps(props["EventPattern"])
+            arn = events.put_rule(Name=rule, EventBusName=bus, EventPattern=pattern, State="ENABLED")["RuleArn"]
+            targets = [{"Id": t["Id"], "Arn": t["Arn"]} for t in props["Targets"]]
+            events.put_targets(Rule=rule, EventBusName=bus, Targets=targets)
             attributes[logical] = {"Ref": rule, "Arn": arn}
         else:
             skipped.append(f"{logical} ({kind})")

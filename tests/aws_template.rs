@@ -171,3 +171,39 @@ fn controller_role_is_scoped_to_tenant_partitions_and_its_parameter_paths() {
     assert!(read.iter().any(|a| a.ends_with(":parameter/tenant-config-shared/*")), "{read:?}");
     assert_eq!(by_sid("SecureStringsRead")["Action"].as_str(), Some("kms:Decrypt"));
 }
+
+/// The Pipe's events travel on a bus of its own whose policy denies PutEvents
+/// to every principal but the Pipe's role; the Pipe may put events only there,
+/// and the DynamoDB rule listens only there (a "Pipe <name>" event forged on
+/// the default bus matches nothing: tests/events_e2e.rs sends one).
+#[test]
+fn only_the_pipe_can_put_events_on_the_bus_the_dynamodb_rule_listens_to() {
+    let t = template();
+    let resources = &t["Resources"];
+    let tag = |v: &Value| match v {
+        Value::Tagged(t) => (t.tag.to_string(), t.value.clone()),
+        other => panic!("an intrinsic function, not {other:?}"),
+    };
+    let bus = &resources["PipeEventBus"];
+    assert_eq!(bus["Type"].as_str(), Some("AWS::Events::EventBus"));
+    let bus_arn = substitute(&bus["Properties"]["Policy"]["Statement"][0]["Resource"], &t["Parameters"]);
+    let bus_arn = bus_arn.as_str().unwrap().to_string();
+    assert!(bus_arn.ends_with(":event-bus/tenant-config-dynamodb-events"), "{bus_arn}");
+    let statements = bus["Properties"]["Policy"]["Statement"].as_sequence().unwrap();
+    assert_eq!(statements.len(), 1, "nothing but the denial");
+    let deny = &statements[0];
+    assert_eq!(deny["Effect"].as_str(), Some("Deny"));
+    assert_eq!(deny["Principal"].as_str(), Some("*"));
+    assert_eq!(deny["Action"].as_str(), Some("events:PutEvents"));
+    let except = &deny["Condition"]["ArnNotEquals"]["aws:PrincipalArn"];
+    assert_eq!(tag(except), ("!GetAtt".to_string(), Value::String("PipeRole.Arn".into())));
+
+    let pipe = &resources["Pipe"]["Properties"];
+    assert_eq!(tag(&pipe["Target"]), ("!GetAtt".to_string(), Value::String("PipeEventBus.Arn".into())));
+    let rule = &resources["DynamoDbRule"]["Properties"];
+    assert_eq!(tag(&rule["EventBusName"]), ("!Ref".to_string(), Value::String("PipeEventBus".into())));
+    let pipe_grants = resources["PipeRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"].clone();
+    let put = pipe_grants.as_sequence().unwrap().iter().find(|s| s["Action"].as_str() == Some("events:PutEvents"));
+    let resource = substitute(&put.expect("the Pipe puts events")["Resource"], &t["Parameters"]);
+    assert_eq!(resource.as_str(), Some(bus_arn.as_str()), "the Pipe puts events only on its bus");
+}

@@ -598,3 +598,63 @@ async fn a_never_projectable_object_does_not_stall_other_tenants_events() {
     h.wait_reason(&noisy_ns, "stuck", "True", "Reconciled").await;
     h.finish().await;
 }
+
+/// Puts one event on an EventBridge bus as any principal of the account could
+/// (boto3: the Rust build carries no EventBridge client for the sake of a test).
+fn put_event(bus: &str, source: &str, detail: &serde_json::Value) {
+    let script = "import boto3, os, sys\n\
+        e = boto3.client('events', endpoint_url=os.environ['AWS_ENDPOINT_URL'], region_name=os.environ.get('AWS_REGION', 'us-east-1'))\n\
+        r = e.put_events(Entries=[{'EventBusName': sys.argv[1], 'Source': sys.argv[2], 'DetailType': 'Event from aws:dynamodb', 'Detail': sys.argv[3]}])\n\
+        sys.exit(r['FailedEntryCount'])\n";
+    let out = std::process::Command::new(support::env("TCC_PYTHON"))
+        .args(["-c", script, bus, source, &detail.to_string()])
+        .output()
+        .expect("python runs");
+    assert!(out.status.success(), "PutEvents on {bus}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The DynamoDB rule listens on the Pipe's own bus, so a "Pipe <name>" event
+/// forged on the default bus (which any principal allowed events:PutEvents can
+/// write to) never reaches the queue, while a real table change does. moto
+/// stores the bus policy that denies every principal but the Pipe's role and
+/// does not enforce it (it enforces no IAM): that half is the template's, and
+/// tests/aws_template.rs checks it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_pipe_event_on_the_default_bus_never_reaches_the_queue() {
+    let _turn = SERIAL.lock().await;
+    let h = Harness::new("ev-forge", 5, 30).await;
+    let pipe = format!("{}-pipe", h.id);
+    let forged = json!({
+        "eventID": "forged", "eventName": "MODIFY", "eventVersion": "1.1", "eventSource": "aws:dynamodb",
+        "awsRegion": "us-east-1",
+        "dynamodb": { "Keys": { "pk": { "S": "TENANT#victim" }, "sk": { "S": "CONFIG#forged" } } },
+    });
+    put_event("default", &format!("Pipe {pipe}"), &forged);
+    // The real change goes after it: delivery is in order, so once it is in
+    // the queue a forged event the rules let through would be there too.
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let s = |v: &str| AttributeValue::S(v.into());
+    h.ddb
+        .put_item()
+        .table_name(&h.table)
+        .item("pk", s("TENANT#real"))
+        .item("sk", s("CONFIG#real"))
+        .item("data", AttributeValue::M([("k".to_string(), s("v"))].into()))
+        .send()
+        .await
+        .unwrap();
+    let mut bodies = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !bodies.iter().any(|b: &String| b.contains("TENANT#real")) {
+        assert!(std::time::Instant::now() < deadline, "the real change never arrived: {bodies:?}");
+        let received = h.sqs.receive_message().queue_url(h.queue_url()).max_number_of_messages(10);
+        let received = received.wait_time_seconds(1).send().await.unwrap();
+        bodies.extend(received.messages().iter().filter_map(|m| m.body().map(String::from)));
+    }
+    for body in &bodies {
+        let event: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert!(!body.contains("TENANT#victim"), "a forged event reached the queue: {body}");
+        assert_eq!(event["source"], format!("Pipe {pipe}"), "{body}");
+    }
+    h.finish().await;
+}
