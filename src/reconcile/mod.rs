@@ -52,7 +52,7 @@ pub use settings::Settings;
 
 use crate::{
     api::{Guarded, TenantConfig, conditions::reason, names::FINALIZER},
-    store::StoreRef,
+    store::{self, StoreRef},
     workloads,
 };
 use last_read::{LastRead, OwnStores, Reusable};
@@ -119,14 +119,15 @@ async fn reconcile_valid(
     }
     let ns = tc.namespace().ok_or(Error::MissingNamespace)?;
     let api = Api::<TenantConfig>::namespaced(ctx.kube.client.clone(), &ns);
-    finalizer(&api, FINALIZER, tc, |event| async {
+    // Its AWS calls wait for rate tokens in its tenant's turn.
+    let tenant = ctx.cached_tenant(&ns).unwrap_or_default();
+    let reconcile = finalizer(&api, FINALIZER, tc, |event| async {
         match event {
             Finalizer::Apply(tc) => apply(&tc, ctx, key, started, shared_only).await,
             Finalizer::Cleanup(tc) => cleanup::cleanup(&tc, ctx).await,
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    });
+    store::on_behalf_of(&tenant, reconcile).await.map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
 /// Counts a reconcile and its duration when dropped, also when the reconcile

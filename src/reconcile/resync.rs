@@ -171,7 +171,9 @@ type TenantRead = (String, String, Vec<Location>, Option<Result<Vec<StoreState>,
 
 async fn read_tenant(store: String, backend: Arc<dyn Backend>, tenant: String, locations: Vec<Location>) -> TenantRead {
     let result = match backend.bulk_read() {
-        Some(bulk) => Some(bulk.read_tenant(&tenant, &locations).await),
+        // In the tenant's turn: a resync of many tenants shares the read budget
+        // with their reconciles fairly.
+        Some(bulk) => Some(crate::store::on_behalf_of(&tenant, bulk.read_tenant(&tenant, &locations)).await),
         None => None,
     };
     (store, tenant, locations, result)

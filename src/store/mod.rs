@@ -29,7 +29,7 @@ use tracing::Instrument;
 
 use crate::api::{ConfigStore, ConfigStoreSpec, ManagementPolicy};
 pub use limits::LimitError;
-pub use rate_limit::{Limiters, RateFamily, RateLimits};
+pub use rate_limit::{Limiters, RateFamily, RateLimits, on_behalf_of};
 pub use stats::CallStats;
 
 /// The store-independent address of one TenantConfig's data.

@@ -2,10 +2,38 @@
 //! backend in the process: AWS's own limits are per account and region, so N
 //! stores must not each get the full budget. Families are named by the
 //! backend that declares them ([`super::registry`]); the limits know none.
+//!
+//! A family's tokens are served fairly across tenants (DESIGN.md §12): while
+//! calls wait, the next token goes to the next tenant in turn (round robin, one
+//! call each), not to whichever waiter wakes first — a tenant with 64 writes
+//! queued no longer makes another tenant's one write wait for all of them. A
+//! tenant alone gets every token. The tenant is the one the running reconcile
+//! serves ([`on_behalf_of`]); calls made for no tenant in particular (the
+//! resync's walks, the event queue) take their turn as one more tenant.
 
-use std::{collections::BTreeMap, num::NonZeroU32};
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    num::NonZeroU32,
+    sync::{Arc, Mutex},
+};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::oneshot;
+
+tokio::task_local! {
+    /// The tenant the AWS calls of the current task are made for.
+    static TENANT: Arc<str>;
+}
+
+/// Runs `work` with its AWS calls counted as `tenant`'s in the fair share of
+/// every rate-limited family.
+pub async fn on_behalf_of<F: std::future::Future>(tenant: &str, work: F) -> F::Output {
+    TENANT.scope(Arc::from(tenant), work).await
+}
+
+fn current_tenant() -> Arc<str> {
+    TENANT.try_with(Arc::clone).unwrap_or_else(|_| Arc::from(""))
+}
 
 /// A family of API calls that share one client-side budget, as a backend
 /// declares it.
@@ -52,26 +80,20 @@ impl RateLimits {
     }
 }
 
-/// One token bucket per limited family (burst = one second's worth).
-pub struct Limiters(BTreeMap<String, DefaultDirectRateLimiter>);
+/// One fairly served token bucket per limited family (burst = one second's worth).
+pub struct Limiters(BTreeMap<String, FairBucket>);
 
 impl Limiters {
     pub fn new(limits: &RateLimits) -> Self {
-        Limiters(
-            limits
-                .0
-                .iter()
-                .map(|(family, rate)| (family.clone(), RateLimiter::direct(Quota::per_second(*rate))))
-                .collect(),
-        )
+        Limiters(limits.0.iter().map(|(family, rate)| (family.clone(), FairBucket::new(*rate))).collect())
     }
 
-    /// Waits until a call of `family` is allowed.
-    /// Waits for a token of `family`'s limit; false when it has none.
+    /// Waits for a token of `family`'s limit, in the current tenant's turn;
+    /// false when the family has no limit.
     pub async fn acquire(&self, family: &str) -> bool {
         match self.0.get(family) {
-            Some(limiter) => {
-                limiter.until_ready().await;
+            Some(bucket) => {
+                bucket.acquire(current_tenant()).await;
                 true
             }
             None => false,
@@ -79,9 +101,148 @@ impl Limiters {
     }
 }
 
+/// A token bucket whose waiting callers are served round robin by tenant.
+struct FairBucket {
+    limiter: Arc<DefaultDirectRateLimiter>,
+    waiting: Arc<Mutex<Waiting>>,
+}
+
+/// The callers waiting for a token, by tenant, and whose turn is next.
+#[derive(Default)]
+struct Waiting {
+    by_tenant: HashMap<Arc<str>, VecDeque<oneshot::Sender<()>>>,
+    /// Tenants with waiting callers, the next one to serve first.
+    turns: VecDeque<Arc<str>>,
+    /// Whether a task is handing out tokens (one at a time, while anyone waits).
+    dispatching: bool,
+}
+
+impl Waiting {
+    fn enqueue(&mut self, tenant: Arc<str>, waiter: oneshot::Sender<()>) {
+        let queue = self.by_tenant.entry(tenant.clone()).or_default();
+        if queue.is_empty() {
+            self.turns.push_back(tenant);
+        }
+        queue.push_back(waiter);
+    }
+
+    /// Hands one token to the first caller still waiting of the tenant whose
+    /// turn it is; that tenant goes to the back of the line.
+    fn serve_next(&mut self) {
+        while let Some(tenant) = self.turns.pop_front() {
+            let queue = self.by_tenant.get_mut(&tenant).expect("a tenant in line has a queue");
+            let mut served = false;
+            while let Some(waiter) = queue.pop_front() {
+                // A waiter that gave up (its reconcile was dropped) is skipped.
+                if waiter.send(()).is_ok() {
+                    served = true;
+                    break;
+                }
+            }
+            if queue.is_empty() {
+                self.by_tenant.remove(&tenant);
+            } else {
+                self.turns.push_back(tenant);
+            }
+            if served {
+                return;
+            }
+        }
+    }
+}
+
+impl FairBucket {
+    fn new(rate: NonZeroU32) -> Self {
+        FairBucket { limiter: Arc::new(RateLimiter::direct(Quota::per_second(rate))), waiting: Arc::default() }
+    }
+
+    async fn acquire(&self, tenant: Arc<str>) {
+        let (waiter, turn) = oneshot::channel();
+        {
+            let mut waiting = self.waiting.lock().expect("rate limit queue lock");
+            // Nobody waiting and a token free: no queue, no task.
+            if waiting.turns.is_empty() && self.limiter.check().is_ok() {
+                return;
+            }
+            waiting.enqueue(tenant, waiter);
+            if !waiting.dispatching {
+                waiting.dispatching = true;
+                tokio::spawn(dispatch(self.limiter.clone(), self.waiting.clone()));
+            }
+        }
+        // An Err means the dispatching task died (its runtime shut down): the
+        // caller goes ahead rather than waiting for ever.
+        let _ = turn.await;
+    }
+}
+
+/// Hands out tokens as the bucket refills, one per waiting caller in the
+/// tenants' turn, until nobody waits.
+async fn dispatch(limiter: Arc<DefaultDirectRateLimiter>, waiting: Arc<Mutex<Waiting>>) {
+    // Cleared however this task ends, so that the next caller starts another.
+    struct Dispatching(Arc<Mutex<Waiting>>);
+    impl Drop for Dispatching {
+        fn drop(&mut self) {
+            if let Ok(mut waiting) = self.0.lock() {
+                waiting.dispatching = false;
+            }
+        }
+    }
+    let _dispatching = Dispatching(waiting.clone());
+    loop {
+        limiter.until_ready().await;
+        let mut waiting = waiting.lock().expect("rate limit queue lock");
+        waiting.serve_next();
+        if waiting.turns.is_empty() {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One tenant queues 30 calls, another then one: the other's call is
+    /// served within the next two tokens, not after the 30.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tenant_with_a_backlog_does_not_make_another_wait_for_all_of_it() {
+        let limits = RateLimits::unlimited().with("ssm-write", 20);
+        let limiters = Arc::new(Limiters::new(&limits));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let call = |tenant: &'static str, limiters: Arc<Limiters>, order: Arc<Mutex<Vec<&'static str>>>| async move {
+            on_behalf_of(tenant, async { limiters.acquire("ssm-write").await }).await;
+            order.lock().unwrap().push(tenant);
+        };
+        let mut calls = Vec::new();
+        // The burst (one second's worth) goes at once; 30 more wait.
+        for _ in 0..50 {
+            calls.push(tokio::spawn(call("noisy", limiters.clone(), order.clone())));
+        }
+        while order.lock().unwrap().len() < 20 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let queued_before = order.lock().unwrap().len();
+        calls.push(tokio::spawn(call("quiet", limiters.clone(), order.clone())));
+        for c in calls {
+            c.await.unwrap();
+        }
+        let order = order.lock().unwrap();
+        let quiet = order.iter().position(|t| *t == "quiet").unwrap();
+        assert!(quiet <= queued_before + 2, "served {quiet}th, {queued_before} before it asked: {order:?}");
+        assert_eq!(order.len(), 51);
+        assert!(!limiters.0["ssm-write"].waiting.lock().unwrap().dispatching, "the dispatcher stops when idle");
+    }
+
+    #[tokio::test]
+    async fn untenanted_calls_and_unlimited_families_pass() {
+        let limiters = Limiters::new(&RateLimits::unlimited().with("ssm-read", 5));
+        assert!(!limiters.acquire("dynamodb").await, "no limit, nothing to wait for");
+        for _ in 0..7 {
+            assert!(limiters.acquire("ssm-read").await);
+        }
+    }
 
     #[test]
     fn defaults_come_from_the_backends_and_zero_lifts_a_limit() {
