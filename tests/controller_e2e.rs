@@ -703,6 +703,23 @@ async fn a_quiet_tenant_converges_while_a_noisy_one_waits_for_aws() {
     assert!(count("store_rate_limit_wait_seconds") >= 73.0, "every SSM write waited for its token");
     assert!(count("reconcile_queue_wait_seconds") >= 14.0, "every object was requested and started");
     assert!(exposition.contains("result=\"deferred\""), "waiting its tenant's turn is counted apart");
+    // And said on the objects, once a minute per tenant, not once per object.
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(w.client.clone(), &noisy_ns);
+    let fair_share: Vec<_> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("FairShare"))
+        .collect();
+    // (The drain takes about 25 s; a second minute under load may add one.)
+    assert!((1..=2).contains(&fair_share.len()), "one Event per minute of waiting: {fair_share:?}");
+    let note = fair_share[0].note.clone().unwrap_or_default();
+    assert!(note.contains(&format!("tenant {noisy} has 2 reconciles under way")), "{note}");
+    let quiet_events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(w.client.clone(), &quiet_ns);
+    let quiet_events = quiet_events.list(&ListParams::default()).await.unwrap().items;
+    assert!(quiet_events.iter().all(|e| e.reason.as_deref() != Some("FairShare")), "the quiet tenant never waited");
     w.clean_up().await;
     controller.stop_within(Duration::from_secs(30)).await;
 }

@@ -34,6 +34,9 @@ pub mod reason {
     pub const PROJECTION_REFUSED: &str = "ProjectionRefused";
     /// The object would take its tenant past a store's per-tenant quota.
     pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
+    /// (Event only) its tenant's share of the reconcile slots is in use: it
+    /// waits its turn.
+    pub const FAIR_SHARE: &str = "FairShare";
 }
 
 /// Sets `type_` in `conditions` to the given state. `lastTransitionTime` moves only

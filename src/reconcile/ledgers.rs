@@ -56,7 +56,10 @@ pub struct TenantSlots(Arc<Mutex<SlotsInner>>);
 #[derive(Default)]
 struct SlotsInner {
     held: HashMap<String, u16>,
-    waiting: HashMap<String, VecDeque<ObjectRef<Guarded>>>,
+    /// Waiting objects, longest-waiting first, with when each started to wait.
+    waiting: HashMap<String, VecDeque<(ObjectRef<Guarded>, Instant)>>,
+    /// When each tenant with waiting objects was last told so by an Event.
+    told: HashMap<String, Instant>,
     wake: Option<futures::channel::mpsc::UnboundedSender<ObjectRef<Guarded>>>,
 }
 
@@ -66,6 +69,29 @@ pub struct TenantSlot {
     tenant: String,
 }
 
+/// An object that must wait for one of its tenant's slots.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Deferred {
+    /// The tenant's objects waiting, this one included.
+    pub waiting: usize,
+    /// Whether to say so in an Event: at most once a minute per tenant, so a
+    /// tenant's cold start of thousands of objects is not thousands of Events.
+    pub tell: bool,
+}
+
+/// How much one tenant waits for its fair share, for the operators' view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantWait {
+    pub tenant: String,
+    pub under_way: u16,
+    pub waiting: usize,
+    /// How long its longest-waiting object has waited.
+    pub longest: std::time::Duration,
+}
+
+/// How often a tenant's objects waiting their turn are told so by an Event.
+const TELL_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl TenantSlots {
     /// Where a woken object is sent (the controller reconciles what arrives).
     pub fn wake_with(&self, wake: futures::channel::mpsc::UnboundedSender<ObjectRef<Guarded>>) {
@@ -74,24 +100,49 @@ impl TenantSlots {
 
     /// A slot for `tenant` unless it already holds `limit` (0: no limit);
     /// otherwise `object` waits for the next one the tenant gives back.
-    pub fn try_acquire(&self, tenant: &str, limit: u16, object: &ObjectRef<Guarded>) -> Option<TenantSlot> {
+    pub fn try_acquire(&self, tenant: &str, limit: u16, object: &ObjectRef<Guarded>) -> Result<TenantSlot, Deferred> {
+        let now = Instant::now();
         let mut inner = self.0.lock().unwrap();
         let held = inner.held.get(tenant).copied().unwrap_or(0);
         if limit > 0 && held >= limit {
             let waiting = inner.waiting.entry(tenant.to_string()).or_default();
-            if !waiting.contains(object) {
-                waiting.push_back(object.clone());
+            if !waiting.iter().any(|(o, _)| o == object) {
+                waiting.push_back((object.clone(), now));
             }
-            return None;
+            let waiting = waiting.len();
+            let tell = inner.told.get(tenant).is_none_or(|at| now.duration_since(*at) >= TELL_EVERY);
+            if tell {
+                inner.told.insert(tenant.to_string(), now);
+            }
+            return Err(Deferred { waiting, tell });
         }
         *inner.held.entry(tenant.to_string()).or_insert(0) += 1;
-        Some(TenantSlot { slots: self.0.clone(), tenant: tenant.to_string() })
+        Ok(TenantSlot { slots: self.0.clone(), tenant: tenant.to_string() })
     }
 
     /// Tenants with a reconcile under way or waiting (for tests and the memory bound).
     pub fn tenants(&self) -> usize {
         let inner = self.0.lock().unwrap();
         inner.held.keys().chain(inner.waiting.keys()).collect::<std::collections::HashSet<_>>().len()
+    }
+
+    /// The `n` tenants whose objects have waited longest for a slot.
+    pub fn busiest(&self, n: usize) -> Vec<TenantWait> {
+        let now = Instant::now();
+        let inner = self.0.lock().unwrap();
+        let mut waits: Vec<TenantWait> = inner
+            .waiting
+            .iter()
+            .map(|(tenant, queue)| TenantWait {
+                tenant: tenant.clone(),
+                under_way: inner.held.get(tenant).copied().unwrap_or(0),
+                waiting: queue.len(),
+                longest: queue.front().map(|(_, since)| now.duration_since(*since)).unwrap_or_default(),
+            })
+            .collect();
+        waits.sort_by(|a, b| b.longest.cmp(&a.longest).then_with(|| a.tenant.cmp(&b.tenant)));
+        waits.truncate(n);
+        waits
     }
 }
 
@@ -107,8 +158,9 @@ impl Drop for TenantSlot {
         let next = inner.waiting.get_mut(&self.tenant).and_then(VecDeque::pop_front);
         if inner.waiting.get(&self.tenant).is_some_and(VecDeque::is_empty) {
             inner.waiting.remove(&self.tenant);
+            inner.told.remove(&self.tenant);
         }
-        if let (Some(next), Some(wake)) = (next, &inner.wake) {
+        if let (Some((next, _)), Some(wake)) = (next, &inner.wake) {
             let _ = wake.unbounded_send(next);
         }
     }
@@ -240,18 +292,38 @@ mod tests {
         let object = |name: &str| ObjectRef::new(name).within("ns");
         let a1 = slots.try_acquire("a", 2, &object("a1")).unwrap();
         let _a2 = slots.try_acquire("a", 2, &object("a2")).unwrap();
-        assert!(slots.try_acquire("a", 2, &object("a3")).is_none(), "a's share is taken");
-        assert!(slots.try_acquire("a", 2, &object("a3")).is_none(), "asked twice, waits once");
-        assert!(slots.try_acquire("a", 2, &object("a4")).is_none());
+        let told = Deferred { waiting: 1, tell: true };
+        assert_eq!(slots.try_acquire("a", 2, &object("a3")).err(), Some(told), "a's share is taken; said once");
+        let quiet = Deferred { waiting: 1, tell: false };
+        assert_eq!(slots.try_acquire("a", 2, &object("a3")).err(), Some(quiet), "asked twice, waits once");
+        assert_eq!(slots.try_acquire("a", 2, &object("a4")).err(), Some(Deferred { waiting: 2, tell: false }));
+        let busiest = slots.busiest(10);
+        assert_eq!((busiest.len(), busiest[0].under_way, busiest[0].waiting), (1, 2, 2), "{busiest:?}");
         let b = slots.try_acquire("b", 2, &object("b1")).expect("b has its own");
         drop(b);
         assert!(woken.try_recv().is_err(), "b's slot wakes none of a's objects");
         drop(a1);
         assert_eq!(woken.try_recv().unwrap(), object("a3"), "the longest-waiting first");
         assert!(woken.try_recv().is_err(), "one slot, one object");
-        assert!(slots.try_acquire("a", 2, &object("a3")).is_some(), "its turn");
+        assert!(slots.try_acquire("a", 2, &object("a3")).is_ok(), "its turn");
         assert_eq!(slots.tenants(), 1);
-        assert!((0..100).all(|_| slots.try_acquire("c", 0, &object("c")).is_some()), "0: no limit");
+        assert!((0..100).all(|_| slots.try_acquire("c", 0, &object("c")).is_ok()), "0: no limit");
+    }
+
+    #[test]
+    fn the_busiest_view_is_bounded_and_ordered_by_the_longest_wait() {
+        let slots = TenantSlots::default();
+        let object = |name: &str| ObjectRef::new(name).within("ns");
+        let mut held = Vec::new();
+        for t in 0..30 {
+            let tenant = format!("t{t:02}");
+            held.push(slots.try_acquire(&tenant, 1, &object(&tenant)).unwrap());
+            assert!(slots.try_acquire(&tenant, 1, &object(&format!("{tenant}-w"))).is_err());
+        }
+        let busiest = slots.busiest(10);
+        assert_eq!(busiest.len(), 10);
+        assert_eq!(busiest[0].tenant, "t00", "waiting longest");
+        assert!(busiest.windows(2).all(|w| w[0].longest >= w[1].longest));
     }
     use std::time::Duration;
 

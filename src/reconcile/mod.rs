@@ -162,7 +162,7 @@ async fn apply(
     // including it.
     // A tenant's share of the reconcile slots, taken before any API or AWS
     // call; without one, the slot goes to another tenant's object.
-    let _slot = tenant_slot(ctx, tc, key).inspect_err(|_| {
+    let _slot = tenant_slot(ctx, tc, key).await.inspect_err(|_| {
         // Waiting its turn keeps what asked for it: a shared-path change
         // still may reuse the own-store reads.
         if shared_only {
@@ -191,7 +191,8 @@ async fn apply(
 /// One of the object's tenant's slots (`--tenant-concurrency`), from the
 /// namespace cache alone; none needed without a tenant (the reconcile only
 /// says so) or for a namespace the cache does not hold yet (just created).
-fn tenant_slot(
+/// Waiting is said on the object in an Event, at most once a minute per tenant.
+async fn tenant_slot(
     ctx: &Context,
     tc: &TenantConfig,
     key: &ObjectRef<Guarded>,
@@ -200,8 +201,18 @@ fn tenant_slot(
     let Some(tenant) = ctx.cached_tenant(&ns) else { return Ok(None) };
     let limit = ctx.settings.tenant_concurrency;
     match ctx.ledgers.tenant_slots.try_acquire(&tenant, limit, key) {
-        Some(slot) => Ok(Some(slot)),
-        None => Err(Error::TenantBusy { tenant, limit }),
+        Ok(slot) => Ok(Some(slot)),
+        Err(deferred) => {
+            if deferred.tell {
+                let note = format!(
+                    "waiting for its tenant's fair share: tenant {tenant} has {limit} reconciles under way \
+                     (--tenant-concurrency) and {} object(s) waiting; each starts when one of them ends",
+                    deferred.waiting
+                );
+                ctx.kube.publish(tc, EventType::Normal, reason::FAIR_SHARE, note).await;
+            }
+            Err(Error::TenantBusy { tenant, limit })
+        }
     }
 }
 

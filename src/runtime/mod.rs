@@ -2,6 +2,7 @@
 //! synced), the resync, the store-change event consumer, and shutdown; the
 //! process around them ([`process`]).
 
+mod fair_share;
 pub mod migrate;
 pub mod process;
 mod store_status;
@@ -62,6 +63,9 @@ impl Progress for Tracker {
     }
 }
 
+/// How often the tenants waiting for their fair share are logged.
+const FAIR_SHARE_REPORT: Duration = Duration::from_secs(60);
+
 /// Runs the controller (and, with `events`, the queue consumer) until
 /// `shutdown` resolves.
 pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send + 'static) {
@@ -113,8 +117,16 @@ pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send +
     });
     let stores = (context.kube.client.clone(), watches.config_stores.clone(), watches.store_changes.clone());
     let requests = Extra { retries: retry_requests.boxed(), tenant_turns: tenant_turns.boxed() };
+    let report = fair_share::report_every(FAIR_SHARE_REPORT, context.clone());
     let controller = controller(watches, context, triggered, requests, shutdown.clone());
     let controller = store_status::alongside(controller, stores);
+    // The report runs for as long as the controller does.
+    let controller = async move {
+        tokio::select! {
+            _ = controller => {}
+            _ = report => {}
+        }
+    };
     tokio::select! {
         _ = drive(controller, workloads, consumer.map(|c| (c, trigger)), shutdown.clone()) => {}
         _ = shutdown_before_sync(&probes, shutdown) => info!("shutdown before the caches synced: nothing in flight to finish"),

@@ -101,6 +101,21 @@ impl Limiters {
     }
 }
 
+impl Limiters {
+    /// Calls waiting for a token, by tenant ("" for calls made for none),
+    /// summed over the families.
+    pub fn waiting_by_tenant(&self) -> HashMap<String, usize> {
+        let mut waiting = HashMap::new();
+        for bucket in self.0.values() {
+            let queues = bucket.waiting.lock().expect("rate limit queue lock");
+            for (tenant, queue) in &queues.by_tenant {
+                *waiting.entry(tenant.to_string()).or_default() += queue.len();
+            }
+        }
+        waiting
+    }
+}
+
 /// A token bucket whose waiting callers are served round robin by tenant.
 struct FairBucket {
     limiter: Arc<DefaultDirectRateLimiter>,
@@ -228,6 +243,7 @@ mod tests {
         for c in calls {
             c.await.unwrap();
         }
+        assert!(limiters.waiting_by_tenant().is_empty(), "nobody left waiting");
         let order = order.lock().unwrap();
         let quiet = order.iter().position(|t| *t == "quiet").unwrap();
         assert!(quiet <= queued_before + 2, "served {quiet}th, {queued_before} before it asked: {order:?}");
