@@ -14,18 +14,24 @@
 #       store write → ConfigMap → the mounted file inside a pod with and without
 #       refresh, and the env of a rolled-out Deployment, on the local
 #       node with kubelet defaults (defaults: 16 objects, changes 3s apart, window 10s)
+#   ./scripts/bench.sh noisy [--noisy-objects N] [--entries E] [--samples S] [--edit-every D]
+#       a quiet tenant's store change → ConfigMap and new TenantConfig → Ready,
+#       idle and while a noisy tenant drains N objects × E Parameter Store entries
+#       and edits them every D; the noisy tenant's drain time and write rate
+#       (defaults: 40 objects, 64 entries, 20 samples, an edit every 250ms)
 #
 # Runs on its own stack (.testenv/bench; freshness adds the node) and stops it afterwards.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 what=${1:-}
-[[ -n $what ]] || { sed -n '2,18p' "$0" >&2; exit 2; }
+[[ -n $what ]] || { sed -n '2,23p' "$0" >&2; exit 2; }
 shift
 case "$what" in
   latency) bench=event_latency ;;
   scale) bench=scale ;;
   freshness) bench=pod_freshness; node=--node ;;
+  noisy) bench=noisy ;;
   *) echo "unknown benchmark: $what" >&2; exit 2 ;;
 esac
 export TCC_STATE_DIR=${TCC_STATE_DIR:-$ROOT/.testenv/bench}
