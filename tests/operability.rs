@@ -409,3 +409,54 @@ async fn a_port_in_use_is_an_error_at_start() {
     assert!(!status.success(), "a taken port fails the start; stderr: {stderr}");
     assert!(stderr.contains(&format!("HTTP endpoint {address}")), "the error names the address: {stderr}");
 }
+
+/// The memory bound a namespace within its quota cannot break: 40 objects at
+/// the CRD's total-size cap (256 KiB of entries each, as a ResourceQuota of
+/// 40 TenantConfigs would allow), half including a shared path (whose own-store
+/// values a shared-path change could reuse), reconciled and projected, keep
+/// the controller's RSS, read from its /metrics, under the chart's memory
+/// limit; the process never restarts. Prints the cost per object, from which
+/// README's memory model is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_of_maximum_size_objects_stays_under_the_charts_memory_limit() {
+    let _turn = SERIAL.lock().await;
+    let w = World::new("ops-memory").await;
+    let values =
+        std::fs::read_to_string(support::repo_root().join("charts/tenant-config-controller/values.yaml")).unwrap();
+    let limit_mib: f64 = values
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("limits: { memory: ")?.strip_suffix("Mi }")?.parse().ok())
+        .expect("the chart's memory limit in values.yaml");
+    let mut p = Process::spawn("ops-memory", &strs(&w.args()), &[]);
+    eventually("ready", || async { (p.get("/readyz")?.0 == 200).then_some(()) }).await;
+    let rss_mib = |p: &Process| p.metric("process_resident_memory_bytes").expect("RSS in /metrics") / 1048576.0;
+    let before = rss_mib(&p);
+    let objects = 40;
+    let value = "x".repeat(8000);
+    for n in 0..objects {
+        // 32 × (3 + 8000) bytes: just under the 256 KiB cap.
+        let entries: Vec<_> = (0..32).map(|k| json!({ "key": format!("k{k:02}"), "value": value })).collect();
+        let mut spec = json!({ "defaultTags": [w.tag("db")], "entries": entries });
+        if n % 2 == 0 {
+            spec["include"] = json!([{ "parameterPath": format!("{}/prod", w.shared) }]);
+        }
+        w.tenant_config(&format!("big{n}"), spec).await;
+    }
+    w.wait_ready(objects).await;
+    let peak = rss_mib(&p);
+    // The allocator gives freed pages back after about ten seconds.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let settled = rss_mib(&p);
+    println!(
+        "RSS {before:.0} MiB → {peak:.0} MiB when all were Ready, {settled:.0} MiB 15 s later, with {objects} objects \
+         of 256 KiB ({:.2} MiB per object settled); chart limit {limit_mib:.0} MiB",
+        (settled - before) / objects as f64
+    );
+    for rss in [peak, settled] {
+        assert!(rss < limit_mib, "RSS {rss:.0} MiB over the chart's limit {limit_mib} MiB");
+    }
+    assert!(p.child.try_wait().unwrap().is_none(), "the controller is still the same process");
+    p.signal("TERM");
+    assert!(p.wait_exit(Duration::from_secs(30)).success());
+    w.finish().await;
+}
