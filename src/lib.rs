@@ -16,4 +16,5 @@ pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod work_permits;
 pub mod workloads;

@@ -723,3 +723,47 @@ async fn a_quiet_tenant_converges_while_a_noisy_one_waits_for_aws() {
     w.clean_up().await;
     controller.stop_within(Duration::from_secs(30)).await;
 }
+
+/// Every reconcile slot held by objects waiting for the SSM write budget: two
+/// noisy tenants, each at its `--tenant-concurrency` of 1, fill the 2 slots.
+/// A reconcile lends its slot while it waits for rate tokens, so a quiet
+/// tenant's DynamoDB-routed object still starts at once (before, it waited
+/// until a noisy reconcile had written all 12 of its entries: ~8 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_waiting_for_aws_tokens_are_lent_to_other_tenants() {
+    let _turn = SERIAL.lock().await;
+    let mut w = World::new("e2e-lend").await;
+    w.standard_stores().await;
+    let settings = Settings { concurrency: 2, tenant_concurrency: 1, ..Settings::default() };
+    let controller = InProcessController::start(&w.client, &w.sdk, settings, None);
+    let ssm = w.tag("ssm");
+    let mut noisy_namespaces = Vec::new();
+    for t in 0..2 {
+        let ns = w.namespace(&format!("noisy{t}"), Some(&w.tenant(t))).await;
+        for n in 0..2 {
+            let entries: Vec<_> =
+                (0..12).map(|k| json!({ "key": format!("k{k}"), "value": format!("{n}"), "tags": [ssm] })).collect();
+            w.tenant_config(&ns, &format!("n{n}"), json!({ "entries": entries })).await;
+        }
+        noisy_namespaces.push(ns);
+    }
+    let quiet_ns = w.namespace("quiet", Some(&w.tenant(9))).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = std::time::Instant::now();
+    let db = w.tag("db");
+    w.tenant_config(&quiet_ns, "calm", json!({ "defaultTags": [db], "entries": [{ "key": "a", "value": "1" }] })).await;
+    w.wait_ready(&quiet_ns, "calm").await;
+    let took = started.elapsed();
+    let mut noisy_ready = 0;
+    for ns in &noisy_namespaces {
+        noisy_ready += w.ready_count(ns).await;
+    }
+    println!("quiet tenant Ready in {took:?} while {noisy_ready}/4 noisy objects were Ready");
+    assert!(noisy_ready < 4, "the noisy tenants were still waiting for the write budget");
+    assert!(took < Duration::from_secs(3), "the quiet tenant waited for a slot held by a rate-limit wait: {took:?}");
+    for ns in &noisy_namespaces {
+        w.wait_ready_count(ns, 2).await;
+    }
+    w.clean_up().await;
+    controller.stop_within(Duration::from_secs(30)).await;
+}

@@ -11,7 +11,7 @@ use std::{
 use kube::runtime::reflector::ObjectRef;
 
 use super::{echo::OwnWrites, last_read::LastReads};
-use crate::{api::Guarded, store::quota::Quotas};
+use crate::{api::Guarded, store::quota::Quotas, work_permits::WorkPermits};
 
 /// The per-object memory of the controller.
 pub struct Ledgers {
@@ -26,6 +26,8 @@ pub struct Ledgers {
     pub quotas: Quotas,
     /// Reconciles under way per tenant (`--tenant-concurrency`).
     pub tenant_slots: TenantSlots,
+    /// Reconciles working at once (`--concurrency`); lent while waiting for rate tokens.
+    pub work_permits: WorkPermits,
 }
 
 impl Ledgers {
@@ -34,6 +36,7 @@ impl Ledgers {
     pub fn new(
         queue_depth: prometheus_client::metrics::gauge::Gauge,
         queue_wait: prometheus_client::metrics::histogram::Histogram,
+        concurrency: u16,
     ) -> Self {
         Ledgers {
             retries: Retries::default(),
@@ -42,6 +45,7 @@ impl Ledgers {
             own_writes: Arc::new(OwnWrites::default()),
             quotas: Quotas::default(),
             tenant_slots: TenantSlots::default(),
+            work_permits: WorkPermits::new(concurrency),
         }
     }
 }

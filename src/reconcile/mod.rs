@@ -63,8 +63,14 @@ use status::{Projected, Verdict};
 /// How long a reconcile waits for the caches' first listing before it backs off.
 const CACHE_SYNC_WAIT: Duration = Duration::from_secs(30);
 
-/// Reconciles one TenantConfig as the watch delivered it.
+/// Reconciles one TenantConfig as the watch delivered it, holding one of the
+/// work permits (`--concurrency`) while it works.
 pub async fn reconcile(guarded: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let permits = ctx.clone();
+    permits.ledgers.work_permits.run(reconcile_with_permit(guarded, ctx)).await
+}
+
+async fn reconcile_with_permit(guarded: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = ObjectRef::from_obj(&*guarded);
     let started = Instant::now();
     ctx.ledgers.retries.started(&key);

@@ -24,7 +24,8 @@ pub struct Settings {
     /// each of its stores per object; the behaviour before bulk reads, kept for comparison).
     #[arg(long, env = "TENANT_CONFIG_RESYNC_MODE", value_enum, default_value_t = ResyncMode::Bulk)]
     pub resync_mode: ResyncMode,
-    /// Reconciles running at once. 16 and 32 measured side by side
+    /// Reconciles working at once; one waiting only for AWS rate tokens lends
+    /// its slot meanwhile. 16 and 32 measured side by side
     /// (BENCHMARKS.md): 16 is faster for a shared fan-out to 1,000 objects and
     /// for a cold start of 10,000.
     #[arg(long, env = "TENANT_CONFIG_CONCURRENCY", default_value_t = 16)]

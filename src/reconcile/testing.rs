@@ -108,7 +108,7 @@ pub fn context(client: Client) -> Context {
             synced: tokio::sync::watch::channel(true).1,
         },
         stores: Stores::new(backend_ctx, shared_cache),
-        ledgers: Ledgers::new(Default::default(), prometheus_client::metrics::histogram::Histogram::new([1.0])),
+        ledgers: Ledgers::new(Default::default(), prometheus_client::metrics::histogram::Histogram::new([1.0]), 16),
         outbound: Outbound {
             progress: Arc::new(NoProgress),
             claims: Arc::new(NoClaims),

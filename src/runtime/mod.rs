@@ -63,6 +63,10 @@ impl Progress for Tracker {
     }
 }
 
+/// Reconcile tasks per work permit: room for reconciles that wait for rate
+/// tokens without holding a permit (each tenant at most `--tenant-concurrency`).
+const TASKS_PER_PERMIT: u16 = 16;
+
 /// How often the tenants waiting for their fair share are logged.
 const FAIR_SHARE_REPORT: Duration = Duration::from_secs(60);
 
@@ -71,7 +75,8 @@ const FAIR_SHARE_REPORT: Duration = Duration::from_secs(60);
 pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send + 'static) {
     let shutdown = shutdown.shared();
     let Dependencies { client, settings, backend_ctx, events, metrics, probes, workloads: workload_settings } = deps;
-    let ledgers = Ledgers::new(metrics.reconcile_queue_depth.clone(), metrics.reconcile_queue_wait.clone());
+    let ledgers =
+        Ledgers::new(metrics.reconcile_queue_depth.clone(), metrics.reconcile_queue_wait.clone(), settings.concurrency);
     let (turns, tenant_turns) = futures::channel::mpsc::unbounded();
     ledgers.tenant_slots.wake_with(turns);
     let index = Arc::new(Index::new(&settings.tenant_label, &settings.environment_label));
@@ -237,8 +242,12 @@ fn controller(
         }
         t.object
     });
+    // kube-runtime's bound is on reconcile tasks, working or waiting; the
+    // work itself is bounded by the permits (`--concurrency`), which a
+    // reconcile lends while it waits for AWS rate tokens.
+    let tasks = context.settings.concurrency.saturating_mul(TASKS_PER_PERMIT);
     Controller::for_stream(tenant_configs, objects)
-        .with_config(controller::Config::default().concurrency(context.settings.concurrency))
+        .with_config(controller::Config::default().concurrency(tasks))
         // An owned ConfigMap changed by someone else, or deleted: put it back.
         .reconcile_on(config_map_owners)
         // A namespace's labels are its tenant identity: re-reconcile its objects.

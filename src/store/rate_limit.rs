@@ -185,9 +185,10 @@ impl FairBucket {
                 tokio::spawn(dispatch(self.limiter.clone(), self.waiting.clone()));
             }
         }
-        // An Err means the dispatching task died (its runtime shut down): the
-        // caller goes ahead rather than waiting for ever.
-        let _ = turn.await;
+        // Waiting for a token needs no reconcile slot: lent meanwhile. An Err
+        // means the dispatching task died (its runtime shut down): the caller
+        // goes ahead rather than waiting for ever.
+        let _ = crate::work_permits::while_waiting(turn).await;
     }
 }
 
