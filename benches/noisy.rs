@@ -2,7 +2,7 @@
 //! Parameter Store backlog and keeps editing it, side by side with the same
 //! measures on an idle controller, in one run on one stack.
 //!
-//! `scripts/bench.sh noisy [--noisy-objects N] [--entries E] [--samples S] [--edit-every D]`
+//! `scripts/bench.sh noisy [--noisy-tenants T] [--noisy-objects N] [--entries E] [--samples S] [--edit-every D]`
 //! runs it (release build) and prints a markdown table: the quiet tenant's
 //! store change → ConfigMap and new TenantConfig → Ready (DynamoDB-routed, and
 //! one Parameter Store entry), p50/p95/p99 idle and under noise; then the noisy
@@ -32,6 +32,7 @@ use tenant_config_controller::{
 };
 
 struct Args {
+    noisy_tenants: usize,
     noisy_objects: usize,
     entries: usize,
     samples: usize,
@@ -39,17 +40,21 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut args = Args { noisy_objects: 40, entries: 64, samples: 20, edit_every: Duration::from_millis(250) };
+    let mut args =
+        Args { noisy_tenants: 1, noisy_objects: 40, entries: 64, samples: 20, edit_every: Duration::from_millis(250) };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| panic!("{a} needs a value"));
         match a.as_str() {
+            "--noisy-tenants" => args.noisy_tenants = value().parse().expect("--noisy-tenants T"),
             "--noisy-objects" => args.noisy_objects = value().parse().expect("--noisy-objects N"),
             "--entries" => args.entries = value().parse().expect("--entries E"),
             "--samples" => args.samples = value().parse().expect("--samples S"),
             "--edit-every" => args.edit_every = humantime::parse_duration(&value()).expect("--edit-every 250ms"),
             "--bench" => {}
-            other => panic!("unknown argument {other}; use --noisy-objects N --entries E --samples S --edit-every D"),
+            other => panic!(
+                "unknown argument {other}; use --noisy-tenants T --noisy-objects N --entries E --samples S --edit-every D"
+            ),
         }
     }
     args
@@ -125,16 +130,21 @@ impl Quiet<'_> {
     }
 }
 
-/// The noisy tenant's objects Ready for their current generation.
-async fn converged(world: &World, ns: &str) -> usize {
-    let list = world.tenant_configs(ns).list(&ListParams::default()).await.unwrap();
-    list.items
-        .iter()
-        .filter(|tc| {
-            support::fixtures::is_ready(tc)
-                && tc.status.as_ref().and_then(|s| s.observed_generation) == tc.metadata.generation
-        })
-        .count()
+/// The noisy tenants' objects Ready for their current generation.
+async fn converged(world: &World, namespaces: &[String]) -> usize {
+    let mut converged = 0;
+    for ns in namespaces {
+        let list = world.tenant_configs(ns).list(&ListParams::default()).await.unwrap();
+        converged += list
+            .items
+            .iter()
+            .filter(|tc| {
+                support::fixtures::is_ready(tc)
+                    && tc.status.as_ref().and_then(|s| s.observed_generation) == tc.metadata.generation
+            })
+            .count();
+    }
+    converged
 }
 
 fn noisy_spec(world: &World, entries: usize, edit: usize) -> serde_json::Value {
@@ -162,9 +172,13 @@ async fn main() {
     let args = args();
     let mut world = World::with_queue("noisy", 5, 60).await;
     world.standard_stores().await;
-    let (noisy_tenant, quiet_tenant) = (world.tenant(0), world.tenant(1));
-    let noisy_ns = world.namespace("noisy", Some(&noisy_tenant)).await;
+    let quiet_tenant = world.tenant(0);
     let quiet_ns = world.namespace("quiet", Some(&quiet_tenant)).await;
+    let mut noisy_namespaces = Vec::new();
+    for t in 0..args.noisy_tenants {
+        let tenant = world.tenant(t + 1);
+        noisy_namespaces.push(world.namespace(&format!("noisy{t}"), Some(&tenant)).await);
+    }
     let events = ConsumerSettings::new(world.queue_url().into());
     let settings = Settings { resync_interval: Duration::from_secs(600), ..Settings::default() };
     let controller = InProcessController::start(&world.client, &world.sdk, settings, Some(events));
@@ -179,18 +193,24 @@ async fn main() {
     eprintln!("idle phase: {} samples", args.samples);
     let idle = quiet.measure("idle", args.samples).await;
 
-    eprintln!("noisy phase: {} objects x {} Parameter Store entries", args.noisy_objects, args.entries);
+    eprintln!(
+        "noisy phase: {} tenant(s), {} objects x {} Parameter Store entries",
+        args.noisy_tenants, args.noisy_objects, args.entries
+    );
     let writes_before = stats.writes("ParameterStore");
     let drain_started = Instant::now();
+    let noisy_object = |n: usize| (noisy_namespaces[n % noisy_namespaces.len()].clone(), format!("n{n}"));
     for n in 0..args.noisy_objects {
-        world.tenant_config(&noisy_ns, &format!("n{n}"), noisy_spec(&world, args.entries, 0)).await;
+        let (ns, name) = noisy_object(n);
+        world.tenant_config(&ns, &name, noisy_spec(&world, args.entries, 0)).await;
     }
     // Continuous edits of the noisy objects, one at a time round robin.
     let editing = Arc::new(AtomicBool::new(true));
     let edits = Arc::new(AtomicUsize::new(0));
     let editor = {
-        let (tcs, editing, edits) = (world.tenant_configs(&noisy_ns), editing.clone(), edits.clone());
-        let (objects, entries, every, ssm) = (args.noisy_objects, args.entries, args.edit_every, world.tag("ssm"));
+        let (client, editing, edits) = (world.client.clone(), editing.clone(), edits.clone());
+        let objects: Vec<_> = (0..args.noisy_objects).map(noisy_object).collect();
+        let (entries, every, ssm) = (args.entries, args.edit_every, world.tag("ssm"));
         tokio::spawn(async move {
             while editing.load(Ordering::Relaxed) {
                 let edit = edits.fetch_add(1, Ordering::Relaxed) + 1;
@@ -201,15 +221,16 @@ async fn main() {
                     })
                     .collect();
                 let patch = json!({ "spec": { "defaultTags": [ssm], "entries": entries } });
-                let name = format!("n{}", edit % objects);
-                let _ = tcs.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await;
+                let (ns, name) = &objects[edit % objects.len()];
+                let tcs = Api::<TenantConfig>::namespaced(client.clone(), ns);
+                let _ = tcs.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await;
                 tokio::time::sleep(every).await;
             }
         })
     };
     tokio::time::sleep(Duration::from_secs(3)).await;
     let noisy = quiet.measure("noisy", args.samples).await;
-    let converged_during = converged(&world, &noisy_ns).await;
+    let converged_during = converged(&world, &noisy_namespaces).await;
     editing.store(false, Ordering::Relaxed);
     editor.await.unwrap();
     let edits = edits.load(Ordering::Relaxed);
@@ -217,7 +238,7 @@ async fn main() {
         "quiet samples done; {converged_during}/{} noisy objects converged; waiting for the drain",
         args.noisy_objects
     );
-    while converged(&world, &noisy_ns).await < args.noisy_objects {
+    while converged(&world, &noisy_namespaces).await < args.noisy_objects {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let drain = drain_started.elapsed();

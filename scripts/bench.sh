@@ -14,11 +14,11 @@
 #       store write → ConfigMap → the mounted file inside a pod with and without
 #       refresh, and the env of a rolled-out Deployment, on the local
 #       node with kubelet defaults (defaults: 16 objects, changes 3s apart, window 10s)
-#   ./scripts/bench.sh noisy [--noisy-objects N] [--entries E] [--samples S] [--edit-every D]
+#   ./scripts/bench.sh noisy [--noisy-tenants T] [--noisy-objects N] [--entries E] [--samples S] [--edit-every D]
 #       a quiet tenant's store change → ConfigMap and new TenantConfig → Ready,
-#       idle and while a noisy tenant drains N objects × E Parameter Store entries
-#       and edits them every D; the noisy tenant's drain time and write rate
-#       (defaults: 40 objects, 64 entries, 20 samples, an edit every 250ms)
+#       idle and while T noisy tenants drain N objects × E Parameter Store entries
+#       and edit them every D; the noisy tenants' drain time and write rate
+#       (defaults: 1 tenant, 40 objects, 64 entries, 20 samples, an edit every 250ms)
 #
 # Runs on its own stack (.testenv/bench; freshness adds the node) and stops it afterwards.
 set -euo pipefail

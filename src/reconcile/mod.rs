@@ -133,7 +133,14 @@ async fn reconcile_valid(
             Finalizer::Cleanup(tc) => cleanup::cleanup(&tc, ctx).await,
         }
     });
-    store::on_behalf_of(&tenant, reconcile).await.map_err(|e| Error::Finalizer(Box::new(e)))
+    match store::on_behalf_of(&tenant, reconcile).await {
+        // A second cleanup from a cache that had not yet seen the object go
+        // (its ConfigMap's deletion asked for one): gone is what it wanted.
+        Err(kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(status))) if status.code == 404 => {
+            Ok(Action::await_change())
+        }
+        other => other.map_err(|e| Error::Finalizer(Box::new(e))),
+    }
 }
 
 /// Counts a reconcile and its duration when dropped, also when the reconcile
