@@ -652,6 +652,15 @@ async fn a_tenant_over_its_store_quota_writes_nothing_and_others_keep_theirs() {
 /// a quiet tenant's new DynamoDB-routed object is Ready at once instead of
 /// after noisy reconciles free a slot (17 s measured with no per-tenant
 /// limit), and the noisy tenant still converges.
+/// How long a new DynamoDB-routed object `calm` of a quiet tenant takes to be Ready.
+async fn quiet_object_ready_in(w: &World, ns: &str) -> Duration {
+    let started = std::time::Instant::now();
+    let db = w.tag("db");
+    w.tenant_config(ns, "calm", json!({ "defaultTags": [db], "entries": [{ "key": "a", "value": "1" }] })).await;
+    w.wait_ready(ns, "calm").await;
+    started.elapsed()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_tenant_converges_while_a_noisy_one_waits_for_aws() {
     let _turn = SERIAL.lock().await;
@@ -671,11 +680,7 @@ async fn a_quiet_tenant_converges_while_a_noisy_one_waits_for_aws() {
     }
     // The noisy objects are under way, waiting for the write budget.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let started = std::time::Instant::now();
-    let db = w.tag("db");
-    w.tenant_config(&quiet_ns, "calm", json!({ "defaultTags": [db], "entries": [{ "key": "a", "value": "1" }] })).await;
-    w.wait_ready(&quiet_ns, "calm").await;
-    let took = started.elapsed();
+    let took = quiet_object_ready_in(&w, &quiet_ns).await;
     let noisy_ready = w.ready_count(&noisy_ns).await;
     println!("quiet tenant Ready in {took:?} while the noisy one had {noisy_ready}/{noisy_objects} Ready");
     assert!(noisy_ready < noisy_objects, "the noisy tenant was still draining");
@@ -749,11 +754,7 @@ async fn slots_waiting_for_aws_tokens_are_lent_to_other_tenants() {
     }
     let quiet_ns = w.namespace("quiet", Some(&w.tenant(9))).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let started = std::time::Instant::now();
-    let db = w.tag("db");
-    w.tenant_config(&quiet_ns, "calm", json!({ "defaultTags": [db], "entries": [{ "key": "a", "value": "1" }] })).await;
-    w.wait_ready(&quiet_ns, "calm").await;
-    let took = started.elapsed();
+    let took = quiet_object_ready_in(&w, &quiet_ns).await;
     let mut noisy_ready = 0;
     for ns in &noisy_namespaces {
         noisy_ready += w.ready_count(ns).await;
