@@ -13,8 +13,19 @@ use crate::reconcile::{Context, ledgers::TenantWait};
 /// How many tenants each line names.
 const TOP: usize = 10;
 
+/// How often the view is logged.
+const PERIOD: Duration = Duration::from_secs(60);
+
+/// Runs `controller`, logging the view for as long as it runs.
+pub async fn alongside(controller: impl std::future::Future<Output = ()>, ctx: Arc<Context>) {
+    tokio::select! {
+        _ = controller => {}
+        _ = report_every(PERIOD, ctx) => {}
+    }
+}
+
 /// Logs the view every `period`, for as long as it is polled.
-pub async fn report_every(period: Duration, ctx: Arc<Context>) {
+async fn report_every(period: Duration, ctx: Arc<Context>) {
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;

@@ -67,9 +67,6 @@ impl Progress for Tracker {
 /// tokens without holding a permit (each tenant at most `--tenant-concurrency`).
 const TASKS_PER_PERMIT: u16 = 16;
 
-/// How often the tenants waiting for their fair share are logged.
-const FAIR_SHARE_REPORT: Duration = Duration::from_secs(60);
-
 /// Runs the controller (and, with `events`, the queue consumer) until
 /// `shutdown` resolves.
 pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send + 'static) {
@@ -122,16 +119,9 @@ pub async fn run(deps: Dependencies, shutdown: impl Future<Output = ()> + Send +
     });
     let stores = (context.kube.client.clone(), watches.config_stores.clone(), watches.store_changes.clone());
     let requests = Extra { retries: retry_requests.boxed(), tenant_turns: tenant_turns.boxed() };
-    let report = fair_share::report_every(FAIR_SHARE_REPORT, context.clone());
+    let reported = context.clone();
     let controller = controller(watches, context, triggered, requests, shutdown.clone());
-    let controller = store_status::alongside(controller, stores);
-    // The report runs for as long as the controller does.
-    let controller = async move {
-        tokio::select! {
-            _ = controller => {}
-            _ = report => {}
-        }
-    };
+    let controller = fair_share::alongside(store_status::alongside(controller, stores), reported);
     tokio::select! {
         _ = drive(controller, workloads, consumer.map(|c| (c, trigger)), shutdown.clone()) => {}
         _ = shutdown_before_sync(&probes, shutdown) => info!("shutdown before the caches synced: nothing in flight to finish"),
