@@ -136,95 +136,88 @@ pub struct Metrics {
     pub workload_patches: Family<WorkloadPatchLabels, Counter>,
 }
 
+/// Registers `metric` under `name` and gives it back for the struct to keep.
+fn registered<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix(PREFIX);
-        let event_messages = Family::<MessageLabels, Counter>::default();
-        registry.register("event_messages", "Event messages from the queue, by outcome", event_messages.clone());
-        let event_malformed = Family::<MalformedLabels, Counter>::default();
-        registry.register(
-            "event_malformed_messages",
-            "Messages that are not store-change events (left for the dead-letter queue), by reason",
-            event_malformed.clone(),
-        );
-        let event_triggers = Counter::default();
-        registry.register("event_triggers", "Reconciles triggered by events", event_triggers.clone());
-        let event_lag = Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]);
-        registry.register(
-            "event_to_projection_seconds",
-            "Time from an event message's arrival in the queue to the projection it caused",
-            event_lag.clone(),
-        );
-        let shared_cache = shared_cache::Lookups::default();
-        registry.register("shared_cache_lookups", "Shared-path reads, by cache result", shared_cache.clone());
-        let resync_objects = Family::<ResyncLabels, Counter>::default();
-        registry.register(
-            "resync_objects",
-            "Objects the periodic resync found stale (and reconciled) or current (no call of their own)",
-            resync_objects.clone(),
-        );
-        let reconciles = Family::<ReconcileLabels, Counter>::default();
-        registry.register("reconciles", "Reconciles by result and error label", reconciles.clone());
-        let reconcile_duration = Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
-        registry.register("reconcile_duration_seconds", "Duration of one reconcile", reconcile_duration.clone());
-        let objects = Family::<ReadyLabels, Gauge>::default();
-        registry.register("tenant_configs", "TenantConfigs by Ready condition", objects.clone());
-        let leader = Gauge::default();
-        registry.register("leader", "1 while this process is the active controller", leader.clone());
-        let reconciles_in_flight = Gauge::default();
-        registry.register("reconciles_in_flight", "Reconciles running now", reconciles_in_flight.clone());
-        let reconcile_queue_depth = Gauge::default();
-        registry.register(
-            "reconcile_queue_depth",
-            "TenantConfigs whose reconcile was requested and has not started",
-            reconcile_queue_depth.clone(),
-        );
-        let reconcile_queue_wait = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]);
-        registry.register(
-            "reconcile_queue_wait_seconds",
-            "From a reconcile's request (a watch change, an event, the resync, a retry) to its start",
-            reconcile_queue_wait.clone(),
-        );
-        let objects_backing_off = Gauge::default();
-        registry.register(
-            "objects_backing_off",
-            "TenantConfigs whose last reconcile failed and that wait for their retry",
-            objects_backing_off.clone(),
-        );
+        let mut r = Registry::with_prefix(PREFIX);
         let mut process = Registry::default();
         process.register_collector(Box::new(ProcessCollector));
-        let retries_requested_again = Counter::default();
-        registry.register(
-            "retries_requested_again",
-            "Retries after a failed reconcile that had not started a second after they were due and were requested again",
-            retries_requested_again.clone(),
-        );
-        let workload_patches = Family::<WorkloadPatchLabels, Counter>::default();
-        registry.register(
-            "workload_patches",
-            "Config-digest patches of refreshed pods (kind Pod) and rolled-out workloads, by result",
-            workload_patches.clone(),
-        );
+        let buckets = |b: &[f64]| Histogram::new(b.iter().copied());
         Metrics {
-            registry,
-            workload_patches,
-            process,
-            reconciles_in_flight,
-            reconcile_queue_depth,
-            reconcile_queue_wait,
-            objects_backing_off,
-            event_messages,
-            event_malformed,
-            event_triggers,
-            event_lag,
-            shared_cache,
-            resync_objects,
-            reconciles,
-            reconcile_duration,
-            objects,
-            leader,
-            retries_requested_again,
+            event_messages: registered(&mut r, "event_messages", "Event messages from the queue, by outcome", Family::default()),
+            event_malformed: registered(
+                &mut r,
+                "event_malformed_messages",
+                "Messages that are not store-change events (left for the dead-letter queue), by reason",
+                Family::default(),
+            ),
+            event_triggers: registered(&mut r, "event_triggers", "Reconciles triggered by events", Counter::default()),
+            event_lag: registered(
+                &mut r,
+                "event_to_projection_seconds",
+                "Time from an event message's arrival in the queue to the projection it caused",
+                buckets(&[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            ),
+            shared_cache: registered(&mut r, "shared_cache_lookups", "Shared-path reads, by cache result", Default::default()),
+            resync_objects: registered(
+                &mut r,
+                "resync_objects",
+                "Objects the periodic resync found stale (and reconciled) or current (no call of their own)",
+                Family::default(),
+            ),
+            reconciles: registered(&mut r, "reconciles", "Reconciles by result and error label", Family::default()),
+            reconcile_duration: registered(
+                &mut r,
+                "reconcile_duration_seconds",
+                "Duration of one reconcile",
+                buckets(&[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            ),
+            objects: registered(&mut r, "tenant_configs", "TenantConfigs by Ready condition", Family::default()),
+            leader: registered(&mut r, "leader", "1 while this process is the active controller", Gauge::default()),
+            reconciles_in_flight: registered(&mut r, "reconciles_in_flight", "Reconciles running now", Gauge::default()),
+            reconcile_queue_depth: registered(
+                &mut r,
+                "reconcile_queue_depth",
+                "TenantConfigs whose reconcile was requested and has not started",
+                Gauge::default(),
+            ),
+            reconcile_queue_wait: registered(
+                &mut r,
+                "reconcile_queue_wait_seconds",
+                "From a reconcile's request (a watch change, an event, the resync, a retry) to its start",
+                buckets(&[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            ),
+            objects_backing_off: registered(
+                &mut r,
+                "objects_backing_off",
+                "TenantConfigs whose last reconcile failed and that wait for their retry",
+                Gauge::default(),
+            ),
+            retries_requested_again: registered(
+                &mut r,
+                "retries_requested_again",
+                "Retries after a failed reconcile that had not started a second after they were due and were requested again",
+                Counter::default(),
+            ),
+            workload_patches: registered(
+                &mut r,
+                "workload_patches",
+                "Config-digest patches of refreshed pods (kind Pod) and rolled-out workloads, by result",
+                Family::default(),
+            ),
             readiness: Mutex::default(),
+            registry: r,
+            process,
         }
         .with_known_series()
     }
