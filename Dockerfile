@@ -12,7 +12,8 @@ ARG RUST_IMAGE=rust:1.95-bookworm
 FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 # Manifests first: the dependency build is cached until Cargo.lock changes.
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto proto
 COPY src src
 COPY benches benches
 RUN cargo build --locked --release --bin tenant-config-controller

@@ -85,6 +85,22 @@ pub struct TenantConfigSpec {
     /// nothing is written for it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub adopt_existing: bool,
+
+    /// Who may read this configuration through the config service (gRPC);
+    /// absent: every ServiceAccount of the namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<Access>,
+}
+
+/// Readers admitted by the config service.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Access {
+    /// Names of ServiceAccounts of this namespace allowed to read it.
+    #[serde(default)]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub service_accounts: Vec<String>,
 }
 
 /// One configuration key.
