@@ -6,6 +6,7 @@
 //! both publish Kubernetes Events through `recorder`, which depends on nothing here.
 
 pub mod api;
+pub mod config_api;
 pub mod crd;
 pub mod events;
 pub mod leader;

@@ -12,6 +12,7 @@ use tracing::info;
 
 use super::Dependencies;
 use crate::{
+    config_api,
     events::{self, sqs::ConsumerSettings},
     leader::{Election, Shutdown},
     metrics::Metrics,
@@ -29,6 +30,8 @@ pub struct Args {
     settings: Settings,
     #[command(flatten)]
     workloads: workloads::Settings,
+    #[command(flatten)]
+    config_api: config_api::Settings,
     /// SSM PutParameter/DeleteParameters calls per second, process-wide (0 = unlimited;
     /// default 3, AWS's own). The same as `--rate-limit ssm-write=N`.
     #[arg(long, env = "TENANT_CONFIG_SSM_WRITE_RATE")]
@@ -119,10 +122,22 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             Err(e) => e.to_string(),
         }
     };
+    // The config service serves on every replica, leader or not; its
+    // failure is fatal as the endpoint's is.
+    let config_api_failed = async {
+        let Some(addr) = args.config_api.config_api_addr else { return std::future::pending::<String>().await };
+        let labels = (args.settings.tenant_label.clone(), args.settings.environment_label.clone());
+        let serving = config_api::serve(args.config_api.clone(), addr, deps.client.clone(), labels, shutdown.clone());
+        match serving.await {
+            Ok(()) => std::future::pending::<String>().await,
+            Err(e) => e.to_string(),
+        }
+    };
     let events = deps.events.clone();
     tokio::select! {
-        result = lead_and_run(&args, deps, shutdown) => result?,
+        result = lead_and_run(&args, deps.clone(), shutdown.clone()) => result?,
         error = server_failed => return Err(format!("HTTP endpoint failed: {error}").into()),
+        error = config_api_failed => return Err(error.into()),
     }
     // The Lease is released by now: the next leader is already receiving.
     if let Some(events) = &events {
@@ -214,6 +229,12 @@ mod tests {
     struct Command {
         #[command(flatten)]
         args: Args,
+    }
+
+    #[test]
+    fn the_flags_form_a_valid_command() {
+        // Two flattened groups of the same name fail only at start otherwise.
+        <Command as clap::CommandFactory>::command().debug_assert();
     }
 
     fn limits(flags: &[&str]) -> Result<RateLimits, String> {

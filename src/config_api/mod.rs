@@ -1,0 +1,108 @@
+//! The config service (DESIGN.md §11): applications read and watch their
+//! TenantConfigs' projected configuration over gRPC
+//! (`proto/tenantconfig/v1/config.proto`), the caller taken only from its
+//! ServiceAccount token. Served by every replica from its own watches, with
+//! server reflection and the standard health service so that `grpcurl` works
+//! without the proto file.
+
+pub mod auth;
+pub mod proto;
+pub mod service;
+pub mod view;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tracing::info;
+
+use self::{auth::Authenticator, proto::config_service_server::ConfigServiceServer, service::ConfigApi, view::View};
+
+/// The flags of the config service.
+#[derive(clap::Args, Clone, Debug)]
+#[group(id = "config_api_settings")]
+#[command(next_help_heading = "Config service (gRPC)")]
+pub struct Settings {
+    /// Address of the config service (gRPC); unset: not served.
+    #[arg(long, env = "TENANT_CONFIG_CONFIG_API_ADDR")]
+    pub config_api_addr: Option<SocketAddr>,
+    /// PEM certificate (chain) of the config service.
+    #[arg(long, env = "TENANT_CONFIG_CONFIG_API_TLS_CERT")]
+    pub config_api_tls_cert: Option<PathBuf>,
+    /// PEM private key of the config service.
+    #[arg(long, env = "TENANT_CONFIG_CONFIG_API_TLS_KEY")]
+    pub config_api_tls_key: Option<PathBuf>,
+    /// The audience callers' ServiceAccount tokens must carry.
+    #[arg(long, env = "TENANT_CONFIG_CONFIG_API_AUDIENCE", default_value = "tenantconfig.io")]
+    pub config_api_audience: String,
+    /// Serve plaintext (no TLS): tokens then cross the network in the clear.
+    #[arg(long, env = "TENANT_CONFIG_CONFIG_API_INSECURE", default_value_t = false)]
+    pub config_api_insecure: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "--config-api-addr needs --config-api-tls-cert and --config-api-tls-key, or --config-api-insecure for plaintext"
+    )]
+    NoTls,
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config service: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("config service reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+impl Settings {
+    /// The TLS identity, or none for an explicit `--config-api-insecure`.
+    fn tls(&self) -> Result<Option<Identity>, Error> {
+        match (&self.config_api_tls_cert, &self.config_api_tls_key, self.config_api_insecure) {
+            (Some(cert), Some(key), _) => {
+                let read =
+                    |path: &PathBuf| std::fs::read(path).map_err(|source| Error::Read { path: path.clone(), source });
+                Ok(Some(Identity::from_pem(read(cert)?, read(key)?)))
+            }
+            (_, _, true) => Ok(None),
+            _ => Err(Error::NoTls),
+        }
+    }
+}
+
+/// Serves the config service at `addr` until `shutdown`.
+pub async fn serve(
+    settings: Settings,
+    addr: SocketAddr,
+    client: kube::Client,
+    labels: (String, String),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let tls = settings.tls()?;
+    let (view, keep_current) = View::start(&client);
+    let auth = Arc::new(Authenticator::new(client, settings.config_api_audience.clone()));
+    let api = Arc::new(ConfigApi { auth, view: view.clone(), tenant_label: labels.0, environment_label: labels.1 });
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_not_serving::<ConfigServiceServer<Arc<ConfigApi>>>().await;
+    let mut ready = view.ready.clone();
+    let serving = async move {
+        if ready.wait_for(|r| *r).await.is_ok() {
+            health.set_serving::<ConfigServiceServer<Arc<ConfigApi>>>().await;
+            info!("config service ready: its caches have listed");
+        }
+        std::future::pending::<()>().await
+    };
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let mut server = Server::builder();
+    if let Some(identity) = tls {
+        server = server.tls_config(ServerTlsConfig::new().identity(identity))?;
+    }
+    info!(%addr, tls = !settings.config_api_insecure || settings.config_api_tls_cert.is_some(), "serving the config service");
+    let router = server.add_service(health_service).add_service(reflection).add_service(ConfigServiceServer::new(api));
+    tokio::select! {
+        result = router.serve_with_shutdown(addr, shutdown) => result?,
+        _ = keep_current => {}
+        _ = serving => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! The config service (gRPC) against the real API server: real
+//! ServiceAccount tokens from TokenRequest, validated by real TokenReviews;
+//! the controller binary serving. Every path of the auth table, access by
+//! ServiceAccount, a watch that sees two store changes in order, a watch cut
+//! off when its namespace loses the tenant label or its pod is deleted.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::{
+    authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
+    core::v1::{Namespace, Pod, ServiceAccount},
+};
+use kube::{
+    Api,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+use support::{eventually, process::Process, world::World};
+use tenant_config_controller::config_api::proto::{
+    GetConfigRequest, ListConfigsRequest, WatchConfigRequest, config_service_client::ConfigServiceClient,
+};
+use tonic::{Code, Request, transport::Channel};
+
+const AUDIENCE: &str = "tenantconfig.io";
+
+/// A token of ServiceAccount `ns/name` for `audiences`, optionally bound to a pod.
+async fn token(w: &World, ns: &str, name: &str, audiences: &[&str], pod: Option<&Pod>) -> String {
+    let bound = pod.map(|p| BoundObjectReference {
+        kind: Some("Pod".into()),
+        api_version: Some("v1".into()),
+        name: p.metadata.name.clone(),
+        uid: p.metadata.uid.clone(),
+    });
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(audiences.iter().map(|a| a.to_string()).collect()),
+            expiration_seconds: Some(3600),
+            bound_object_ref: bound,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Api::<ServiceAccount>::namespaced(w.client.clone(), ns)
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("TokenRequest {ns}/{name}: {e}"))
+        .status
+        .and_then(|s| s.token)
+        .unwrap()
+}
+
+async fn service_account(w: &World, ns: &str, name: &str) {
+    let sa: ServiceAccount = serde_json::from_value(json!({ "metadata": { "name": name } })).unwrap();
+    Api::<ServiceAccount>::namespaced(w.client.clone(), ns).create(&PostParams::default(), &sa).await.unwrap();
+}
+
+fn with_token<T>(message: T, token: Option<&str>) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(token) = token {
+        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    request
+}
+
+async fn get(
+    client: &mut ConfigServiceClient<Channel>,
+    token: Option<&str>,
+    name: &str,
+) -> Result<(String, std::collections::HashMap<String, String>), Code> {
+    client
+        .get_config(with_token(GetConfigRequest { name: name.into() }, token))
+        .await
+        .map(|r| {
+            let c = r.into_inner();
+            (format!("{}/{}@{}", c.namespace, c.name, c.tenant), c.data)
+        })
+        .map_err(|s| s.code())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_service_serves_each_caller_its_own_namespace_only() {
+    let mut w = World::with_queue("capi", 5, 30).await;
+    w.standard_stores().await;
+    let (tenant_a, tenant_b) = (w.tenant(0), w.tenant(1));
+    let a = w.namespace("a", Some(&tenant_a)).await;
+    let b = w.namespace("b", Some(&tenant_b)).await;
+    let unlabelled = w.namespace("u", None).await;
+    for (ns, sa) in [(&a, "reader"), (&a, "other"), (&b, "reader"), (&unlabelled, "reader")] {
+        service_account(&w, ns, sa).await;
+    }
+    let db = w.tag("db");
+    let spec = |value: &str| json!({ "defaultTags": [db], "entries": [{ "key": "provider", "value": value }] });
+    w.tenant_config(&a, "payments", spec("stripe-a")).await;
+    w.tenant_config(&b, "payments", spec("stripe-b")).await;
+    let mut restricted = spec("secret-ish");
+    restricted["access"] = json!({ "serviceAccounts": ["other"] });
+    w.tenant_config(&a, "restricted", restricted).await;
+    w.tenant_config(&unlabelled, "payments", spec("nobody")).await;
+
+    let port = support::process::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let queue = w.queue_url().to_string();
+    let args = [
+        "--leader-election",
+        "false",
+        "--event-queue-url",
+        &queue,
+        "--config-api-addr",
+        &addr,
+        "--config-api-insecure",
+    ];
+    let controller = Process::spawn("capi", &args, &[]);
+    w.wait_ready_count(&a, 2).await;
+    w.wait_ready_count(&b, 1).await;
+    let channel = eventually("the config service answers", || async {
+        Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.ok()
+    })
+    .await;
+    let mut client = ConfigServiceClient::new(channel);
+
+    let reader_a = token(&w, &a, "reader", &[AUDIENCE], None).await;
+    let other_a = token(&w, &a, "other", &[AUDIENCE], None).await;
+    let reader_b = token(&w, &b, "reader", &[AUDIENCE], None).await;
+    let unlabelled_reader = token(&w, &unlabelled, "reader", &[AUDIENCE], None).await;
+    let api_server_audience = token(&w, &a, "reader", &[], None).await;
+
+    // The service lists before it answers.
+    let own = eventually("ready", || async { get(&mut client.clone(), Some(&reader_a), "payments").await.ok() }).await;
+    assert_eq!(own.0, format!("{a}/payments@{tenant_a}"));
+    assert_eq!(own.1["provider"], "stripe-a");
+    // Who is asking decides which namespace: B's reader asking for "payments" gets B's.
+    let theirs = get(&mut client, Some(&reader_b), "payments").await.unwrap();
+    assert_eq!((theirs.0, theirs.1["provider"].as_str()), (format!("{b}/payments@{tenant_b}"), "stripe-b"));
+    // The auth table.
+    assert_eq!(get(&mut client, None, "payments").await.unwrap_err(), Code::Unauthenticated, "no token");
+    assert_eq!(get(&mut client, Some("not.a.token"), "payments").await.unwrap_err(), Code::Unauthenticated);
+    assert_eq!(
+        get(&mut client, Some(&api_server_audience), "payments").await.unwrap_err(),
+        Code::Unauthenticated,
+        "a token for another audience (the API server's)"
+    );
+    assert_eq!(get(&mut client, Some(&unlabelled_reader), "payments").await.unwrap_err(), Code::PermissionDenied);
+    assert_eq!(get(&mut client, Some(&reader_a), "nope").await.unwrap_err(), Code::NotFound);
+    assert_eq!(get(&mut client, Some(&reader_a), "restricted").await.unwrap_err(), Code::PermissionDenied);
+    assert_eq!(get(&mut client, Some(&other_a), "restricted").await.unwrap().1["provider"], "secret-ish");
+    let listed = client.list_configs(with_token(ListConfigsRequest {}, Some(&reader_a))).await.unwrap().into_inner();
+    assert_eq!(listed.names, ["payments"], "only what the caller may read");
+
+    // A watch: the current config, then each store change in order.
+    let mut watch = client
+        .watch_config(with_token(
+            WatchConfigRequest { name: "payments".into(), digest: String::new() },
+            Some(&reader_a),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.data["provider"], "stripe-a");
+    // A watch that holds the current digest waits for a change.
+    let mut quiet = client
+        .watch_config(with_token(
+            WatchConfigRequest { name: "payments".into(), digest: first.digest.clone() },
+            Some(&reader_a),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    for value in ["one", "two"] {
+        w.set_item_key(&tenant_a, "payments", "feature", Some(value)).await;
+        let next = tokio::time::timeout(Duration::from_secs(30), watch.message()).await.unwrap().unwrap().unwrap();
+        assert_eq!(next.data.get("feature").map(String::as_str), Some(value), "in order, none stale");
+        let held = tokio::time::timeout(Duration::from_secs(30), quiet.message()).await.unwrap().unwrap().unwrap();
+        assert_eq!(held.data.get("feature").map(String::as_str), Some(value), "no first message for a held digest");
+    }
+
+    // The namespace loses its tenant label: the open watch ends, denied.
+    let unlabel = json!({ "metadata": { "labels": { "tenantconfig.io/tenant": null } } });
+    Api::<Namespace>::all(w.client.clone()).patch(&a, &PatchParams::default(), &Patch::Merge(&unlabel)).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status.code()),
+            }
+        }
+    })
+    .await
+    .expect("the watch ends within 60 s");
+    assert_eq!(ended, Some(Code::PermissionDenied));
+    let relabel = json!({ "metadata": { "labels": { "tenantconfig.io/tenant": tenant_a } } });
+    Api::<Namespace>::all(w.client.clone()).patch(&a, &PatchParams::default(), &Patch::Merge(&relabel)).await.unwrap();
+
+    // A pod's token: once the pod is deleted, its open watch is cut off.
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "app" },
+        "spec": { "serviceAccountName": "reader", "containers": [{ "name": "app", "image": "not-pulled" }] }
+    }))
+    .unwrap();
+    let pods = Api::<Pod>::namespaced(w.client.clone(), &a);
+    let pod = pods.create(&PostParams::default(), &pod).await.unwrap();
+    let pod_token = token(&w, &a, "reader", &[AUDIENCE], Some(&pod)).await;
+    let mut pod_watch = eventually("the relabelled namespace is served again", || async {
+        let request = WatchConfigRequest { name: "payments".into(), digest: String::new() };
+        client.clone().watch_config(with_token(request, Some(&pod_token))).await.ok()
+    })
+    .await
+    .into_inner();
+    assert!(pod_watch.message().await.unwrap().is_some());
+    pods.delete("app", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match pod_watch.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status.code()),
+            }
+        }
+    })
+    .await
+    .expect("the deleted pod's watch ends within 60 s");
+    assert_eq!(ended, Some(Code::Unauthenticated));
+    w.clean_up().await;
+    drop(controller);
+}
