@@ -206,6 +206,25 @@ fn chart_lints_and_renders_what_matters() {
     assert!(condition.contains("system:serviceaccount:tcc-system:tcc-tenant-config-controller"), "{condition}");
     let binding = find(&docs, "ValidatingAdmissionPolicyBinding", "-config-digest-only").expect("its binding");
     assert_eq!(binding["spec"]["validationActions"][0].as_str(), Some("Deny"));
+    // The config service: flags, its TLS Secret mounted, a Service, TokenReviews and nothing more.
+    assert!(grants(&render(&[]), "tokenreviews").is_empty(), "no TokenReviews without the config service");
+    let docs = render(&["configApi.enabled=true", "configApi.tls.secretName=tcc-config-api-tls"]);
+    let args = args_of(&docs);
+    for expected in [
+        "--config-api-addr=0.0.0.0:8443",
+        "--config-api-tls-cert=/etc/tenant-config/config-api-tls/tls.crt",
+        "--config-api-tls-key=/etc/tenant-config/config-api-tls/tls.key",
+        "--config-api-audience=tenantconfig.io",
+    ] {
+        assert!(args.contains(&expected.to_string()), "{expected} in {args:?}");
+    }
+    assert!(!args.iter().any(|a| a.contains("insecure")), "TLS only from the chart");
+    let pod = &find(&docs, "Deployment", "").unwrap()["spec"]["template"]["spec"];
+    assert_eq!(pod["volumes"][0]["secret"]["secretName"].as_str(), Some("tcc-config-api-tls"));
+    assert_eq!(pod["containers"][0]["ports"][1]["containerPort"].as_u64(), Some(8443));
+    let service = find(&docs, "Service", "-config-api").expect("the config service's Service");
+    assert_eq!(service["spec"]["ports"][0]["targetPort"].as_str(), Some("grpc"));
+    assert_eq!(grants(&docs, "tokenreviews"), ["create"]);
     let docs =
         render(&["refresh.enabled=true", "workloadPatches.admissionPolicy=false", "projectionPolicy.enabled=false"]);
     assert!(find(&docs, "ValidatingAdmissionPolicy", "").is_none(), "the policies can be left to the platform");
@@ -225,6 +244,8 @@ fn wrong_values_fail_with_a_clear_message() {
         ("workloadPatches.perSecond=0", "perSecond"),
         ("networkPolicy.egressCIDRs[0]=everywhere", "egressCIDRs"),
         ("networkPolicy.egressPorts[0]=70000", "egressPorts"),
+        ("configApi.enabled=true", "configApi.tls.secretName"),
+        ("configApi.port=0", "port"),
     ] {
         let (ok, _, stderr) = helm(&["template", "tcc", CHART, "--kube-version", "1.37.2", "--set", set]);
         assert!(!ok, "{set} must be refused");
