@@ -226,3 +226,118 @@ async fn the_config_service_serves_each_caller_its_own_namespace_only() {
     w.clean_up().await;
     drop(controller);
 }
+
+/// A test CA and a server certificate for 127.0.0.1 from it (openssl, as the
+/// test stack's own certificates).
+fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=capi-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=config-api",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    ]);
+    (dir.join("ca.crt"), dir.join("server.crt"), dir.join("server.key"))
+}
+
+/// TLS with a test CA: a client that trusts it is served; a plaintext client
+/// is not; without a certificate or --config-api-insecure the process refuses
+/// to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_service_speaks_tls_with_its_certificate() {
+    use tonic::transport::{Certificate, ClientTlsConfig};
+    let mut w = World::new("capi-tls").await;
+    w.standard_stores().await;
+    let tenant = w.tenant(0);
+    let ns = w.namespace("a", Some(&tenant)).await;
+    service_account(&w, &ns, "reader").await;
+    let db = w.tag("db");
+    w.tenant_config(
+        &ns,
+        "payments",
+        json!({ "defaultTags": [db], "entries": [{ "key": "provider", "value": "tls" }] }),
+    )
+    .await;
+    let dir = std::env::temp_dir().join(support::unique("capi-tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key) = certificates(&dir);
+    let addr = format!("127.0.0.1:{}", support::process::free_port());
+
+    let mut refused = Process::spawn("capi-no-tls", &["--leader-election", "false", "--config-api-addr", &addr], &[]);
+    assert!(!refused.wait_exit(Duration::from_secs(30)).success(), "no certificate, not insecure: refused");
+    assert!(refused.logs().contains("--config-api-tls-cert"), "says why: {}", refused.logs());
+
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let args = [
+        "--leader-election",
+        "false",
+        "--config-api-addr",
+        &addr,
+        "--config-api-tls-cert",
+        cert,
+        "--config-api-tls-key",
+        key,
+    ];
+    let controller = Process::spawn("capi-tls", &args, &[]);
+    w.wait_ready_count(&ns, 1).await;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(&ca).unwrap()))
+        .domain_name("localhost");
+    let channel = eventually("the config service answers over TLS", || async {
+        Channel::from_shared(format!("https://{addr}")).unwrap().tls_config(tls.clone()).unwrap().connect().await.ok()
+    })
+    .await;
+    let token = token(&w, &ns, "reader", &[AUDIENCE], None).await;
+    let client = ConfigServiceClient::new(channel);
+    let got = eventually("served", || async { get(&mut client.clone(), Some(&token), "payments").await.ok() }).await;
+    assert_eq!(got.1["provider"], "tls");
+    let plaintext = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await;
+    if let Ok(channel) = plaintext {
+        let answer = get(&mut ConfigServiceClient::new(channel), Some(&token), "payments").await;
+        assert!(answer.is_err(), "a plaintext client is not served: {answer:?}");
+    }
+    w.clean_up().await;
+    drop(controller);
+}
