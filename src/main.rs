@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use tenant_config_controller::{
-    events,
+    config_api, events,
     runtime::{migrate, process},
 };
 
@@ -27,6 +27,9 @@ enum Command {
     /// (the layout of builds without this command). A dry run unless --apply; run it with the
     /// controller stopped.
     MigratePaths(migrate::Args),
+    /// Read (get, watch, list) configuration from the config service with this pod's
+    /// ServiceAccount token, as JSON lines.
+    Config(config_api::client::Args),
 }
 
 #[derive(clap::Args)]
@@ -61,5 +64,6 @@ async fn run_cli() -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Run(args) => process::run(*args).await,
         Command::MigratePaths(args) => migrate::run(args).await,
+        Command::Config(args) => config_api::client::run(args).await,
     }
 }

@@ -147,6 +147,35 @@ async fn the_config_service_serves_each_caller_its_own_namespace_only() {
     assert_eq!(get(&mut client, Some(&other_a), "restricted").await.unwrap().1["provider"], "secret-ish");
     let listed = client.list_configs(with_token(ListConfigsRequest {}, Some(&reader_a))).await.unwrap().into_inner();
     assert_eq!(listed.names, ["payments"], "only what the caller may read");
+    // The client in the binary, as a pod runs it: the token from a file, JSON out.
+    let token_file = std::env::temp_dir().join(support::unique("capi-token"));
+    std::fs::write(&token_file, &reader_a).unwrap();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenant-config-controller"))
+            .arg("config")
+            .args(args)
+            .args(["--url", &format!("http://{addr}"), "--token-file", token_file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, stdout, stderr) = cli(&["get", "payments"]);
+    assert!(ok, "config get: {stderr}");
+    let printed: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        (printed["data"]["provider"].as_str(), printed["tenant"].as_str()),
+        (Some("stripe-a"), Some(tenant_a.as_str()))
+    );
+    assert_eq!(cli(&["list"]).1.trim(), r#"{"names":["payments"]}"#);
+    let (ok, _, stderr) = cli(&["get", "restricted"]);
+    assert!(
+        !ok && stderr.contains("PermissionDenied") || stderr.contains("Permission"),
+        "config get restricted: {stderr}"
+    );
 
     // A watch: the current config, then each store change in order.
     let mut watch = client

@@ -6,6 +6,7 @@
 //! without the proto file.
 
 pub mod auth;
+pub mod client;
 pub mod proto;
 pub mod service;
 pub mod view;
