@@ -28,7 +28,10 @@ use kube::{
 use serde_json::json;
 use support::{fixtures::InProcessController, percentile, world::World};
 use tenant_config_controller::{
-    api::TenantConfig, events::sqs::ConsumerSettings, reconcile::Settings, store::stats::CallStats,
+    api::{ConfigStore, TenantConfig},
+    events::sqs::ConsumerSettings,
+    reconcile::Settings,
+    store::stats::CallStats,
 };
 
 struct Args {
@@ -147,6 +150,23 @@ async fn converged(world: &World, namespaces: &[String]) -> usize {
     converged
 }
 
+/// A drain that converges no object for this long is a failure, not a wait.
+const DRAIN_STALL: Duration = Duration::from_secs(300);
+
+/// The Ready reasons of the noisy objects that have not converged.
+async fn unconverged(world: &World, namespaces: &[String]) -> String {
+    let mut reasons = std::collections::BTreeMap::<String, usize>::new();
+    for ns in namespaces {
+        for tc in world.tenant_configs(ns).list(&ListParams::default()).await.unwrap().items {
+            if !support::fixtures::is_ready(&tc) {
+                let reason = support::fixtures::condition(&tc, "Ready").map(|(_, r)| r).unwrap_or_default();
+                *reasons.entry(reason).or_default() += 1;
+            }
+        }
+    }
+    format!("{reasons:?}")
+}
+
 fn noisy_spec(world: &World, entries: usize, edit: usize) -> serde_json::Value {
     let entries: Vec<_> = (0..entries)
         .map(|k| json!({ "key": format!("k{k}"), "value": if k == 0 { format!("edit-{edit}") } else { format!("v{k}") } }))
@@ -172,6 +192,11 @@ async fn main() {
     let args = args();
     let mut world = World::with_queue("noisy", 5, 60).await;
     world.standard_stores().await;
+    // The backlog is over Parameter Store's default per-tenant quota (1,000
+    // entries): the platform team raised it for this tenant's store.
+    let quota = json!({ "spec": { "quota": { "maxEntries": args.noisy_objects * args.entries + 1000 } } });
+    let stores = Api::<ConfigStore>::all(world.client.clone());
+    stores.patch(&format!("{}-ssm", world.id), &PatchParams::default(), &Patch::Merge(&quota)).await.unwrap();
     let quiet_tenant = world.tenant(0);
     let quiet_ns = world.namespace("quiet", Some(&quiet_tenant)).await;
     let mut noisy_namespaces = Vec::new();
@@ -238,8 +263,19 @@ async fn main() {
         "quiet samples done; {converged_during}/{} noisy objects converged; waiting for the drain",
         args.noisy_objects
     );
-    while converged(&world, &noisy_namespaces).await < args.noisy_objects {
+    let (mut progress, mut progressed) = (converged_during, Instant::now());
+    while progress < args.noisy_objects {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = converged(&world, &noisy_namespaces).await;
+        if now > progress {
+            (progress, progressed) = (now, Instant::now());
+        }
+        assert!(
+            progressed.elapsed() < DRAIN_STALL,
+            "the drain stalled at {progress}/{}: {}",
+            args.noisy_objects,
+            unconverged(&world, &noisy_namespaces).await
+        );
     }
     let drain = drain_started.elapsed();
     let writes = stats.writes("ParameterStore") - writes_before;
