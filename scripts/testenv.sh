@@ -32,6 +32,8 @@ K8S_BIN=$CACHE_DIR/k8s-$KUBE_VERSION-etcd-$ETCD_VERSION/bin
 HELM_BIN=$CACHE_DIR/helm-$HELM_VERSION/bin
 PROMETHEUS_VERSION=v0.316.0   # Prometheus 3.x's Go module version
 PROMTOOL_BIN=$CACHE_DIR/promtool-$PROMETHEUS_VERSION/bin
+GRPCURL_VERSION=v1.9.4
+GRPCURL_BIN=$CACHE_DIR/grpcurl-$GRPCURL_VERSION/bin
 MOTO_VENV=$CACHE_DIR/moto-$MOTO_VERSION
 CFN_LINT_VENV=$CACHE_DIR/cfn-lint-$CFN_LINT_VERSION
 ENV_FILE=$STATE_DIR/env
@@ -139,6 +141,17 @@ build_promtool() {
   touch "$PROMTOOL_BIN/.complete"
 }
 
+# grpcurl, a real third-party gRPC client for the config service's tests
+# (through server reflection, without the proto file).
+build_grpcurl() {
+  if [[ -f $GRPCURL_BIN/.complete ]]; then return; fi
+  log "building grpcurl $GRPCURL_VERSION"
+  mkdir -p "$GRPCURL_BIN"
+  (cd "$CACHE_DIR" && GOWORK=off GOBIN=$GRPCURL_BIN go install -trimpath -ldflags "-s -w" \
+    "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION")
+  touch "$GRPCURL_BIN/.complete"
+}
+
 # A pinned Python tool in its own venv: venv dir, pip requirement.
 build_venv() {
   local venv=$1 requirement=$2
@@ -174,6 +187,7 @@ build_all() {
   build_helm
   build_kstatus
   build_promtool
+  build_grpcurl
 }
 
 
@@ -302,6 +316,7 @@ export CFN_LINT=$CFN_LINT_VENV/bin/cfn-lint
 export TCC_LUA=$(command -v lua5.4)
 export TCC_KSTATUS=$KSTATUS_BIN
 export TCC_PROMTOOL=$PROMTOOL_BIN/promtool
+export TCC_GRPCURL=$GRPCURL_BIN/grpcurl
 export TCC_ADMIN_TOKEN=$token
 export TCC_SA_SIGNING_KEY=$STATE_DIR/pki/sa.key
 export AWS_ENDPOINT_URL=http://127.0.0.1:$moto_port

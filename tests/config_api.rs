@@ -147,6 +147,33 @@ async fn the_config_service_serves_each_caller_its_own_namespace_only() {
     assert_eq!(get(&mut client, Some(&other_a), "restricted").await.unwrap().1["provider"], "secret-ish");
     let listed = client.list_configs(with_token(ListConfigsRequest {}, Some(&reader_a))).await.unwrap().into_inner();
     assert_eq!(listed.names, ["payments"], "only what the caller may read");
+    // grpcurl, a third-party client, through reflection alone (no proto file).
+    let grpcurl = |args: &[&str]| {
+        let out =
+            std::process::Command::new(support::env("TCC_GRPCURL")).arg("-plaintext").args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, services, stderr) = grpcurl(&[&addr, "list"]);
+    assert!(ok, "grpcurl list: {stderr}");
+    for service in ["tenantconfig.v1.ConfigService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"] {
+        assert!(services.lines().any(|l| l == service), "{service} in {services}");
+    }
+    let health = r#"{"service":"tenantconfig.v1.ConfigService"}"#;
+    let (ok, status, stderr) = grpcurl(&["-d", health, &addr, "grpc.health.v1.Health/Check"]);
+    assert!(ok && status.contains("SERVING"), "health: {status}{stderr}");
+    let bearer = format!("authorization: Bearer {reader_a}");
+    let (ok, got, stderr) =
+        grpcurl(&["-H", &bearer, "-d", r#"{"name":"payments"}"#, &addr, "tenantconfig.v1.ConfigService/GetConfig"]);
+    assert!(ok, "grpcurl GetConfig: {stderr}");
+    let got: serde_json::Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(got["data"]["provider"], "stripe-a");
+    let (ok, _, stderr) = grpcurl(&["-d", r#"{"name":"payments"}"#, &addr, "tenantconfig.v1.ConfigService/GetConfig"]);
+    assert!(!ok && stderr.contains("Unauthenticated"), "grpcurl without a token: {stderr}");
+
     // The client in the binary, as a pod runs it: the token from a file, JSON out.
     let token_file = std::env::temp_dir().join(support::unique("capi-token"));
     std::fs::write(&token_file, &reader_a).unwrap();
