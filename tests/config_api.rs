@@ -25,6 +25,9 @@ use tonic::{Code, Request, transport::Channel};
 
 const AUDIENCE: &str = "tenantconfig.io";
 
+/// Tests take turns: each runs a controller that sees the whole cluster.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A token of ServiceAccount `ns/name` for `audiences`, optionally bound to a pod.
 async fn token(w: &World, ns: &str, name: &str, audiences: &[&str], pod: Option<&Pod>) -> String {
     let bound = pod.map(|p| BoundObjectReference {
@@ -81,6 +84,7 @@ async fn get(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_config_service_serves_each_caller_its_own_namespace_only() {
+    let _turn = SERIAL.lock().await;
     let mut w = World::with_queue("capi", 5, 30).await;
     w.standard_stores().await;
     let (tenant_a, tenant_b) = (w.tenant(0), w.tenant(1));
@@ -286,6 +290,7 @@ async fn the_config_service_serves_each_caller_its_own_namespace_only() {
 /// A test CA and a server certificate for 127.0.0.1 from it (openssl, as the
 /// test stack's own certificates).
 fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
     let run = |args: &[&str]| {
         let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
         assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -339,11 +344,12 @@ fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBu
 }
 
 /// TLS with a test CA: a client that trusts it is served; a plaintext client
-/// is not; without a certificate or --config-api-insecure the process refuses
-/// to start.
+/// is not; a renewed certificate is presented without a restart; without a
+/// certificate or --config-api-insecure the process refuses to start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_config_service_speaks_tls_with_its_certificate() {
     use tonic::transport::{Certificate, ClientTlsConfig};
+    let _turn = SERIAL.lock().await;
     let mut w = World::new("capi-tls").await;
     w.standard_stores().await;
     let tenant = w.tenant(0);
@@ -394,6 +400,36 @@ async fn the_config_service_speaks_tls_with_its_certificate() {
         let answer = get(&mut ConfigServiceClient::new(channel), Some(&token), "payments").await;
         assert!(answer.is_err(), "a plaintext client is not served: {answer:?}");
     }
+
+    // cert-manager renews the certificate (from another CA here, to tell them
+    // apart): the files are replaced as the kubelet does (write, then rename);
+    // new connections get the new certificate, the open one keeps working.
+    let (new_ca, new_cert, new_key) = certificates(&dir.join("renewed"));
+    for (from, to) in [(&new_cert, cert), (&new_key, key)] {
+        let staged = format!("{to}.new");
+        std::fs::copy(from, &staged).unwrap();
+        std::fs::rename(&staged, to).unwrap();
+    }
+    let renewed = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(&new_ca).unwrap()))
+        .domain_name("localhost");
+    let channel = eventually("a new connection is served with the renewed certificate", || async {
+        Channel::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(renewed.clone())
+            .unwrap()
+            .connect()
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(
+        get(&mut ConfigServiceClient::new(channel), Some(&token), "payments").await.unwrap().1["provider"],
+        "tls"
+    );
+    let old_ca_only = Channel::from_shared(format!("https://{addr}")).unwrap().tls_config(tls.clone()).unwrap();
+    assert!(old_ca_only.connect().await.is_err(), "the old certificate is no longer presented");
+    assert!(get(&mut client.clone(), Some(&token), "payments").await.is_ok(), "the open connection keeps working");
     w.clean_up().await;
     drop(controller);
 }

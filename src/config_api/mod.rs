@@ -9,11 +9,12 @@ pub mod auth;
 pub mod client;
 pub mod proto;
 pub mod service;
+pub mod tls;
 pub mod view;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tracing::info;
 
 use self::{auth::Authenticator, proto::config_service_server::ConfigServiceServer, service::ConfigApi, view::View};
@@ -46,8 +47,10 @@ pub enum Error {
         "--config-api-addr needs --config-api-tls-cert and --config-api-tls-key, or --config-api-insecure for plaintext"
     )]
     NoTls,
-    #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("config service address {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("config service: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("config service reflection: {0}")]
@@ -55,14 +58,11 @@ pub enum Error {
 }
 
 impl Settings {
-    /// The TLS identity, or none for an explicit `--config-api-insecure`.
-    fn tls(&self) -> Result<Option<Identity>, Error> {
+    /// The certificate to serve with (re-read when its files change), or
+    /// none for an explicit `--config-api-insecure`.
+    fn tls(&self) -> Result<Option<Arc<tls::ReloadingCert>>, Error> {
         match (&self.config_api_tls_cert, &self.config_api_tls_key, self.config_api_insecure) {
-            (Some(cert), Some(key), _) => {
-                let read =
-                    |path: &PathBuf| std::fs::read(path).map_err(|source| Error::Read { path: path.clone(), source });
-                Ok(Some(Identity::from_pem(read(cert)?, read(key)?)))
-            }
+            (Some(cert), Some(key), _) => Ok(Some(tls::ReloadingCert::load(cert.clone(), key.clone())?)),
             (_, _, true) => Ok(None),
             _ => Err(Error::NoTls),
         }
@@ -95,16 +95,36 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let mut server = Server::builder();
-    if let Some(identity) = tls {
-        server = server.tls_config(ServerTlsConfig::new().identity(identity))?;
-    }
-    info!(%addr, tls = !settings.config_api_insecure || settings.config_api_tls_cert.is_some(), "serving the config service");
-    let router = server.add_service(health_service).add_service(reflection).add_service(ConfigServiceServer::new(api));
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
+    info!(%addr, tls = tls.is_some(), "serving the config service");
+    let router = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(ConfigServiceServer::new(api));
+    let served = async move {
+        match tls {
+            Some(cert) => router.serve_with_incoming_shutdown(tls::incoming(listener, cert)?, shutdown).await,
+            None => {
+                let plain = plaintext_connections(listener);
+                router.serve_with_incoming_shutdown(plain, shutdown).await
+            }
+        }
+        .map_err(Error::from)
+    };
     tokio::select! {
-        result = router.serve_with_shutdown(addr, shutdown) => result?,
+        result = served => result?,
         _ = keep_current => {}
         _ = serving => {}
     }
     Ok(())
+}
+
+/// The plaintext connections of `listener`.
+fn plaintext_connections(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = Result<tokio::net::TcpStream, std::io::Error>> {
+    futures::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(stream, _)| stream);
+        Some((accepted, listener))
+    })
 }
