@@ -433,3 +433,45 @@ async fn the_config_service_speaks_tls_with_its_certificate() {
     w.clean_up().await;
     drop(controller);
 }
+
+/// Reads need no leadership: of two replicas under leader election, the
+/// standby serves the config service as the leader does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_replica_serves_reads() {
+    let _turn = SERIAL.lock().await;
+    let mut w = World::new("capi-standby").await;
+    w.standard_stores().await;
+    let tenant = w.tenant(0);
+    let ns = w.namespace("a", Some(&tenant)).await;
+    service_account(&w, &ns, "reader").await;
+    let db = w.tag("db");
+    let spec = json!({ "defaultTags": [db], "entries": [{ "key": "provider", "value": "standby" }] });
+    w.tenant_config(&ns, "payments", spec).await;
+    let lease = format!("{}-lease", w.id);
+    let replica = |name: &str, addr: &str| {
+        let args =
+            ["--lease-name", &lease, "--lease-namespace", &ns, "--config-api-addr", addr, "--config-api-insecure"];
+        Process::spawn(name, &args, &[])
+    };
+    let (first_addr, second_addr) = (
+        format!("127.0.0.1:{}", support::process::free_port()),
+        format!("127.0.0.1:{}", support::process::free_port()),
+    );
+    let first = replica("capi-first", &first_addr);
+    w.wait_ready_count(&ns, 1).await;
+    let second = replica("capi-second", &second_addr);
+    let leading = |p: &Process| p.metric("tenant_config_leader") == Some(1.0);
+    eventually("one leader, one standby", || async { (leading(&first) != leading(&second)).then_some(()) }).await;
+    let token = token(&w, &ns, "reader", &[AUDIENCE], None).await;
+    for (who, addr) in [("first", &first_addr), ("second", &second_addr)] {
+        let got = eventually(&format!("the {who} replica serves"), || async {
+            let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.ok()?;
+            get(&mut ConfigServiceClient::new(channel), Some(&token), "payments").await.ok()
+        })
+        .await;
+        assert_eq!(got.1["provider"], "standby", "{who}");
+    }
+    assert!(!leading(&second), "the second replica was the standby throughout");
+    w.clean_up().await;
+    drop((first, second));
+}
