@@ -15,7 +15,7 @@ use kube::{
     Client,
     runtime::{Controller, controller, reflector::ObjectRef},
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     api::{Guarded, names::FIELD_MANAGER},
@@ -255,6 +255,10 @@ fn controller(
             match result {
                 // Waiting for its tenant's turn is not a failure.
                 Err(controller::Error::ReconcilerFailed(e, _)) if e.is_tenant_busy() => {}
+                // A request for an object deleted meanwhile: nothing to do.
+                Err(controller::Error::ObjectNotFound(object)) => {
+                    debug!(%object, "reconcile of a deleted object skipped")
+                }
                 Err(e) => warn!(error = %e, "reconcile failed"),
                 Ok(_) => {}
             }
