@@ -131,25 +131,26 @@ build_kstatus() {
   touch "$dir/.complete"
 }
 
+# A Go tool, built once from the Go module proxy: its bin dir, module@version, what it is.
+build_go_tool() {
+  local bin=$1 module=$2 what=$3
+  if [[ -f $bin/.complete ]]; then return; fi
+  log "building $what"
+  mkdir -p "$bin"
+  (cd "$CACHE_DIR" && GOWORK=off GOBIN=$bin go install -trimpath -ldflags "-s -w" "$module")
+  touch "$bin/.complete"
+}
+
 # promtool, to check the chart's alert rules and run their unit tests.
 build_promtool() {
-  if [[ -f $PROMTOOL_BIN/.complete ]]; then return; fi
-  log "building promtool (prometheus $PROMETHEUS_VERSION)"
-  mkdir -p "$PROMTOOL_BIN"
-  (cd "$CACHE_DIR" && GOWORK=off GOBIN=$PROMTOOL_BIN go install -trimpath -ldflags "-s -w" \
-    "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION")
-  touch "$PROMTOOL_BIN/.complete"
+  build_go_tool "$PROMTOOL_BIN" "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION" \
+    "promtool (prometheus $PROMETHEUS_VERSION)"
 }
 
 # grpcurl, a real third-party gRPC client for the config service's tests
 # (through server reflection, without the proto file).
 build_grpcurl() {
-  if [[ -f $GRPCURL_BIN/.complete ]]; then return; fi
-  log "building grpcurl $GRPCURL_VERSION"
-  mkdir -p "$GRPCURL_BIN"
-  (cd "$CACHE_DIR" && GOWORK=off GOBIN=$GRPCURL_BIN go install -trimpath -ldflags "-s -w" \
-    "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION")
-  touch "$GRPCURL_BIN/.complete"
+  build_go_tool "$GRPCURL_BIN" "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION" "grpcurl $GRPCURL_VERSION"
 }
 
 # A pinned Python tool in its own venv: venv dir, pip requirement.

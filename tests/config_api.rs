@@ -67,6 +67,22 @@ fn with_token<T>(message: T, token: Option<&str>) -> Request<T> {
     request
 }
 
+/// How a watch ended (its status code; None for a clean end), if within a minute.
+async fn ended_within_a_minute(
+    watch: &mut tonic::Streaming<tenant_config_controller::config_api::proto::Config>,
+) -> Option<Option<Code>> {
+    let ending = async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status.code()),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), ending).await.ok()
+}
+
 async fn get(
     client: &mut ConfigServiceClient<Channel>,
     token: Option<&str>,
@@ -239,17 +255,7 @@ async fn the_config_service_serves_each_caller_its_own_namespace_only() {
     // The namespace loses its tenant label: the open watch ends, denied.
     let unlabel = json!({ "metadata": { "labels": { "tenantconfig.io/tenant": null } } });
     Api::<Namespace>::all(w.client.clone()).patch(&a, &PatchParams::default(), &Patch::Merge(&unlabel)).await.unwrap();
-    let ended = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            match watch.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => return None,
-                Err(status) => return Some(status.code()),
-            }
-        }
-    })
-    .await
-    .expect("the watch ends within 60 s");
+    let ended = ended_within_a_minute(&mut watch).await.expect("the watch ends within 60 s");
     assert_eq!(ended, Some(Code::PermissionDenied));
     let relabel = json!({ "metadata": { "labels": { "tenantconfig.io/tenant": tenant_a } } });
     Api::<Namespace>::all(w.client.clone()).patch(&a, &PatchParams::default(), &Patch::Merge(&relabel)).await.unwrap();
@@ -271,17 +277,7 @@ async fn the_config_service_serves_each_caller_its_own_namespace_only() {
     .into_inner();
     assert!(pod_watch.message().await.unwrap().is_some());
     pods.delete("app", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.unwrap();
-    let ended = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            match pod_watch.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => return None,
-                Err(status) => return Some(status.code()),
-            }
-        }
-    })
-    .await
-    .expect("the deleted pod's watch ends within 60 s");
+    let ended = ended_within_a_minute(&mut pod_watch).await.expect("the deleted pod's watch ends within 60 s");
     assert_eq!(ended, Some(Code::Unauthenticated));
     w.clean_up().await;
     drop(controller);
