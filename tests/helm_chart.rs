@@ -444,10 +444,14 @@ async fn projections_are_fenced(admin: &Client, chart: &Client, release_ns: &str
             other => {
                 assert!(started.elapsed() < Duration::from_secs(30), "the policy never denied anything: {other:?}");
                 if let Ok(created) = other {
-                    Api::<ConfigMap>::namespaced(admin.clone(), release_ns)
+                    // Its owner does not exist: the garbage collector may have taken it already.
+                    let deleted = Api::<ConfigMap>::namespaced(admin.clone(), release_ns)
                         .delete(&created.metadata.name.unwrap(), &DeleteParams::default())
-                        .await
-                        .unwrap();
+                        .await;
+                    match deleted {
+                        Err(kube::Error::Api(e)) if e.code == 404 => {}
+                        other => drop(other.unwrap()),
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
