@@ -225,6 +225,11 @@ fn chart_lints_and_renders_what_matters() {
     let service = find(&docs, "Service", "-config-api").expect("the config service's Service");
     assert_eq!(service["spec"]["ports"][0]["targetPort"].as_str(), Some("grpc"));
     assert_eq!(grants(&docs, "tokenreviews"), ["create"]);
+    let docs = render(&["configApi.enabled=true", "configApi.tls.secretName=t", "networkPolicy.enabled=true"]);
+    let ingress = &find(&docs, "NetworkPolicy", "").unwrap()["spec"]["ingress"];
+    assert_eq!(ingress[1]["ports"][0]["port"].as_str(), Some("grpc"), "callers reach the config service");
+    let from = &ingress[1]["from"][0]["namespaceSelector"]["matchExpressions"][0];
+    assert_eq!((from["key"].as_str(), from["operator"].as_str()), (Some("tenantconfig.io/tenant"), Some("Exists")));
     let docs =
         render(&["refresh.enabled=true", "workloadPatches.admissionPolicy=false", "projectionPolicy.enabled=false"]);
     assert!(find(&docs, "ValidatingAdmissionPolicy", "").is_none(), "the policies can be left to the platform");
