@@ -22,6 +22,16 @@ pub use tenant_config::{
 /// deserialize is reported on its own instead of failing the whole watch.
 pub type Guarded = DeserializeGuard<TenantConfig>;
 
+/// Drops what no cache of TenantConfigs reads: the server-side-apply
+/// bookkeeping and kubectl's client-side copy of the last applied manifest,
+/// which together can outweigh the object itself (a cache holds every
+/// TenantConfig of the cluster).
+pub fn slim_for_cache(tc: &mut Guarded) {
+    use kube::ResourceExt;
+    tc.managed_fields_mut().clear();
+    tc.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
+}
+
 /// API group of every resource this controller defines.
 pub const GROUP: &str = "tenantconfig.io";
 

@@ -74,9 +74,7 @@ impl View {
 
 /// A TenantConfig as reads need it: its entries and includes are never served.
 fn slim(tc: &mut Guarded) {
-    use kube::ResourceExt;
-    tc.managed_fields_mut().clear();
-    tc.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
+    crate::api::slim_for_cache(tc);
     if let Ok(tc) = &mut tc.0 {
         tc.spec.entries = Vec::new();
         tc.spec.include = Vec::new();

@@ -125,15 +125,15 @@ async fn reconcile_valid(
     }
     let ns = tc.namespace().ok_or(Error::MissingNamespace)?;
     let api = Api::<TenantConfig>::namespaced(ctx.kube.client.clone(), &ns);
-    // Its AWS calls wait for rate tokens in its tenant's turn.
-    let tenant = ctx.cached_tenant(&ns).unwrap_or_default();
+    // From the namespace cache; its AWS calls wait for rate tokens in its turn.
+    let tenant = ctx.cached_tenant(&ns);
     let reconcile = finalizer(&api, FINALIZER, tc, |event| async {
         match event {
-            Finalizer::Apply(tc) => apply(&tc, ctx, key, started, shared_only).await,
+            Finalizer::Apply(tc) => apply(&tc, ctx, key, tenant.as_deref(), started, shared_only).await,
             Finalizer::Cleanup(tc) => cleanup::cleanup(&tc, ctx).await,
         }
     });
-    match store::on_behalf_of(&tenant, reconcile).await {
+    match store::on_behalf_of(tenant.as_deref().unwrap_or_default(), reconcile).await {
         // A second cleanup from a cache that had not yet seen the object go
         // (its ConfigMap's deletion asked for one): gone is what it wanted.
         Err(kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(status))) if status.code == 404 => {
@@ -165,6 +165,7 @@ async fn apply(
     tc: &TenantConfig,
     ctx: &Context,
     key: &ObjectRef<Guarded>,
+    tenant: Option<&str>,
     started: Instant,
     shared_only: bool,
 ) -> Result<Action, Error> {
@@ -175,7 +176,7 @@ async fn apply(
     // including it.
     // A tenant's share of the reconcile slots, taken before any API or AWS
     // call; without one, the slot goes to another tenant's object.
-    let _slot = tenant_slot(ctx, tc, key).await.inspect_err(|_| {
+    let _slot = tenant_slot(ctx, tc, key, tenant).await.inspect_err(|_| {
         // Waiting its turn keeps what asked for it: a shared-path change
         // still may reuse the own-store reads.
         if shared_only {
@@ -201,19 +202,19 @@ async fn apply(
     Ok(Action::await_change())
 }
 
-/// One of the object's tenant's slots (`--tenant-concurrency`), from the
-/// namespace cache alone; none needed without a tenant (the reconcile only
-/// says so) or for a namespace the cache does not hold yet (just created).
+/// One of the object's tenant's slots (`--tenant-concurrency`), its tenant
+/// from the namespace cache alone; none needed without a tenant (the reconcile
+/// only says so) or for a namespace the cache does not hold yet (just created).
 /// Waiting is said on the object in an Event, at most once a minute per tenant.
 async fn tenant_slot(
     ctx: &Context,
     tc: &TenantConfig,
     key: &ObjectRef<Guarded>,
+    tenant: Option<&str>,
 ) -> Result<Option<ledgers::TenantSlot>, Error> {
-    let ns = tc.namespace().ok_or(Error::MissingNamespace)?;
-    let Some(tenant) = ctx.cached_tenant(&ns) else { return Ok(None) };
+    let Some(tenant) = tenant else { return Ok(None) };
     let limit = ctx.settings.tenant_concurrency;
-    match ctx.ledgers.tenant_slots.try_acquire(&tenant, limit, key) {
+    match ctx.ledgers.tenant_slots.try_acquire(tenant, limit, key) {
         Ok(slot) => Ok(Some(slot)),
         Err(deferred) => {
             if deferred.tell {
@@ -224,7 +225,7 @@ async fn tenant_slot(
                 );
                 ctx.kube.publish(tc, EventType::Normal, reason::FAIR_SHARE, note).await;
             }
-            Err(Error::TenantBusy { tenant, limit })
+            Err(Error::TenantBusy { tenant: tenant.into(), limit })
         }
     }
 }

@@ -130,7 +130,7 @@ fn tenant_configs(
     let index = index.clone();
     let (requests, last_reads) = (ledgers.requests.clone(), ledgers.last_reads.clone());
     let forget = requests.clone();
-    let watch = watcher(Api::<Guarded>::all(client.clone()), watch.clone()).modify(slim_for_cache);
+    let watch = watcher(Api::<Guarded>::all(client.clone()), watch.clone()).modify(crate::api::slim_for_cache);
     let stream = cached(writer, watch, move |event| {
         index.observe_tenant_config(event);
         if let watcher::Event::Delete(tc) = event {
@@ -225,15 +225,6 @@ fn owner_of(cm: &PartialObjectMeta<ConfigMap>) -> Option<ObjectRef<Guarded>> {
     let owner = cm.owner_references().iter().find(|o| o.controller == Some(true))?;
     let ours = owner.kind == TenantConfig::kind(&()) && owner.api_version == TenantConfig::api_version(&());
     Some(ObjectRef::new(&owner.name).within(&cm.namespace()?)).filter(|_| ours)
-}
-
-/// Drops what the controller never reads from a cached TenantConfig: the
-/// server-side-apply bookkeeping and kubectl's client-side copy of the last
-/// applied manifest, which together can outweigh the object itself (the
-/// cache holds every TenantConfig of the cluster).
-fn slim_for_cache(tc: &mut Guarded) {
-    tc.managed_fields_mut().clear();
-    tc.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
 }
 
 /// What makes an object worth reconciling when it changes: its spec (the
