@@ -69,6 +69,12 @@ pub struct ReadyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenReviewLabels {
+    /// authenticated | rejected | unavailable (the API server did not answer)
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
     backend: &'static str,
     operation: &'static str,
@@ -134,6 +140,10 @@ pub struct Metrics {
     pub retries_requested_again: Counter,
     /// Config-digest patches of refreshed pods and rolled workloads.
     pub workload_patches: Family<WorkloadPatchLabels, Counter>,
+    /// TokenReviews the config service made, by result.
+    pub token_reviews: Family<TokenReviewLabels, Counter>,
+    /// Open WatchConfig streams.
+    pub config_watches: Gauge,
 }
 
 /// Registers `metric` under `name` and gives it back for the struct to keep.
@@ -215,6 +225,18 @@ impl Default for Metrics {
                 "Config-digest patches of refreshed pods (kind Pod) and rolled-out workloads, by result",
                 Family::default(),
             ),
+            token_reviews: registered(
+                &mut r,
+                "config_api_token_reviews",
+                "TokenReviews the config service made to authenticate callers, by result",
+                Family::default(),
+            ),
+            config_watches: registered(
+                &mut r,
+                "config_api_watches",
+                "Open WatchConfig streams of the config service",
+                Gauge::default(),
+            ),
             readiness: Mutex::default(),
             registry: r,
             process,
@@ -243,6 +265,9 @@ impl Metrics {
         let _ = self.reconciles.get_or_create(&ReconcileLabels { result: "success", error: "" });
         for ready in ["true", "false"] {
             let _ = self.objects.get_or_create(&ReadyLabels { ready });
+        }
+        for result in ["authenticated", "rejected", "unavailable"] {
+            let _ = self.token_reviews.get_or_create(&TokenReviewLabels { result });
         }
         self
     }

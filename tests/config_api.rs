@@ -471,3 +471,203 @@ async fn a_standby_replica_serves_reads() {
     w.clean_up().await;
     drop((first, second));
 }
+
+/// A ServiceAccount token for `ns/name` expiring at `exp` (Unix seconds),
+/// signed with the test API server's own service-account key — as the API
+/// server signs them, but with an expiry TokenRequest does not allow (at
+/// least ten minutes ahead). The API server validates it in TokenReviews like
+/// any other.
+async fn token_expiring_at(w: &World, ns: &str, name: &str, exp: u64) -> String {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let sa = Api::<ServiceAccount>::namespaced(w.client.clone(), ns).get(name).await.unwrap();
+    let claims = json!({
+        "iss": "https://kubernetes.default.svc.cluster.local",
+        "aud": [AUDIENCE],
+        "sub": format!("system:serviceaccount:{ns}:{name}"),
+        "iat": unix_now().min(exp) - 600, "nbf": unix_now().min(exp) - 600, "exp": exp,
+        "kubernetes.io": { "namespace": ns, "serviceaccount": { "name": name, "uid": sa.metadata.uid.unwrap() } }
+    });
+    let signed = format!("{}.{}", b64(br#"{"alg":"RS256","typ":"JWT"}"#), b64(claims.to_string().as_bytes()));
+    let mut openssl = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign", &support::env("TCC_SA_SIGNING_KEY")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    openssl.stdin.take().unwrap().write_all(signed.as_bytes()).unwrap();
+    let out = openssl.wait_with_output().unwrap();
+    assert!(out.status.success(), "openssl dgst -sign");
+    format!("{signed}.{}", b64(&out.stdout))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// What one caller or tenant can hold is bounded: an expired token is
+/// refused, a watch ends when its token expires, a token is reviewed once
+/// however often it is used, and a tenant cannot hold more open watches than
+/// its cap (another tenant still can).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_hold_no_more_than_their_token_and_tenant_allow() {
+    let _turn = SERIAL.lock().await;
+    let mut w = World::with_queue("capi-bounds", 5, 30).await;
+    w.standard_stores().await;
+    let (tenant_a, tenant_b) = (w.tenant(0), w.tenant(1));
+    let a = w.namespace("a", Some(&tenant_a)).await;
+    let b = w.namespace("b", Some(&tenant_b)).await;
+    service_account(&w, &a, "reader").await;
+    service_account(&w, &b, "reader").await;
+    let db = w.tag("db");
+    let spec = json!({ "defaultTags": [db], "entries": [{ "key": "provider", "value": "bounded" }] });
+    w.tenant_config(&a, "payments", spec.clone()).await;
+    w.tenant_config(&b, "payments", spec).await;
+    let addr = format!("127.0.0.1:{}", support::process::free_port());
+    let queue = w.queue_url().to_string();
+    let args = [
+        "--leader-election",
+        "false",
+        "--event-queue-url",
+        &queue,
+        "--config-api-addr",
+        &addr,
+        "--config-api-insecure",
+        "--config-api-max-watches-per-tenant",
+        "3",
+    ];
+    let controller = Process::spawn("capi-bounds", &args, &[]);
+    w.wait_ready_count(&a, 1).await;
+    w.wait_ready_count(&b, 1).await;
+    let channel = eventually("the config service answers", || async {
+        Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.ok()
+    })
+    .await;
+    let mut client = ConfigServiceClient::new(channel);
+
+    // Minted tokens are real ones: a valid one is served, an expired one
+    // (past the API server's minute of leeway) is not.
+    let minted = token_expiring_at(&w, &a, "reader", unix_now() + 3600).await;
+    eventually("a minted token is served", || async { get(&mut client.clone(), Some(&minted), "payments").await.ok() })
+        .await;
+    let expired = token_expiring_at(&w, &a, "reader", unix_now() - 120).await;
+    assert_eq!(get(&mut client, Some(&expired), "payments").await.unwrap_err(), Code::Unauthenticated, "expired");
+
+    // A watch ends when its token expires, without waiting for a review.
+    let short = token_expiring_at(&w, &a, "reader", unix_now() + 15).await;
+    let request = WatchConfigRequest { name: "payments".into(), digest: String::new() };
+    let mut watch = client.watch_config(with_token(request.clone(), Some(&short))).await.unwrap().into_inner();
+    assert!(watch.message().await.unwrap().is_some(), "served while valid");
+    let ended = ended_within_a_minute(&mut watch).await.expect("the watch ends when its token expires");
+    assert_eq!(ended, Some(Code::Unauthenticated));
+
+    // One TokenReview per token, however many calls and rechecks use it.
+    let reviews = || controller.metric_sum("tenant_config_config_api_token_reviews_total", &[]);
+    let before = reviews();
+    let token_a = token(&w, &a, "reader", &[AUDIENCE], None).await;
+    for _ in 0..20 {
+        get(&mut client, Some(&token_a), "payments").await.unwrap();
+    }
+    let mut watches = Vec::new();
+    for _ in 0..3 {
+        watches.push(client.watch_config(with_token(request.clone(), Some(&token_a))).await.unwrap().into_inner());
+    }
+    w.set_item_key(&tenant_a, "payments", "feature", Some("on")).await;
+    for watch in &mut watches {
+        assert!(watch.message().await.unwrap().is_some(), "the first message");
+        let next = tokio::time::timeout(Duration::from_secs(30), watch.message()).await.unwrap().unwrap().unwrap();
+        assert_eq!(next.data.get("feature").map(String::as_str), Some("on"));
+    }
+    // Past three of the watches' own rechecks of the token (every 10 s).
+    tokio::time::sleep(Duration::from_secs(32)).await;
+    assert_eq!(reviews() - before, 1.0, "one TokenReview for 20 reads, 3 watches and their rechecks");
+
+    // The tenant's cap: a fourth watch is refused, another tenant's is not.
+    let refused = client.watch_config(with_token(request.clone(), Some(&token_a))).await;
+    assert_eq!(refused.map(drop).unwrap_err().code(), Code::ResourceExhausted, "tenant A holds 3 watches");
+    let token_b = token(&w, &b, "reader", &[AUDIENCE], None).await;
+    let mut other = client.watch_config(with_token(request.clone(), Some(&token_b))).await.unwrap().into_inner();
+    assert!(other.message().await.unwrap().is_some(), "tenant B is served");
+    assert_eq!(controller.metric("tenant_config_config_api_watches"), Some(4.0));
+    // A closed watch gives its place back.
+    drop(watches.pop());
+    eventually("a closed watch frees its place", || async {
+        client.clone().watch_config(with_token(request.clone(), Some(&token_a))).await.ok()
+    })
+    .await;
+
+    // Tenant A floods the service with tokens while B's new pod makes its
+    // first call: forged ones (any namespace claimed) cost no TokenReview at
+    // all, A's genuine ones take turns with B's in the review budget (50/s):
+    // B waits for one turn, not for the 1,000 (20 s) ahead of it.
+    let rejected = || controller.metric_sum("tenant_config_config_api_token_reviews_total", &["rejected"]);
+    let rejected_before = rejected();
+    let forged: Vec<String> = (0..500)
+        .map(|i| {
+            let sub = if i % 2 == 0 { &b } else { &a };
+            forged_token(&format!("system:serviceaccount:{sub}:reader"), i)
+        })
+        .collect();
+    let mut genuine = Vec::new();
+    for chunk in (0..500).collect::<Vec<_>>().chunks(50) {
+        let minted = futures::future::join_all(chunk.iter().map(|_| token(&w, &a, "reader", &[AUDIENCE], None))).await;
+        genuine.extend(minted);
+    }
+    let flood: Vec<_> = forged
+        .iter()
+        .chain(&genuine)
+        .map(|t| {
+            let mut client = client.clone();
+            let t = t.clone();
+            tokio::spawn(async move { get(&mut client, Some(&t), "payments").await.map(drop) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fresh_b = token(&w, &b, "reader", &[AUDIENCE], None).await;
+    let asked = std::time::Instant::now();
+    get(&mut client, Some(&fresh_b), "payments").await.expect("B is served during A's flood");
+    let waited = asked.elapsed();
+    let outcomes = futures::future::join_all(flood).await;
+    let (served, refused) = outcomes.iter().fold((0, 0), |(s, r), o| match o {
+        Ok(Ok(())) => (s + 1, r),
+        _ => (s, r + 1),
+    });
+    assert_eq!((served, refused), (500, 500), "A's genuine tokens served, its forged ones refused");
+    assert_eq!(rejected() - rejected_before, 0.0, "no TokenReview spent on a forged token");
+    assert!(waited < Duration::from_secs(5), "B waited {waited:?} behind A's 500 reviews (10 s at 50/s)");
+    w.clean_up().await;
+    drop(controller);
+}
+
+/// A token shaped like the API server's (RS256, its issuer and audience) but
+/// signed with a key of the caller's own.
+fn forged_token(sub: &str, n: usize) -> String {
+    use base64::Engine;
+    static KEY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let path = std::env::temp_dir().join(support::unique("forger.key"));
+        let out = std::process::Command::new("openssl")
+            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl genpkey");
+        path
+    });
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let claims = json!({ "iss": "https://kubernetes.default.svc.cluster.local", "aud": [AUDIENCE], "sub": sub,
+        "exp": unix_now() + 3600, "iat": unix_now(), "jti": n });
+    let signed = format!("{}.{}", b64(br#"{"alg":"RS256","typ":"JWT"}"#), b64(claims.to_string().as_bytes()));
+    // A real signature, by the wrong key: what a forger can make.
+    let mut openssl = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    openssl.stdin.take().unwrap().write_all(signed.as_bytes()).unwrap();
+    format!("{signed}.{}", b64(&openssl.wait_with_output().unwrap().stdout))
+}

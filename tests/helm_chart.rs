@@ -215,6 +215,7 @@ fn chart_lints_and_renders_what_matters() {
         "--config-api-tls-cert=/etc/tenant-config/config-api-tls/tls.crt",
         "--config-api-tls-key=/etc/tenant-config/config-api-tls/tls.key",
         "--config-api-audience=tenantconfig.io",
+        "--config-api-max-watches-per-tenant=1000",
     ] {
         assert!(args.contains(&expected.to_string()), "{expected} in {args:?}");
     }
@@ -225,6 +226,9 @@ fn chart_lints_and_renders_what_matters() {
     let service = find(&docs, "Service", "-config-api").expect("the config service's Service");
     assert_eq!(service["spec"]["ports"][0]["targetPort"].as_str(), Some("grpc"));
     assert_eq!(grants(&docs, "tokenreviews"), ["create"]);
+    assert_eq!(grants(&docs, "pods"), ["list", "watch"], "a bound token's pod gone ends its watches");
+    let with_refresh = render(&["configApi.enabled=true", "configApi.tls.secretName=t", "refresh.enabled=true"]);
+    assert_eq!(grants(&with_refresh, "pods"), ["list", "watch", "patch"], "one rule for pods");
     let docs = render(&["configApi.enabled=true", "configApi.tls.secretName=t", "networkPolicy.enabled=true"]);
     let ingress = &find(&docs, "NetworkPolicy", "").unwrap()["spec"]["ingress"];
     assert_eq!(ingress[1]["ports"][0]["port"].as_str(), Some("grpc"), "callers reach the config service");

@@ -1,7 +1,11 @@
 //! Who is calling: the caller's Kubernetes ServiceAccount token, validated by
 //! the API server (TokenReview) for the service's audience. Never a request
 //! field. Results are cached per token (by its SHA-256, never the token
-//! itself) for at most five minutes and never past the token's own expiry.
+//! itself) for at most five minutes and never past the token's own expiry:
+//! at most one TokenReview per token per five minutes, however many calls
+//! and watches use it. Between reviews an open watch checks what it can
+//! without the API server's help: the token's expiry, and the pod a bound
+//! token belongs to (the service watches pods' metadata).
 
 use std::{
     collections::HashMap,
@@ -11,8 +15,12 @@ use std::{
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::{Api, api::PostParams};
+use prometheus_client::metrics::{counter::Counter, family::Family};
 use sha2::{Digest, Sha256};
 use tonic::Status;
+
+use super::issuer_keys::{IssuerKeys, Signature};
+use crate::{metrics::TokenReviewLabels, store::rate_limit::FairBucket};
 
 /// How long a validation is trusted at most.
 pub const CACHE_FOR: Duration = Duration::from_secs(300);
@@ -20,8 +28,9 @@ pub const CACHE_FOR: Duration = Duration::from_secs(300);
 const CACHE_MAX: usize = 100_000;
 /// How long a rejected token stays rejected without another TokenReview.
 const REJECTED_FOR: Duration = Duration::from_secs(60);
-/// TokenReviews per second at most, whatever callers send: a flood of bad
-/// tokens slows its senders' first calls, not the API server.
+/// TokenReviews per second at most, whatever callers send, served round
+/// robin by the namespace of the (signed) token: one namespace's flood of
+/// tokens slows its own first calls, not the API server nor other namespaces'.
 const REVIEWS_PER_SECOND: u32 = 50;
 
 /// A caller the API server vouched for.
@@ -29,6 +38,18 @@ const REVIEWS_PER_SECOND: u32 = 50;
 pub struct Caller {
     pub namespace: String,
     pub service_account: String,
+    /// The pod a bound token belongs to (the API server's word, from the
+    /// review): its watches end when that pod is gone.
+    pub pod: Option<BoundPod>,
+    /// When the token expires (its `exp`), if it says.
+    pub expires: Option<SystemTime>,
+}
+
+/// A pod, by name and uid (a new pod of the same name is another pod).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundPod {
+    pub name: String,
+    pub uid: String,
 }
 
 /// Why a token was not accepted (the caller only learns UNAUTHENTICATED).
@@ -40,6 +61,14 @@ pub enum Rejected {
     NotAuthenticated(String),
     #[error("the token is not a ServiceAccount's ({0})")]
     NotAServiceAccount(String),
+    #[error("the token is not a JSON Web Token")]
+    NotAJwt,
+    #[error("the token is not signed by the API server's keys")]
+    NotSigned,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the pod the token is bound to is gone")]
+    PodGone,
 }
 
 impl From<Rejected> for Status {
@@ -58,19 +87,21 @@ struct Verdict {
 pub struct Authenticator {
     reviews: Api<TokenReview>,
     audience: String,
+    reviews_made: Family<TokenReviewLabels, Counter>,
     cache: Mutex<HashMap<[u8; 32], Verdict>>,
-    limiter: governor::DefaultDirectRateLimiter,
+    keys: IssuerKeys,
+    budget: FairBucket,
 }
 
 impl Authenticator {
-    pub fn new(client: kube::Client, audience: String) -> Self {
+    pub fn new(client: kube::Client, audience: String, reviews_made: Family<TokenReviewLabels, Counter>) -> Self {
         Authenticator {
-            reviews: Api::all(client),
+            reviews: Api::all(client.clone()),
             audience,
+            reviews_made,
             cache: Mutex::default(),
-            limiter: governor::RateLimiter::direct(governor::Quota::per_second(
-                std::num::NonZeroU32::new(REVIEWS_PER_SECOND).expect("non-zero"),
-            )),
+            keys: IssuerKeys::new(client),
+            budget: FairBucket::new(std::num::NonZeroU32::new(REVIEWS_PER_SECOND).expect("non-zero")),
         }
     }
 
@@ -82,6 +113,8 @@ impl Authenticator {
 
     /// Validates `token`, trusting a cached verdict no older than `max_age`.
     pub async fn validate(&self, token: &str, max_age: Duration) -> Result<Caller, Status> {
+        // Not even shaped like a ServiceAccount token: no TokenReview spent on it.
+        let claims = claims(token).ok_or(Rejected::NotAJwt)?;
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = Instant::now();
         if let Some(verdict) = self.cache.lock().unwrap().get(&key)
@@ -90,22 +123,40 @@ impl Authenticator {
         {
             return verdict.caller.clone();
         }
-        self.limiter.until_ready().await;
-        let caller = self.review(token).await;
-        let until = match &caller {
-            Ok(_) => now + CACHE_FOR.min(expires_in(token).unwrap_or(CACHE_FOR)),
-            // The API server failing is not a verdict on the token.
-            Err(status) if status.code() == tonic::Code::Unavailable => return caller,
-            Err(_) => now + REJECTED_FOR,
+        let turn = match self.keys.check(token).await {
+            Signature::Forged => {
+                let rejected: Status = Rejected::NotSigned.into();
+                self.remember(key, Err(rejected.clone()), now, now + REJECTED_FOR);
+                return Err(rejected);
+            }
+            // The namespace a signed token names is the API server's word.
+            Signature::Signed => claimed_namespace(&claims).unwrap_or_default(),
+            Signature::Unknown => String::new(),
         };
+        self.budget.acquire(turn.into()).await;
+        let caller = self.review(token).await.map(|caller| Caller { expires: expiry(&claims), ..caller });
+        let (until, result) = match &caller {
+            Ok(_) => (now + CACHE_FOR.min(expires_in(&claims).unwrap_or(CACHE_FOR)), "authenticated"),
+            // The API server failing is not a verdict on the token.
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                self.reviews_made.get_or_create(&TokenReviewLabels { result: "unavailable" }).inc();
+                return caller;
+            }
+            Err(_) => (now + REJECTED_FOR, "rejected"),
+        };
+        self.reviews_made.get_or_create(&TokenReviewLabels { result }).inc();
+        self.remember(key, caller.clone(), now, until);
+        caller
+    }
+
+    fn remember(&self, key: [u8; 32], caller: Result<Caller, Status>, checked: Instant, until: Instant) {
         let mut cache = self.cache.lock().unwrap();
         if cache.len() >= CACHE_MAX {
-            cache.retain(|_, verdict| verdict.until > now);
+            cache.retain(|_, verdict| verdict.until > checked);
         }
         if cache.len() < CACHE_MAX {
-            cache.insert(key, Verdict { caller: caller.clone(), checked: now, until });
+            cache.insert(key, Verdict { caller, checked, until });
         }
-        caller
     }
 
     async fn review(&self, token: &str) -> Result<Caller, Status> {
@@ -123,10 +174,19 @@ impl Authenticator {
         if status.authenticated != Some(true) || !for_us {
             return Err(Rejected::NotAuthenticated(self.audience.clone()).into());
         }
-        let username = status.user.and_then(|u| u.username).unwrap_or_default();
-        service_account(&username).ok_or_else(|| Rejected::NotAServiceAccount(username).into())
+        let user = status.user.unwrap_or_default();
+        let username = user.username.unwrap_or_default();
+        let mut caller = service_account(&username).ok_or(Rejected::NotAServiceAccount(username))?;
+        let mut extra = user.extra.unwrap_or_default();
+        let mut first = |key: &str| extra.remove(key).and_then(|values| values.into_iter().next());
+        caller.pod = first(POD_NAME_EXTRA).zip(first(POD_UID_EXTRA)).map(|(name, uid)| BoundPod { name, uid });
+        Ok(caller)
     }
 }
+
+/// What the API server says, in a review, about the pod a bound token belongs to.
+const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
 
 /// The token of `authorization: Bearer <token>`.
 pub(super) fn bearer(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
@@ -139,19 +199,41 @@ pub(super) fn bearer(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
 fn service_account(username: &str) -> Option<Caller> {
     let rest = username.strip_prefix("system:serviceaccount:")?;
     let (namespace, name) = rest.split_once(':')?;
-    (!namespace.is_empty() && !name.is_empty() && !name.contains(':'))
-        .then(|| Caller { namespace: namespace.into(), service_account: name.into() })
+    (!namespace.is_empty() && !name.is_empty() && !name.contains(':')).then(|| Caller {
+        namespace: namespace.into(),
+        service_account: name.into(),
+        pod: None,
+        expires: None,
+    })
 }
 
-/// Time left until the JWT's `exp`, read without verifying (the API server
-/// verified the token; this only bounds how long the verdict is reused).
-fn expires_in(token: &str) -> Option<Duration> {
+/// The claims of a JWT, read without verifying: the API server verifies the
+/// token; these only bound how long a verdict is reused and how long a watch
+/// may stay open.
+fn claims(token: &str) -> Option<serde_json::Value> {
     use base64::Engine;
-    let payload = token.split('.').nth(1)?;
+    let mut parts = token.split('.');
+    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-    let exp = serde_json::from_slice::<serde_json::Value>(&bytes).ok()?.get("exp")?.as_u64()?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
-    Some(Duration::from_secs(exp.saturating_sub(now)))
+    serde_json::from_slice::<serde_json::Value>(&bytes).ok().filter(serde_json::Value::is_object)
+}
+
+/// The namespace a ServiceAccount token names (`sub`).
+fn claimed_namespace(claims: &serde_json::Value) -> Option<String> {
+    service_account(claims.get("sub")?.as_str()?).map(|caller| caller.namespace)
+}
+
+/// When the token expires (`exp`).
+fn expiry(claims: &serde_json::Value) -> Option<SystemTime> {
+    claims.get("exp")?.as_u64().map(|exp| UNIX_EPOCH + Duration::from_secs(exp))
+}
+
+/// Time left until the token's `exp`.
+fn expires_in(claims: &serde_json::Value) -> Option<Duration> {
+    Some(expiry(claims)?.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]
@@ -193,9 +275,16 @@ mod tests {
             let claims = serde_json::json!({ "exp": exp, "sub": "system:serviceaccount:a:b" }).to_string();
             format!("h.{}.s", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims))
         };
-        let left = expires_in(&payload(now + 60)).unwrap();
+        let left = expires_in(&claims(&payload(now + 60)).unwrap()).unwrap();
         assert!(left <= Duration::from_secs(60) && left >= Duration::from_secs(58), "{left:?}");
-        assert_eq!(expires_in(&payload(now - 10)), Some(Duration::ZERO), "expired: not reused at all");
-        assert_eq!(expires_in("not-a-jwt"), None);
+        assert_eq!(expires_in(&claims(&payload(now - 10)).unwrap()), Some(Duration::ZERO), "expired: not reused");
+        assert_eq!(expires_in(&serde_json::json!({ "sub": "x" })), None);
+    }
+
+    #[test]
+    fn what_is_not_shaped_like_a_jwt_costs_no_review() {
+        for garbage in ["not-a-jwt", "a.b", "a.b.c.d", "h.!!!.s", "h.bnVsbA.s" /* null */] {
+            assert_eq!(claims(garbage), None, "{garbage}");
+        }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod issuer_keys;
 pub mod proto;
 pub mod service;
 pub mod tls;
@@ -17,7 +18,12 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 use tonic::transport::Server;
 use tracing::info;
 
-use self::{auth::Authenticator, proto::config_service_server::ConfigServiceServer, service::ConfigApi, view::View};
+use self::{
+    auth::Authenticator,
+    proto::config_service_server::ConfigServiceServer,
+    service::{ConfigApi, OpenWatches},
+    view::View,
+};
 
 /// The flags of the config service.
 #[derive(clap::Args, Clone, Debug)]
@@ -36,6 +42,9 @@ pub struct Settings {
     /// The audience callers' ServiceAccount tokens must carry.
     #[arg(long, env = "TENANT_CONFIG_CONFIG_API_AUDIENCE", default_value = "tenantconfig.io")]
     pub config_api_audience: String,
+    /// Open watches one tenant may hold at once (over: RESOURCE_EXHAUSTED).
+    #[arg(long, env = "TENANT_CONFIG_CONFIG_API_MAX_WATCHES_PER_TENANT", default_value_t = 1000)]
+    pub config_api_max_watches_per_tenant: usize,
     /// Serve plaintext (no TLS): tokens then cross the network in the clear.
     #[arg(long, env = "TENANT_CONFIG_CONFIG_API_INSECURE", default_value_t = false)]
     pub config_api_insecure: bool,
@@ -75,12 +84,20 @@ pub async fn serve(
     addr: SocketAddr,
     client: kube::Client,
     labels: (String, String),
+    metrics: Arc<crate::metrics::Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let tls = settings.tls()?;
     let (view, keep_current) = View::start(&client);
-    let auth = Arc::new(Authenticator::new(client, settings.config_api_audience.clone()));
-    let api = Arc::new(ConfigApi { auth, view: view.clone(), tenant_label: labels.0, environment_label: labels.1 });
+    let auth =
+        Arc::new(Authenticator::new(client, settings.config_api_audience.clone(), metrics.token_reviews.clone()));
+    let api = Arc::new(ConfigApi {
+        auth,
+        view: view.clone(),
+        tenant_label: labels.0,
+        environment_label: labels.1,
+        open_watches: OpenWatches::new(settings.config_api_max_watches_per_tenant, metrics.config_watches.clone()),
+    });
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_not_serving::<ConfigServiceServer<Arc<ConfigApi>>>().await;
     let mut ready = view.ready.clone();

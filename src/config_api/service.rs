@@ -9,19 +9,26 @@
 //! | `spec.access.serviceAccounts` does not name the caller | PERMISSION_DENIED |
 //! | no such TenantConfig in the caller's namespace, or not projected yet | NOT_FOUND |
 //! | the service's caches have not listed yet; the API server unreachable | UNAVAILABLE |
+//! | the caller's tenant already has the most open watches allowed | RESOURCE_EXHAUSTED |
 //!
 //! Another namespace's object cannot even be named: no request has a
 //! namespace field.
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
 
 use futures::Stream;
 use kube::{ResourceExt, runtime::reflector::ObjectRef};
-use tokio::sync::{broadcast::error::RecvError, mpsc};
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status};
 
 use super::{
-    auth::{Authenticator, Caller},
+    auth::{self, Authenticator, Caller, Rejected},
     proto::{self, config_service_server::ConfigService},
     view::View,
 };
@@ -30,18 +37,91 @@ use crate::{
     reconcile::render::owned_by,
 };
 
-/// How often an open watch checks its caller again (token, tenant label,
-/// access): a caller that lost its right is cut off within this long.
-pub const RECHECK_EVERY: Duration = Duration::from_secs(30);
+/// How often an open watch checks its caller's token without asking the API
+/// server (its expiry; the pod it is bound to). The tenant label and
+/// `access` are checked at each change of the namespace; the token is
+/// reviewed again when its verdict is older than [`auth::CACHE_FOR`].
+pub const RECHECK_EVERY: Duration = Duration::from_secs(10);
 
 pub struct ConfigApi {
     pub auth: Arc<Authenticator>,
     pub view: View,
     pub tenant_label: String,
     pub environment_label: String,
+    pub open_watches: OpenWatches,
+}
+
+/// Open watches by tenant, each tenant's capped: a tenant's many watches
+/// cannot take the memory and tasks every tenant's watches share.
+pub struct OpenWatches {
+    by_tenant: Arc<Mutex<HashMap<String, usize>>>,
+    max_per_tenant: usize,
+    gauge: Gauge,
+}
+
+/// One open watch, counted against its tenant until dropped.
+pub struct WatchSlot {
+    by_tenant: Arc<Mutex<HashMap<String, usize>>>,
+    tenant: String,
+    gauge: Gauge,
+}
+
+impl OpenWatches {
+    pub fn new(max_per_tenant: usize, gauge: Gauge) -> Self {
+        OpenWatches { by_tenant: Arc::default(), max_per_tenant, gauge }
+    }
+
+    fn open(&self, tenant: &str) -> Result<WatchSlot, Status> {
+        let mut by_tenant = self.by_tenant.lock().unwrap();
+        let open = by_tenant.entry(tenant.to_string()).or_default();
+        if *open >= self.max_per_tenant {
+            return Err(Status::resource_exhausted(format!(
+                "tenant {tenant} has {open} open watches, the most the config service allows a tenant \
+                 (--config-api-max-watches-per-tenant)"
+            )));
+        }
+        *open += 1;
+        self.gauge.inc();
+        Ok(WatchSlot { by_tenant: self.by_tenant.clone(), tenant: tenant.to_string(), gauge: self.gauge.clone() })
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        self.gauge.dec();
+        let mut by_tenant = self.by_tenant.lock().unwrap();
+        if let Some(open) = by_tenant.get_mut(&self.tenant) {
+            *open -= 1;
+            if *open == 0 {
+                by_tenant.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 impl ConfigApi {
+    /// Whether the token of an open watch still stands: not expired, its pod
+    /// (if bound to one) still there, and its verdict at most
+    /// [`auth::CACHE_FOR`] old.
+    async fn still_valid(&self, caller: &Caller, token: &str) -> Result<(), Status> {
+        if caller.expires.is_some_and(|expires| expires <= SystemTime::now()) {
+            return Err(Rejected::Expired.into());
+        }
+        let mut max_age = auth::CACHE_FOR;
+        if let Some(pod) = &caller.pod
+            && !self.view.pod_exists(&caller.namespace, pod)
+        {
+            // The pod cache may lag a new pod: the API server decides.
+            max_age = Duration::ZERO;
+        }
+        match self.auth.validate(token, max_age).await {
+            Err(status) if max_age.is_zero() && status.code() == tonic::Code::Unauthenticated => {
+                Err(Rejected::PodGone.into())
+            }
+            other => other.map(drop),
+        }
+    }
+
     /// The tenant of the caller's namespace.
     fn tenant_of(&self, namespace: &str) -> Result<String, Status> {
         if !*self.view.ready.borrow() {
@@ -140,30 +220,39 @@ impl ConfigService for Arc<ConfigApi> {
         let token = super::auth::bearer(request.metadata()).unwrap_or_default().to_string();
         let proto::WatchConfigRequest { name, digest } = request.into_inner();
         let first = self.config(&caller, &name)?;
+        let slot = self.open_watches.open(&first.tenant)?;
         let (tx, rx) = mpsc::channel(16);
         let api = self.clone();
-        let changes = self.view.changes.subscribe();
-        tokio::spawn(async move { watch(api, caller, token, name, digest, first, changes, tx).await });
+        let changes = self.view.changes.subscribe(&caller.namespace);
+        let held = Held { digest, first };
+        tokio::spawn(async move { watch(api, caller, token, name, held, changes, tx, slot).await });
         let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
         Ok(Response::new(Box::pin(stream)))
     }
 }
 
-/// Sends `first` unless the caller holds its digest, then each new content of
-/// the config, until the caller goes away or loses its right to read it.
+/// What a watch starts from: the digest the caller holds, the config now.
+struct Held {
+    digest: String,
+    first: proto::Config,
+}
+
+/// Sends the first config unless the caller holds its digest, then each new
+/// content of the config, until the caller goes away or loses its right to
+/// read it.
 #[allow(clippy::too_many_arguments)]
 async fn watch(
     api: Arc<ConfigApi>,
     caller: Caller,
     token: String,
     name: String,
-    held: String,
-    first: proto::Config,
-    mut changes: tokio::sync::broadcast::Receiver<String>,
+    held: Held,
+    mut changes: watch::Receiver<()>,
     tx: mpsc::Sender<Result<proto::Config, Status>>,
+    _slot: WatchSlot,
 ) {
-    let mut last = held;
-    let mut next = Some(first);
+    let mut last = held.digest;
+    let mut next = Some(held.first);
     let mut recheck = tokio::time::interval(RECHECK_EVERY);
     recheck.tick().await;
     loop {
@@ -176,26 +265,43 @@ async fn watch(
             }
         }
         tokio::select! {
-            change = changes.recv() => match change {
-                Ok(ns) if ns != caller.namespace => continue,
-                Ok(_) | Err(RecvError::Lagged(_)) => {}
-                Err(RecvError::Closed) => return,
-            },
-            _ = recheck.tick() => {
-                if let Err(status) = api.auth.validate(&token, RECHECK_EVERY).await {
-                    let _ = tx.send(Err(status)).await;
-                    return;
-                }
-            }
+            changed = changes.changed() => if changed.is_err() { return },
+            _ = recheck.tick() => {}
             _ = tx.closed() => return,
         }
-        match api.config(&caller, &name) {
+        let current = match api.still_valid(&caller, &token).await {
+            Ok(()) => api.config(&caller, &name),
+            Err(status) => Err(status),
+        };
+        match current {
             Ok(config) => next = Some(config),
-            // Gone, unlabelled, no longer admitted: the stream ends saying so.
+            // Token expired or revoked, its pod gone, the object gone, the
+            // namespace unlabelled, no longer admitted: the stream ends saying so.
             Err(status) => {
                 let _ = tx.send(Err(status)).await;
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenants_open_watches_are_capped_and_given_back() {
+        let gauge = Gauge::default();
+        let open = OpenWatches::new(2, gauge.clone());
+        let first = open.open("acme").unwrap();
+        let _second = open.open("acme").unwrap();
+        let refused = open.open("acme").map(drop).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("--config-api-max-watches-per-tenant"), "{}", refused.message());
+        let _other = open.open("globex").expect("another tenant is not held back");
+        assert_eq!(gauge.get(), 3);
+        drop(first);
+        assert_eq!(gauge.get(), 2);
+        let _again = open.open("acme").expect("a closed watch gives its place back");
     }
 }

@@ -127,7 +127,14 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let config_api_failed = async {
         let Some(addr) = args.config_api.config_api_addr else { return std::future::pending::<String>().await };
         let labels = (args.settings.tenant_label.clone(), args.settings.environment_label.clone());
-        let serving = config_api::serve(args.config_api.clone(), addr, deps.client.clone(), labels, shutdown.clone());
+        let serving = config_api::serve(
+            args.config_api.clone(),
+            addr,
+            deps.client.clone(),
+            labels,
+            deps.metrics.clone(),
+            shutdown.clone(),
+        );
         match serving.await {
             Ok(()) => std::future::pending::<String>().await,
             Err(e) => e.to_string(),

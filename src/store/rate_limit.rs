@@ -116,8 +116,9 @@ impl Limiters {
     }
 }
 
-/// A token bucket whose waiting callers are served round robin by tenant.
-struct FairBucket {
+/// A token bucket whose waiting callers are served round robin by tenant
+/// (also the config service's TokenReview budget, by namespace).
+pub(crate) struct FairBucket {
     limiter: Arc<DefaultDirectRateLimiter>,
     waiting: Arc<Mutex<Waiting>>,
 }
@@ -167,11 +168,11 @@ impl Waiting {
 }
 
 impl FairBucket {
-    fn new(rate: NonZeroU32) -> Self {
+    pub(crate) fn new(rate: NonZeroU32) -> Self {
         FairBucket { limiter: Arc::new(RateLimiter::direct(Quota::per_second(rate))), waiting: Arc::default() }
     }
 
-    async fn acquire(&self, tenant: Arc<str>) {
+    pub(crate) async fn acquire(&self, tenant: Arc<str>) {
         let (waiter, turn) = oneshot::channel();
         {
             let mut waiting = self.waiting.lock().expect("rate limit queue lock");
