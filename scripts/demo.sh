@@ -13,7 +13,9 @@
 # through the event path (DynamoDB stream → EventBridge Pipe → bus → rule →
 # SQS; SSM → EventBridge → rule → SQS), with the delay. It ends with a tenant
 # pod printing its mounted config file, and a store change reaching that file
-# at once (the pod opts in to refresh).
+# at once (the pod opts in to refresh); and a tenant pod watching its
+# configuration through the config service (gRPC, its own ServiceAccount token),
+# a store change arriving in its watch.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -76,6 +78,7 @@ events: { queueUrl: "$pod_queue_url" }
 aws: { region: us-east-1, rateLimits: { ssmWritesPerSecond: 0 } }
 secureProjection: { enabled: true }
 refresh: { enabled: true }
+configApi: { enabled: true, tls: { secretName: tcc-config-api-tls } }
 extraEnv:
   - { name: KUBERNETES_SERVICE_HOST, value: "$TCC_POD_KUBERNETES_SERVICE_HOST" }
   - { name: KUBERNETES_SERVICE_PORT, value: "$TCC_POD_KUBERNETES_SERVICE_PORT" }
@@ -85,6 +88,19 @@ extraEnv:
   - { name: AWS_EC2_METADATA_DISABLED, value: "true" }
 VALUES
 k create namespace tcc-system --dry-run=client -o yaml | k apply -f - >/dev/null
+# The config service serves TLS only: a demo CA and a certificate for its
+# Service name (on EKS, cert-manager would issue it).
+config_api_name=tcc-tenant-config-controller-config-api.tcc-system.svc
+tls_dir=$TCC_STATE_DIR/config-api-tls
+mkdir -p "$tls_dir"
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=tcc-demo-ca \
+  -keyout "$tls_dir/ca.key" -out "$tls_dir/ca.crt" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj "/CN=$config_api_name" \
+  -keyout "$tls_dir/tls.key" -out "$tls_dir/tls.csr" 2>/dev/null
+openssl x509 -req -in "$tls_dir/tls.csr" -CA "$tls_dir/ca.crt" -CAkey "$tls_dir/ca.key" -CAcreateserial -days 1 \
+  -extfile <(printf 'subjectAltName=DNS:%s\n' "$config_api_name") -out "$tls_dir/tls.crt" 2>/dev/null
+k create secret tls tcc-config-api-tls -n tcc-system --cert "$tls_dir/tls.crt" --key "$tls_dir/tls.key" \
+  --dry-run=client -o yaml | k apply -f - >/dev/null
 run k label namespace tcc-system pod-security.kubernetes.io/enforce=restricted --overwrite
 run "$HELM" install tcc charts/tenant-config-controller -n tcc-system -f "$TCC_STATE_DIR/demo-values.yaml" --wait --timeout 180s
 run k get pods -n tcc-system -o wide
@@ -216,6 +232,61 @@ done
 echo "pod prints: $line"
 [[ $line == *"checkout-flow=v2"* ]] || { echo "the change did not reach the pod's file" >&2; exit 1; }
 echo "the change reached the file inside the pod after $(since)s"
+
+say "A tenant application watches its configuration over gRPC (the config service), as its own ServiceAccount"
+echo "No namespace or tenant in the request: the service takes them from the pod's projected token (TokenReview)."
+k create serviceaccount payments-reader -n acme-prod --dry-run=client -o yaml | k apply -f - >/dev/null
+k create configmap tenant-config-ca -n acme-prod --from-file=ca.crt="$tls_dir/ca.crt" \
+  --dry-run=client -o yaml | k apply -f - >/dev/null
+# This node has no cluster DNS: the pod calls a replica by its IP and checks the
+# certificate against the Service name (on EKS: the Service's DNS name as --url).
+replica_ip=$(k get pod "$leader" -n tcc-system -o jsonpath='{.status.podIP}')
+cat <<POD | k apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: { name: payments-watcher, namespace: acme-prod }
+spec:
+  serviceAccountName: payments-reader
+  automountServiceAccountToken: false
+  securityContext: { runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532, seccompProfile: { type: RuntimeDefault } }
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: watch
+      image: $TCC_CONTROLLER_IMAGE
+      imagePullPolicy: Never
+      args: [config, watch, payments, --url, "https://$replica_ip:8443", --server-name, "$config_api_name",
+             --ca-file, /etc/tenant-config-ca/ca.crt]
+      volumeMounts:
+        - { name: tenantconfig-token, mountPath: /var/run/secrets/tenantconfig.io, readOnly: true }
+        - { name: config-api-ca, mountPath: /etc/tenant-config-ca, readOnly: true }
+      securityContext: { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ["ALL"] } }
+  volumes:
+    - name: tenantconfig-token
+      projected:
+        sources: [{ serviceAccountToken: { audience: tenantconfig.io, expirationSeconds: 3600, path: token } }]
+    - name: config-api-ca
+      configMap: { name: tenant-config-ca }
+POD
+run k wait --for condition=Ready pod/payments-watcher -n acme-prod --timeout 60s
+first=
+for _ in $(seq 1 200); do
+  first=$(k logs payments-watcher -n acme-prod 2>/dev/null | grep -m1 '"tenant":"acme"' || true)
+  [[ -n $first ]] && break
+  sleep 0.1
+done
+[[ -n $first ]] || { k logs payments-watcher -n acme-prod >&2 || true; echo "the pod's watch got nothing" >&2; exit 1; }
+echo "the pod's watch starts with: $first"
+set_in_acme_item rollout-wave 3
+changed_at=$(date +%s.%N)
+line=
+for _ in $(seq 1 1500); do
+  line=$(k logs payments-watcher -n acme-prod 2>/dev/null | grep '"rollout-wave":"3"' | head -1 || true)
+  [[ -n $line ]] && break
+  sleep 0.05
+done
+[[ -n $line ]] || { k logs payments-watcher -n acme-prod >&2 || true; echo "the change did not reach the pod's watch" >&2; exit 1; }
+echo "the pod's watch prints: $line"
+echo "the change reached the pod's watch after $(since)s"
 
 if $once; then
   say "Done (--once): stopping the stack"

@@ -56,6 +56,8 @@ demo_checks=(
   "tcc-tenant-config-controller-"
   "pod prints: provider=stripe checkout-flow=v2"
   "the change reached the file inside the pod after"
+  "the pod's watch starts with: "
+  "the change reached the pod's watch after"
 )
 for line in "${demo_checks[@]}"; do
   grep -qF -- "$line" "$demo_log" || { cat "$demo_log"; echo "demo output lacks: $line"; exit 1; }
