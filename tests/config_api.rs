@@ -245,9 +245,12 @@ async fn the_config_service_serves_each_caller_its_own_namespace_only() {
         .unwrap()
         .into_inner();
     for value in ["one", "two"] {
+        let written = unix_now();
         w.set_item_key(&tenant_a, "payments", "feature", Some(value)).await;
         let next = tokio::time::timeout(Duration::from_secs(30), watch.message()).await.unwrap().unwrap().unwrap();
         assert_eq!(next.data.get("feature").map(String::as_str), Some(value), "in order, none stale");
+        let updated = next.updated.as_ref().map_or(0, |t| t.seconds as u64);
+        assert!(updated >= written - 1, "updated ({updated}) is this content's projection, not an earlier one's");
         let held = tokio::time::timeout(Duration::from_secs(30), quiet.message()).await.unwrap().unwrap().unwrap();
         assert_eq!(held.data.get("feature").map(String::as_str), Some(value), "no first message for a held digest");
     }

@@ -79,8 +79,7 @@ impl View {
         let (listed_tx, ready) = watch::channel(false);
         let ours = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
         let (config_maps, cm_writer) = reflector::store();
-        let cm_stream =
-            watcher(Api::<ConfigMap>::all(client.clone()), ours).modify(|cm| cm.metadata.managed_fields = None);
+        let cm_stream = watcher(Api::<ConfigMap>::all(client.clone()), ours).modify(applied_time_only);
         let (tenant_configs, tc_writer) = reflector::store();
         let tc_stream = watcher(Api::<Guarded>::all(client.clone()), watcher::Config::default()).modify(slim);
         let (namespaces, ns_writer) = reflector::store();
@@ -121,6 +120,18 @@ fn slim(tc: &mut Guarded) {
     if let Ok(tc) = &mut tc.0 {
         tc.spec.entries = Vec::new();
         tc.spec.include = Vec::new();
+    }
+}
+
+/// Of the managed fields, only when this controller last applied the
+/// ConfigMap (a config's `updated`): its content's time, which the
+/// TenantConfig's status, written after the ConfigMap, may not show yet.
+fn applied_time_only(cm: &mut ConfigMap) {
+    if let Some(entries) = &mut cm.metadata.managed_fields {
+        entries.retain(|e| e.manager.as_deref() == Some(FIELD_MANAGER) && e.operation.as_deref() == Some("Apply"));
+        for entry in entries.iter_mut() {
+            entry.fields_v1 = None;
+        }
     }
 }
 
