@@ -569,8 +569,14 @@ async fn callers_hold_no_more_than_their_token_and_tenant_allow() {
     let reviews = || controller.metric_sum("tenant_config_config_api_token_reviews_total", &[]);
     let before = reviews();
     let token_a = token(&w, &a, "reader", &[AUDIENCE], None).await;
-    for _ in 0..20 {
-        get(&mut client, Some(&token_a), "payments").await.unwrap();
+    // Twenty at once: they wait for one review, not one each.
+    let reads = (0..20).map(|_| {
+        let mut client = client.clone();
+        let token_a = token_a.clone();
+        async move { get(&mut client, Some(&token_a), "payments").await }
+    });
+    for read in futures::future::join_all(reads).await {
+        read.unwrap();
     }
     let mut watches = Vec::new();
     for _ in 0..3 {
@@ -584,7 +590,7 @@ async fn callers_hold_no_more_than_their_token_and_tenant_allow() {
     }
     // Past three of the watches' own rechecks of the token (every 10 s).
     tokio::time::sleep(Duration::from_secs(32)).await;
-    assert_eq!(reviews() - before, 1.0, "one TokenReview for 20 reads, 3 watches and their rechecks");
+    assert_eq!(reviews() - before, 1.0, "one TokenReview for 20 concurrent reads, 3 watches and their rechecks");
 
     // The tenant's cap: a fourth watch is refused, another tenant's is not.
     let refused = client.watch_config(with_token(request.clone(), Some(&token_a))).await;

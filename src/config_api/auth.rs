@@ -17,6 +17,7 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::{Api, api::PostParams};
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 use tonic::Status;
 
 use super::issuer_keys::{IssuerKeys, Signature};
@@ -89,6 +90,7 @@ pub struct Authenticator {
     audience: String,
     reviews_made: Family<TokenReviewLabels, Counter>,
     cache: Mutex<HashMap<[u8; 32], Verdict>>,
+    in_flight: Mutex<HashMap<[u8; 32], PendingVerdict>>,
     keys: IssuerKeys,
     budget: FairBucket,
 }
@@ -100,6 +102,7 @@ impl Authenticator {
             audience,
             reviews_made,
             cache: Mutex::default(),
+            in_flight: Mutex::default(),
             keys: IssuerKeys::new(client),
             budget: FairBucket::new(std::num::NonZeroU32::new(REVIEWS_PER_SECOND).expect("non-zero")),
         }
@@ -123,6 +126,42 @@ impl Authenticator {
         {
             return verdict.caller.clone();
         }
+        // One review per token at a time: the watches and calls that need
+        // the same token checked meanwhile wait for its verdict.
+        let (mut verdict, leader) = {
+            let mut in_flight = self.in_flight.lock().unwrap();
+            match in_flight.get(&key) {
+                Some(verdict) => (verdict.clone(), None),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    in_flight.insert(key, rx.clone());
+                    (rx, Some(InFlight { tx, key, in_flight: &self.in_flight }))
+                }
+            }
+        };
+        match leader {
+            Some(leader) => {
+                let caller = self.check_uncached(token, &claims, key, now).await;
+                leader.tx.send_replace(Some(caller.clone()));
+                caller
+            }
+            None => match verdict.wait_for(Option::is_some).await {
+                Ok(caller) => caller.clone().expect("waited for a verdict"),
+                // The review's caller went away mid-review: ask again.
+                Err(_) => Err(Status::unavailable("the token's review was cancelled; try again")),
+            },
+        }
+    }
+
+    /// Checks a token no cached verdict covers: its signature, then (in its
+    /// namespace's turn) a TokenReview; remembers the verdict.
+    async fn check_uncached(
+        &self,
+        token: &str,
+        claims: &serde_json::Value,
+        key: [u8; 32],
+        now: Instant,
+    ) -> Result<Caller, Status> {
         let turn = match self.keys.check(token).await {
             Signature::Forged => {
                 let rejected: Status = Rejected::NotSigned.into();
@@ -130,13 +169,13 @@ impl Authenticator {
                 return Err(rejected);
             }
             // The namespace a signed token names is the API server's word.
-            Signature::Signed => claimed_namespace(&claims).unwrap_or_default(),
+            Signature::Signed => claimed_namespace(claims).unwrap_or_default(),
             Signature::Unknown => String::new(),
         };
         self.budget.acquire(turn.into()).await;
-        let caller = self.review(token).await.map(|caller| Caller { expires: expiry(&claims), ..caller });
+        let caller = self.review(token).await.map(|caller| Caller { expires: expiry(claims), ..caller });
         let (until, result) = match &caller {
-            Ok(_) => (now + CACHE_FOR.min(expires_in(&claims).unwrap_or(CACHE_FOR)), "authenticated"),
+            Ok(_) => (now + CACHE_FOR.min(expires_in(claims).unwrap_or(CACHE_FOR)), "authenticated"),
             // The API server failing is not a verdict on the token.
             Err(status) if status.code() == tonic::Code::Unavailable => {
                 self.reviews_made.get_or_create(&TokenReviewLabels { result: "unavailable" }).inc();
@@ -181,6 +220,23 @@ impl Authenticator {
         let mut first = |key: &str| extra.remove(key).and_then(|values| values.into_iter().next());
         caller.pod = first(POD_NAME_EXTRA).zip(first(POD_UID_EXTRA)).map(|(name, uid)| BoundPod { name, uid });
         Ok(caller)
+    }
+}
+
+/// A verdict on its way (None until the review ends).
+type PendingVerdict = watch::Receiver<Option<Result<Caller, Status>>>;
+
+/// The one review of a token under way; whoever waits for it learns its
+/// verdict, and it is forgotten however the review ends.
+struct InFlight<'a> {
+    tx: watch::Sender<Option<Result<Caller, Status>>>,
+    key: [u8; 32],
+    in_flight: &'a Mutex<HashMap<[u8; 32], PendingVerdict>>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.in_flight.lock().unwrap().remove(&self.key);
     }
 }
 
