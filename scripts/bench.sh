@@ -19,19 +19,26 @@
 #       idle and while T noisy tenants drain N objects × E Parameter Store entries
 #       and edit them every D; the noisy tenants' drain time and write rate
 #       (defaults: 1 tenant, 40 objects, 64 entries, 20 samples, an edit every 250ms)
+#   ./scripts/bench.sh config-api [--watches N] [--tokens T] [--tenants K] [--samples S] [--hold D]
+#       store write → message at the config service's watching clients, side by
+#       side with store write → ConfigMap, for 1 and N watches over T distinct
+#       ServiceAccount tokens of K tenants; controller RSS and TokenReviews per
+#       token (defaults: 1000 watches, 100 tokens, 4 tenants, 30 samples;
+#       --hold D keeps the watches open D before measuring)
 #
 # Runs on its own stack (.testenv/bench; freshness adds the node) and stops it afterwards.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 what=${1:-}
-[[ -n $what ]] || { sed -n '2,23p' "$0" >&2; exit 2; }
+[[ -n $what ]] || { sed -n '2,29p' "$0" >&2; exit 2; }
 shift
 case "$what" in
   latency) bench=event_latency ;;
   scale) bench=scale ;;
   freshness) bench=pod_freshness; node=--node ;;
   noisy) bench=noisy ;;
+  config-api) bench=config_api ;;
   *) echo "unknown benchmark: $what" >&2; exit 2 ;;
 esac
 export TCC_STATE_DIR=${TCC_STATE_DIR:-$ROOT/.testenv/bench}
