@@ -168,8 +168,14 @@ async fn event_notes(client: &Client, ns: &str, reason: &str) -> Vec<String> {
         .collect()
 }
 
+/// Tests take turns: each runs a controller that sees the whole cluster, and
+/// one test's controller refreshing another test's pod first left the other's
+/// patch count at 0 (seen once in the full suite).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refreshed_pod_reads_the_change_at_once_and_nothing_else_is_touched() {
+    let _turn = SERIAL.lock().await;
     let image = busybox();
     let stack = Stack::new("refresh").await;
     // A per-object resync every 3 s: unchanged reconciles keep happening, and
@@ -291,6 +297,7 @@ async fn wait_rolled(stack: &Stack, ns: &str, name: &str, line: &str, what: &str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_opted_in_deployment_rolls_once_per_burst_and_survives_a_controller_kill() {
+    let _turn = SERIAL.lock().await;
     let image = busybox();
     let stack = Stack::new("rollout").await;
     let window = ["--rollout-window", "5s"];
