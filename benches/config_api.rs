@@ -24,17 +24,14 @@ use std::{
 };
 
 use futures::StreamExt;
-use k8s_openapi::api::{
-    authentication::v1::{TokenRequest, TokenRequestSpec},
-    core::v1::{ConfigMap, ServiceAccount},
-};
+use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use kube::{
     Api,
     api::PostParams,
     runtime::{WatchStreamExt, watcher},
 };
 use serde_json::json;
-use support::{percentile, process::Process, world::World};
+use support::{percentile, world::World};
 use tenant_config_controller::config_api::proto::{WatchConfigRequest, config_service_client::ConfigServiceClient};
 use tonic::transport::Channel;
 
@@ -77,24 +74,6 @@ struct Tenant {
 
 /// When each watch saw each probe value: (tenant index, value) → arrivals.
 type Arrivals = Arc<Mutex<HashMap<(usize, String), Vec<Instant>>>>;
-
-async fn token(world: &World, ns: &str, sa: &str) -> String {
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            audiences: Some(vec![AUDIENCE.into()]),
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    Api::<ServiceAccount>::namespaced(world.client.clone(), ns)
-        .create_token_request(sa, &PostParams::default(), &request)
-        .await
-        .unwrap()
-        .status
-        .and_then(|s| s.token)
-        .unwrap()
-}
 
 /// Opens `count` watches of the tenant's object with `token` on `channel`;
 /// each records the probe values it receives.
@@ -210,24 +189,9 @@ async fn main() {
         let ns = &tenants[k % args.tenants].ns;
         Api::<ServiceAccount>::namespaced(world.client.clone(), ns).create(&PostParams::default(), &sa).await.unwrap();
     }
-    let addr = format!("127.0.0.1:{}", support::process::free_port());
-    let queue = world.queue_url().to_string();
     let per_tenant_cap = args.watches.div_ceil(args.tenants).max(1000).to_string();
-    let controller = Process::spawn(
-        "capi-bench",
-        &[
-            "--leader-election",
-            "false",
-            "--event-queue-url",
-            &queue,
-            "--config-api-addr",
-            &addr,
-            "--config-api-insecure",
-            "--config-api-max-watches-per-tenant",
-            &per_tenant_cap,
-        ],
-        &[],
-    );
+    let cap = ["--config-api-max-watches-per-tenant", &per_tenant_cap];
+    let (controller, addr) = support::process::serving_config_api("capi-bench", world.queue_url(), &cap);
     for t in &tenants {
         world.wait_ready_count(&t.ns, 1).await;
     }
@@ -264,7 +228,8 @@ async fn main() {
     let rss = || controller.metric("process_resident_memory_bytes");
     let mut tokens = Vec::new();
     for k in 0..args.tokens {
-        tokens.push(token(&world, &tenants[k % args.tenants].ns, &format!("reader-{k}")).await);
+        let (ns, sa) = (&tenants[k % args.tenants].ns, format!("reader-{k}"));
+        tokens.push(support::process::service_account_token(&world.client, ns, &sa, &[AUDIENCE], None).await);
     }
     // Phase 1: one watch.
     let arrivals: Arrivals = Arc::default();

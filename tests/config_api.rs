@@ -8,10 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::{
-    authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
-    core::v1::{Namespace, Pod, ServiceAccount},
-};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::{
     Api,
     api::{DeleteParams, Patch, PatchParams, PostParams},
@@ -30,28 +27,16 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A token of ServiceAccount `ns/name` for `audiences`, optionally bound to a pod.
 async fn token(w: &World, ns: &str, name: &str, audiences: &[&str], pod: Option<&Pod>) -> String {
-    let bound = pod.map(|p| BoundObjectReference {
-        kind: Some("Pod".into()),
-        api_version: Some("v1".into()),
-        name: p.metadata.name.clone(),
-        uid: p.metadata.uid.clone(),
-    });
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            audiences: Some(audiences.iter().map(|a| a.to_string()).collect()),
-            expiration_seconds: Some(3600),
-            bound_object_ref: bound,
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    Api::<ServiceAccount>::namespaced(w.client.clone(), ns)
-        .create_token_request(name, &PostParams::default(), &request)
-        .await
-        .unwrap_or_else(|e| panic!("TokenRequest {ns}/{name}: {e}"))
-        .status
-        .and_then(|s| s.token)
-        .unwrap()
+    support::process::service_account_token(&w.client, ns, name, audiences, pod).await
+}
+
+/// A client of the config service at `addr`, once it answers.
+async fn client_of(addr: &str) -> ConfigServiceClient<Channel> {
+    let channel = eventually("the config service answers", || async {
+        Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.ok()
+    })
+    .await;
+    ConfigServiceClient::new(channel)
 }
 
 async fn service_account(w: &World, ns: &str, name: &str) {
@@ -119,26 +104,10 @@ async fn the_config_service_serves_each_caller_its_own_namespace_only() {
     w.tenant_config(&a, "restricted", restricted).await;
     w.tenant_config(&unlabelled, "payments", spec("nobody")).await;
 
-    let port = support::process::free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let queue = w.queue_url().to_string();
-    let args = [
-        "--leader-election",
-        "false",
-        "--event-queue-url",
-        &queue,
-        "--config-api-addr",
-        &addr,
-        "--config-api-insecure",
-    ];
-    let controller = Process::spawn("capi", &args, &[]);
+    let (controller, addr) = support::process::serving_config_api("capi", w.queue_url(), &[]);
     w.wait_ready_count(&a, 2).await;
     w.wait_ready_count(&b, 1).await;
-    let channel = eventually("the config service answers", || async {
-        Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.ok()
-    })
-    .await;
-    let mut client = ConfigServiceClient::new(channel);
+    let mut client = client_of(&addr).await;
 
     let reader_a = token(&w, &a, "reader", &[AUDIENCE], None).await;
     let other_a = token(&w, &a, "other", &[AUDIENCE], None).await;
@@ -481,8 +450,6 @@ async fn a_standby_replica_serves_reads() {
 /// least ten minutes ahead). The API server validates it in TokenReviews like
 /// any other.
 async fn token_expiring_at(w: &World, ns: &str, name: &str, exp: u64) -> String {
-    use base64::Engine;
-    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
     let sa = Api::<ServiceAccount>::namespaced(w.client.clone(), ns).get(name).await.unwrap();
     let claims = json!({
         "iss": "https://kubernetes.default.svc.cluster.local",
@@ -491,14 +458,22 @@ async fn token_expiring_at(w: &World, ns: &str, name: &str, exp: u64) -> String 
         "iat": unix_now().min(exp) - 600, "nbf": unix_now().min(exp) - 600, "exp": exp,
         "kubernetes.io": { "namespace": ns, "serviceaccount": { "name": name, "uid": sa.metadata.uid.unwrap() } }
     });
+    signed_rs256(&claims, std::path::Path::new(&support::env("TCC_SA_SIGNING_KEY")))
+}
+
+/// A JWT of `claims` signed (RS256) with the private key at `key` (openssl).
+fn signed_rs256(claims: &serde_json::Value, key: &std::path::Path) -> String {
+    use base64::Engine;
+    use std::io::Write;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
     let signed = format!("{}.{}", b64(br#"{"alg":"RS256","typ":"JWT"}"#), b64(claims.to_string().as_bytes()));
     let mut openssl = std::process::Command::new("openssl")
-        .args(["dgst", "-sha256", "-sign", &support::env("TCC_SA_SIGNING_KEY")])
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    use std::io::Write;
     openssl.stdin.take().unwrap().write_all(signed.as_bytes()).unwrap();
     let out = openssl.wait_with_output().unwrap();
     assert!(out.status.success(), "openssl dgst -sign");
@@ -527,27 +502,11 @@ async fn callers_hold_no_more_than_their_token_and_tenant_allow() {
     let spec = json!({ "defaultTags": [db], "entries": [{ "key": "provider", "value": "bounded" }] });
     w.tenant_config(&a, "payments", spec.clone()).await;
     w.tenant_config(&b, "payments", spec).await;
-    let addr = format!("127.0.0.1:{}", support::process::free_port());
-    let queue = w.queue_url().to_string();
-    let args = [
-        "--leader-election",
-        "false",
-        "--event-queue-url",
-        &queue,
-        "--config-api-addr",
-        &addr,
-        "--config-api-insecure",
-        "--config-api-max-watches-per-tenant",
-        "3",
-    ];
-    let controller = Process::spawn("capi-bounds", &args, &[]);
+    let cap = ["--config-api-max-watches-per-tenant", "3"];
+    let (controller, addr) = support::process::serving_config_api("capi-bounds", w.queue_url(), &cap);
     w.wait_ready_count(&a, 1).await;
     w.wait_ready_count(&b, 1).await;
-    let channel = eventually("the config service answers", || async {
-        Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.ok()
-    })
-    .await;
-    let mut client = ConfigServiceClient::new(channel);
+    let mut client = client_of(&addr).await;
 
     // Minted tokens are real ones: a valid one is served, an expired one
     // (past the API server's minute of leeway) is not.
@@ -652,7 +611,6 @@ async fn callers_hold_no_more_than_their_token_and_tenant_allow() {
 /// A token shaped like the API server's (RS256, its issuer and audience) but
 /// signed with a key of the caller's own.
 fn forged_token(sub: &str, n: usize) -> String {
-    use base64::Engine;
     static KEY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     let key = KEY.get_or_init(|| {
         let path = std::env::temp_dir().join(support::unique("forger.key"));
@@ -664,19 +622,8 @@ fn forged_token(sub: &str, n: usize) -> String {
         assert!(out.status.success(), "openssl genpkey");
         path
     });
-    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
     let claims = json!({ "iss": "https://kubernetes.default.svc.cluster.local", "aud": [AUDIENCE], "sub": sub,
         "exp": unix_now() + 3600, "iat": unix_now(), "jti": n });
-    let signed = format!("{}.{}", b64(br#"{"alg":"RS256","typ":"JWT"}"#), b64(claims.to_string().as_bytes()));
     // A real signature, by the wrong key: what a forger can make.
-    let mut openssl = std::process::Command::new("openssl")
-        .args(["dgst", "-sha256", "-sign"])
-        .arg(key)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    openssl.stdin.take().unwrap().write_all(signed.as_bytes()).unwrap();
-    format!("{signed}.{}", b64(&openssl.wait_with_output().unwrap().stdout))
+    signed_rs256(&claims, key)
 }

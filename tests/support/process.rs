@@ -93,28 +93,61 @@ impl Drop for Process {
     }
 }
 
-/// A kubeconfig file for the local API server that authenticates as the
-/// ServiceAccount `namespace/name` (a TokenRequest token, valid one hour).
-pub async fn kubeconfig_as_service_account(client: &kube::Client, namespace: &str, name: &str) -> PathBuf {
+/// A token of ServiceAccount `namespace/name` from TokenRequest, valid one
+/// hour, for `audiences` (none: the API server's own), bound to `pod` if given.
+pub async fn service_account_token(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    audiences: &[&str],
+    pod: Option<&k8s_openapi::api::core::v1::Pod>,
+) -> String {
     use k8s_openapi::api::{
-        authentication::v1::{TokenRequest, TokenRequestSpec},
+        authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
         core::v1::ServiceAccount,
     };
+    let bound = pod.map(|p| BoundObjectReference {
+        kind: Some("Pod".into()),
+        api_version: Some("v1".into()),
+        name: p.metadata.name.clone(),
+        uid: p.metadata.uid.clone(),
+    });
+    let audiences = (!audiences.is_empty()).then(|| audiences.iter().map(|a| a.to_string()).collect());
     let request = TokenRequest {
-        spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }),
+        spec: Some(TokenRequestSpec {
+            audiences,
+            expiration_seconds: Some(3600),
+            bound_object_ref: bound,
+            ..Default::default()
+        }),
         ..Default::default()
     };
-    let token = kube::Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+    kube::Api::<ServiceAccount>::namespaced(client.clone(), namespace)
         .create_token_request(name, &kube::api::PostParams::default(), &request)
         .await
         .unwrap_or_else(|e| panic!("TokenRequest for {namespace}/{name}: {e}"))
         .status
         .and_then(|s| s.token)
-        .expect("TokenRequest returns a token");
+        .expect("TokenRequest returns a token")
+}
+
+/// A kubeconfig file for the local API server that authenticates as the
+/// ServiceAccount `namespace/name` (a TokenRequest token, valid one hour).
+pub async fn kubeconfig_as_service_account(client: &kube::Client, namespace: &str, name: &str) -> PathBuf {
+    let token = service_account_token(client, namespace, name, &[], None).await;
     let admin_kubeconfig = std::fs::read_to_string(super::env("KUBECONFIG")).unwrap();
     let path = std::env::temp_dir().join(format!("{}.kubeconfig", unique(name)));
     std::fs::write(&path, admin_kubeconfig.replace(&super::env("TCC_ADMIN_TOKEN"), &token)).unwrap();
     path
+}
+
+/// A controller (no leader election) that consumes `queue_url` and serves
+/// the config service in plaintext on a free loopback port; and that address.
+pub fn serving_config_api(name: &str, queue_url: &str, extra: &[&str]) -> (Process, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let args = ["--leader-election", "false", "--event-queue-url", queue_url, "--config-api-addr", &addr];
+    let process = Process::spawn(name, &[&args[..], &["--config-api-insecure"], extra].concat(), &[]);
+    (process, addr)
 }
 
 /// A client that uses the given kubeconfig file.
