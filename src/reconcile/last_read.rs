@@ -8,16 +8,19 @@
 //! large TenantConfigs costs (README "Memory").
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
 };
 
 use kube::runtime::reflector::ObjectRef;
 
-use super::render::Layer;
+use super::{
+    packing::{Packer, Unpacker},
+    render::{Layer, Source},
+};
 use crate::{
     api::{Guarded, StoreSummary},
-    store::Location,
+    store::{Location, Value},
 };
 
 /// One object's last successful reconcile.
@@ -33,7 +36,7 @@ pub struct LastRead {
 }
 
 /// What the object's own stores held at that reconcile (after its writes).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct OwnStores {
     pub summaries: Vec<StoreSummary>,
     pub layers: Vec<Layer>,
@@ -50,12 +53,13 @@ pub struct Reusable {
     pub own: Arc<OwnStores>,
 }
 
-/// The records, by object. An object without one (never reconciled here, or
+/// The records, by object, each packed into one allocation (see
+/// [`super::packing`]: as structs they were the largest per-object cost after
+/// the TenantConfig cache). An object without one (never reconciled here, or
 /// its last reconcile did not succeed) is reconciled by every resync.
 #[derive(Default)]
 pub struct LastReads {
-    records: Mutex<HashMap<ObjectRef<Guarded>, LastRead>>,
-    own: Mutex<HashMap<ObjectRef<Guarded>, Arc<OwnStores>>>,
+    records: Mutex<HashMap<ObjectRef<Guarded>, Box<[u8]>>>,
 }
 
 /// The most own-store bytes (keys and values) kept for reuse per object; a
@@ -78,33 +82,116 @@ impl OwnStores {
 
 impl LastReads {
     pub fn record(&self, object: &ObjectRef<Guarded>, read: LastRead, own: OwnStores) {
-        let keep = own.worth_keeping(&read);
-        self.records.lock().unwrap().insert(object.clone(), read);
-        let mut kept = self.own.lock().unwrap();
-        if keep {
-            kept.insert(object.clone(), Arc::new(own));
-        } else {
-            kept.remove(object);
-        }
+        let own = own.worth_keeping(&read).then_some(own);
+        let packed = pack(&read, own.as_ref());
+        self.records.lock().unwrap().insert(object.clone(), packed);
     }
 
     pub fn forget(&self, object: &ObjectRef<Guarded>) {
         self.records.lock().unwrap().remove(object);
-        self.own.lock().unwrap().remove(object);
     }
 
     /// Takes the object's record away (until the reconcile now starting
     /// succeeds, the resync must not take the object as current) and returns
     /// it if it is of this generation.
     pub fn take(&self, object: &ObjectRef<Guarded>, generation: Option<i64>) -> Option<Reusable> {
-        let read = self.records.lock().unwrap().remove(object);
-        let own = self.own.lock().unwrap().remove(object);
-        Some(Reusable { read: read.filter(|r| r.generation == generation)?, own: own? })
+        let packed = self.records.lock().unwrap().remove(object)?;
+        let (read, own) = unpack(&packed)?;
+        Some(Reusable { read: Some(read).filter(|r| r.generation == generation)?, own: Arc::new(own?) })
     }
 
     pub fn snapshot(&self) -> HashMap<ObjectRef<Guarded>, LastRead> {
-        self.records.lock().unwrap().clone()
+        let records = self.records.lock().unwrap();
+        records
+            .iter()
+            .filter_map(|(object, packed)| Some((object.clone(), unpack_read(&mut Unpacker::new(packed))?)))
+            .collect()
     }
+}
+
+fn pack(read: &LastRead, own: Option<&OwnStores>) -> Box<[u8]> {
+    let mut p = Packer::default();
+    let location = &read.location;
+    p.opt_i64(read.generation)
+        .str(&location.tenant)
+        .opt_str(location.environment.as_deref())
+        .str(&location.config_type);
+    p.u64(read.stores.len() as u64);
+    for (store, digest) in &read.stores {
+        p.str(store).u64(*digest);
+    }
+    p.u64(read.includes.len() as u64);
+    for (store, path, digest) in &read.includes {
+        p.str(store).str(path).u64(*digest);
+    }
+    p.bool(own.is_some());
+    if let Some(own) = own {
+        p.u64(own.summaries.len() as u64);
+        for summary in &own.summaries {
+            p.str(&summary.name).str(&summary.kind).str(&summary.location).i64(summary.keys.into());
+        }
+        p.u64(own.layers.len() as u64);
+        for layer in &own.layers {
+            match &layer.source {
+                Source::Spec => p.u64(0),
+                Source::Shared { index } => p.u64(1).u64(*index as u64),
+                Source::Store { precedence, name } => p.u64(2).u64((*precedence).into()).str(name),
+            };
+            p.u64(layer.entries.len() as u64);
+            for (key, value) in layer.entries.iter() {
+                p.str(key).str(&value.value).bool(value.secure);
+            }
+        }
+        for list in [&own.shadowed, &own.unclaimed] {
+            p.u64(list.len() as u64);
+            for item in list {
+                p.str(item);
+            }
+        }
+    }
+    p.finish()
+}
+
+fn unpack(bytes: &[u8]) -> Option<(LastRead, Option<OwnStores>)> {
+    let mut u = Unpacker::new(bytes);
+    let read = unpack_read(&mut u)?;
+    let own = if u.bool()? { Some(unpack_own(&mut u)?) } else { None };
+    debug_assert!(u.is_done(), "a packed last read has bytes left over");
+    Some((read, own))
+}
+
+fn unpack_read(u: &mut Unpacker<'_>) -> Option<LastRead> {
+    let generation = u.opt_i64()?;
+    let location = Location { tenant: u.string()?, environment: u.opt_string()?, config_type: u.string()? };
+    let stores = (0..u.count()?).map(|_| Some((u.string()?, u.u64()?))).collect::<Option<_>>()?;
+    let includes = (0..u.count()?).map(|_| Some((u.string()?, u.string()?, u.u64()?))).collect::<Option<_>>()?;
+    Some(LastRead { generation, location, stores, includes })
+}
+
+fn unpack_own(u: &mut Unpacker<'_>) -> Option<OwnStores> {
+    let summaries = (0..u.count()?)
+        .map(|_| {
+            let (name, kind, location) = (u.string()?, u.string()?, u.string()?);
+            Some(StoreSummary { name, kind, location, keys: i32::try_from(u.i64()?).ok()? })
+        })
+        .collect::<Option<_>>()?;
+    let layers = (0..u.count()?)
+        .map(|_| {
+            let source = match u.u64()? {
+                0 => Source::Spec,
+                1 => Source::Shared { index: usize::try_from(u.u64()?).ok()? },
+                2 => Source::Store { precedence: u8::try_from(u.u64()?).ok()?, name: u.string()? },
+                _ => return None,
+            };
+            let entries: BTreeMap<String, Value> = (0..u.count()?)
+                .map(|_| Some((u.string()?, Value { value: u.string()?, secure: u.bool()? })))
+                .collect::<Option<_>>()?;
+            Some(Layer { source, entries: Arc::new(entries) })
+        })
+        .collect::<Option<_>>()?;
+    let shadowed = (0..u.count()?).map(|_| u.string()).collect::<Option<_>>()?;
+    let unclaimed = (0..u.count()?).map(|_| u.string()).collect::<Option<_>>()?;
+    Some(OwnStores { summaries, layers, shadowed, unclaimed })
 }
 
 #[cfg(test)]
@@ -137,7 +224,46 @@ mod tests {
         assert!(reads.take(&object, Some(1)).is_none(), "too large to keep a second copy of");
         reads.record(&object, read(1), own(10));
         reads.record(&object, read(0), own(10));
-        assert!(reads.own.lock().unwrap().is_empty(), "a record without reuse drops the earlier values");
         assert_eq!(reads.snapshot().len(), 1, "the digests stay for the resync");
+        assert!(reads.take(&object, Some(1)).is_none(), "a record without reuse drops the earlier values");
+    }
+
+    #[test]
+    fn a_packed_record_reads_back_whole() {
+        let location =
+            Location { tenant: "acme".into(), environment: Some("prod".into()), config_type: "payments".into() };
+        let read = LastRead {
+            generation: Some(-3),
+            location,
+            stores: vec![("db".into(), u64::MAX), ("ssm".into(), 7)],
+            includes: vec![("ssm".into(), "/shared/common".into(), 42)],
+        };
+        let entries = |pairs: &[(&str, &str, bool)]| {
+            Arc::new(
+                pairs.iter().map(|(k, v, s)| (k.to_string(), Value { value: v.to_string(), secure: *s })).collect(),
+            )
+        };
+        let own = OwnStores {
+            summaries: vec![StoreSummary {
+                name: "db".into(),
+                kind: "DynamoDB".into(),
+                location: "TENANT#acme".into(),
+                keys: 2,
+            }],
+            layers: vec![
+                Layer { source: Source::Spec, entries: entries(&[]) },
+                Layer { source: Source::Shared { index: 3 }, entries: entries(&[("region", "eu", false)]) },
+                Layer {
+                    source: Source::Store { precedence: 2, name: "db".into() },
+                    entries: entries(&[("a", "1", false), ("token", "s3cr3t", true), ("", "", false)]),
+                },
+            ],
+            shadowed: vec!["a.b".into()],
+            unclaimed: vec!["db: x".into(), "ssm: y".into()],
+        };
+        let (back, kept) = unpack(&pack(&read, Some(&own))).expect("unpacks");
+        assert_eq!(back, read);
+        assert_eq!(kept.as_ref(), Some(&own));
+        assert_eq!(unpack(&pack(&read, None)), Some((read, None)));
     }
 }

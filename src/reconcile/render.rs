@@ -39,7 +39,7 @@ pub enum Source {
 
 /// One layer of data. Shared: a cached include is one map for every object
 /// that includes it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Layer {
     pub source: Source,
     pub entries: Arc<BTreeMap<String, Value>>,
