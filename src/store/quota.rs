@@ -12,7 +12,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use crate::api::TenantQuota;
@@ -53,9 +53,11 @@ type StoreTenant = (String, String);
 #[derive(Default)]
 struct Ledger {
     seeded: bool,
-    /// Each object's shares: `(store, tenant)` → usage.
-    objects: HashMap<String, Vec<(StoreTenant, Usage)>>,
-    totals: HashMap<StoreTenant, Usage>,
+    /// Each object's shares: `(store, tenant)` → usage. The key is the one
+    /// `totals` holds, shared (two strings per share and object were a tenth
+    /// of the per-object memory).
+    objects: HashMap<String, Vec<(Arc<StoreTenant>, Usage)>>,
+    totals: HashMap<Arc<StoreTenant>, Usage>,
     /// Objects a quota holds back, by tenant: woken when the tenant frees a share.
     held: HashMap<String, BTreeSet<String>>,
 }
@@ -66,17 +68,25 @@ impl Ledger {
             let total = self.totals.entry(key).or_default();
             *total = total.minus(usage);
         }
-        for (key, usage) in &shares {
-            let total = self.totals.entry(key.clone()).or_default();
-            *total = total.plus(*usage);
-        }
+        let shares: Vec<(Arc<StoreTenant>, Usage)> = shares
+            .into_iter()
+            .map(|(key, usage)| {
+                let key = match self.totals.get_key_value(&key) {
+                    Some((shared, _)) => shared.clone(),
+                    None => Arc::new(key),
+                };
+                let total = self.totals.entry(key.clone()).or_default();
+                *total = total.plus(usage);
+                (key, usage)
+            })
+            .collect();
         if !shares.is_empty() {
             self.objects.insert(object.to_string(), shares);
         }
     }
 
     fn own(&self, object: &str, key: &StoreTenant) -> Usage {
-        self.objects.get(object).into_iter().flatten().filter(|(k, _)| k == key).map(|(_, u)| *u).sum_usage()
+        self.objects.get(object).into_iter().flatten().filter(|(k, _)| **k == *key).map(|(_, u)| *u).sum_usage()
     }
 }
 
