@@ -144,11 +144,22 @@ impl World {
 
 /// `(VmRSS, VmHWM)` of a process, in MiB.
 fn rss(pid: u32) -> (f64, f64) {
+    let field = |name: &str| status_mib(pid, name);
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The resident set split: anonymous (the heap, stacks: what only freeing
+/// returns) and file-backed (the binary's code the kernel mapped in: clean,
+/// reclaimed under pressure), in MiB.
+fn rss_split(pid: u32) -> String {
+    format!("anonymous {:.0} MiB, file-backed {:.0} MiB", status_mib(pid, "RssAnon:"), status_mib(pid, "RssFile:"))
+}
+
+/// A `kB` field of /proc/PID/status in MiB (0 when unreadable).
+fn status_mib(pid: u32, name: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status.lines().find_map(|l| l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<f64>().ok())
-    };
-    (field("VmRSS:").unwrap_or(0.0) / 1024.0, field("VmHWM:").unwrap_or(0.0) / 1024.0)
+    let kib = status.lines().find_map(|l| l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<f64>().ok());
+    kib.unwrap_or(0.0) / 1024.0
 }
 
 /// Store calls by operation, from the controller's /metrics.
@@ -211,6 +222,7 @@ struct Steady {
     kubernetes_writes: f64,
     rss: f64,
     peak_rss: f64,
+    rss_split: String,
 }
 
 async fn steady_state(world: &World, client: &Client, args: &Args, mode: &str) -> Steady {
@@ -235,6 +247,7 @@ async fn steady_state(world: &World, client: &Client, args: &Args, mode: &str) -
     let calls_after = store_calls(&steady);
     let kube_writes = kubernetes_writes(client).await - writes_before;
     let (rss_after, peak) = rss(steady.child.id());
+    let rss_split = rss_split(steady.child.id());
     steady.signal("TERM");
     let mut steady = steady;
     steady.wait_exit(Duration::from_secs(60));
@@ -247,7 +260,7 @@ async fn steady_state(world: &World, client: &Client, args: &Args, mode: &str) -
             *n > 0.0 && !["ReceiveMessage", "DeleteMessageBatch", "ChangeMessageVisibility"].contains(&op.as_str())
         })
         .collect();
-    Steady { calls, kubernetes_writes: kube_writes, rss: rss_after, peak_rss: peak }
+    Steady { calls, kubernetes_writes: kube_writes, rss: rss_after, peak_rss: peak, rss_split }
 }
 
 async fn kubernetes_writes(client: &Client) -> f64 {
@@ -413,6 +426,7 @@ async fn main() {
     let cold_calls = store_calls(&controller);
     tokio::time::sleep(args.settle).await;
     let (steady_after_cold, _) = rss(pid);
+    let split_after_cold = rss_split(pid);
     eprintln!("all Ready in {}", secs(product));
     controller.signal("TERM");
     controller.wait_exit(Duration::from_secs(60));
@@ -503,7 +517,7 @@ async fn main() {
         cold_calls.iter().map(|(op, c)| format!("{op} {c:.0}")).collect::<Vec<_>>().join(", ")
     );
     println!(
-        "| controller RSS: peak during cold convergence / idle {} after it | {peak_cold:.0} MiB / {steady_after_cold:.0} MiB |",
+        "| controller RSS: peak during cold convergence / idle {} after it | {peak_cold:.0} MiB / {steady_after_cold:.0} MiB ({split_after_cold}) |",
         humantime::format_duration(args.settle + Duration::from_secs(5))
     );
     if args.cold_only {
@@ -568,7 +582,10 @@ async fn main() {
     let resync = humantime::format_duration(args.steady_resync).to_string();
     let product_per_hour: f64 = steady_calls.values().sum();
 
-    println!("| controller RSS: after {} resyncs | {steady_rss:.0} MiB (peak {peak_steady:.0} MiB) |", args.cycles);
+    println!(
+        "| controller RSS: after {} resyncs | {steady_rss:.0} MiB (peak {peak_steady:.0} MiB; {}) |",
+        args.cycles, bulk.rss_split
+    );
     println!(
         "\nSteady state, 1 simulated hour ({} resyncs at {resync}, each standing for 10 min): \
          Kubernetes writes **{kube_writes:.0}**.\n",
