@@ -144,22 +144,32 @@ impl World {
 
 /// `(VmRSS, VmHWM)` of a process, in MiB.
 fn rss(pid: u32) -> (f64, f64) {
-    let field = |name: &str| status_mib(pid, name);
-    (field("VmRSS:"), field("VmHWM:"))
+    let status = ProcStatus::read(pid);
+    (status.mib("VmRSS:"), status.mib("VmHWM:"))
 }
 
 /// The resident set split: anonymous (the heap, stacks: what only freeing
 /// returns) and file-backed (the binary's code the kernel mapped in: clean,
 /// reclaimed under pressure), in MiB.
 fn rss_split(pid: u32) -> String {
-    format!("anonymous {:.0} MiB, file-backed {:.0} MiB", status_mib(pid, "RssAnon:"), status_mib(pid, "RssFile:"))
+    let status = ProcStatus::read(pid);
+    format!("anonymous {:.0} MiB, file-backed {:.0} MiB", status.mib("RssAnon:"), status.mib("RssFile:"))
 }
 
-/// A `kB` field of /proc/PID/status in MiB (0 when unreadable).
-fn status_mib(pid: u32, name: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = status.lines().find_map(|l| l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<f64>().ok());
-    kib.unwrap_or(0.0) / 1024.0
+/// /proc/PID/status, read once.
+struct ProcStatus(String);
+
+impl ProcStatus {
+    fn read(pid: u32) -> Self {
+        ProcStatus(std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default())
+    }
+
+    /// A `kB` field in MiB (0 when unreadable).
+    fn mib(&self, name: &str) -> f64 {
+        let kib =
+            self.0.lines().find_map(|l| l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<f64>().ok());
+        kib.unwrap_or(0.0) / 1024.0
+    }
 }
 
 /// Store calls by operation, from the controller's /metrics.
