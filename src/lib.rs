@@ -3,7 +3,8 @@
 //!
 //! Imports run one way: `api` ← `store` ← (`reconcile`, `events`) ← `runtime` ← `main`;
 //! `workloads` depends on `api` only and is told by `reconcile` what it projected;
-//! both publish Kubernetes Events through `recorder`, which depends on nothing here.
+//! both publish Kubernetes Events through `recorder`, which depends on nothing here,
+//! as `packing` (the byte codec of what is kept per object) does not.
 
 pub mod api;
 pub mod config_api;
@@ -11,6 +12,7 @@ pub mod crd;
 pub mod events;
 pub mod leader;
 pub mod metrics;
+pub mod packing;
 pub mod reconcile;
 pub mod recorder;
 pub mod runtime;

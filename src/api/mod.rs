@@ -5,6 +5,7 @@ pub mod conditions;
 pub mod config_store;
 pub mod identity;
 pub mod names;
+pub mod packed_status;
 pub mod paths;
 pub mod tenant_config;
 
@@ -25,11 +26,14 @@ pub type Guarded = DeserializeGuard<TenantConfig>;
 /// Drops what no cache of TenantConfigs reads: the server-side-apply
 /// bookkeeping and kubectl's client-side copy of the last applied manifest,
 /// which together can outweigh the object itself (a cache holds every
-/// TenantConfig of the cluster).
+/// TenantConfig of the cluster); and packs the status (its largest part).
 pub fn slim_for_cache(tc: &mut Guarded) {
     use kube::ResourceExt;
     tc.managed_fields_mut().clear();
     tc.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
+    if let Ok(tc) = &mut tc.0 {
+        tc.pack_status();
+    }
 }
 
 /// API group of every resource this controller defines.

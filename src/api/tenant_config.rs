@@ -5,9 +5,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+use std::borrow::Cow;
+
 use super::{
     CONFIG_MAP_KEY_RULE, KEY_MAX_LEN, KEY_PATTERN, NO_DOT_SEGMENTS_RULE, PARAMETER_PATH_MAX_LEN,
     PARAMETER_PATH_PATTERN, TAG_MAX_LEN, TAG_PATTERN,
+    packed_status::{self, PackedStatus},
 };
 
 /// At most this many entries per object: keeps one DynamoDB item well under its
@@ -193,6 +196,12 @@ pub struct TenantConfigStatus {
     pub source_digest: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_projected_time: Option<Time>,
+    /// Only in the controller's cache: every field above, packed into one
+    /// allocation, the others then left empty (see [`super::packed_status`]).
+    /// Read a status through [`TenantConfig::full_status`]. Never serialized.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub packed: Option<PackedStatus>,
 }
 
 /// What one store holds for this object.
@@ -210,6 +219,31 @@ pub struct StoreSummary {
 }
 
 impl TenantConfig {
+    /// The status, whole: unpacked when this is the cache's copy (which holds
+    /// it packed), as it is otherwise. The only way the controller reads one.
+    pub fn full_status(&self) -> Option<Cow<'_, TenantConfigStatus>> {
+        let status = self.status.as_ref()?;
+        let Some(packed) = &status.packed else { return Some(Cow::Borrowed(status)) };
+        match packed_status::unpack(packed) {
+            Some(status) => Some(Cow::Owned(status)),
+            // Cannot happen (the bytes are the packer's own); as no status, it
+            // costs a sweep of every store and a status write, never a wrong
+            // "already done".
+            None => {
+                tracing::error!(object = %self.owner_key(), "cached status does not unpack; treating it as absent");
+                None
+            }
+        }
+    }
+
+    /// Replaces the status with its packed form (for the cache).
+    pub fn pack_status(&mut self) {
+        if let Some(status) = self.status.as_mut().filter(|s| s.packed.is_none()) {
+            let packed = packed_status::pack(status);
+            *status = TenantConfigStatus { packed: Some(packed), ..Default::default() };
+        }
+    }
+
     /// `spec.configType`, defaulting to the object's name.
     pub fn config_type(&self) -> &str {
         self.spec.config_type.as_deref().or(self.metadata.name.as_deref()).unwrap_or_default()
@@ -274,5 +308,25 @@ spec:
         tc.spec.projection = Some(Projection { config_map_name: Some("billing-config".into()), secret_name: None });
         assert_eq!(tc.config_type(), "billing");
         assert_eq!(tc.config_map_name(), "billing-config");
+    }
+
+    #[test]
+    fn the_cache_copy_holds_the_status_packed_and_reads_it_whole() {
+        let mut tc = sample();
+        assert!(tc.full_status().is_none());
+        let status = TenantConfigStatus {
+            observed_generation: Some(2),
+            tenant: Some("acme".into()),
+            config_map: Some("payments".into()),
+            ..Default::default()
+        };
+        tc.status = Some(status.clone());
+        assert!(matches!(tc.full_status(), Some(Cow::Borrowed(_))), "an API server's copy is read as it is");
+        tc.pack_status();
+        let cached = tc.status.as_ref().unwrap();
+        assert!(cached.packed.is_some() && cached.tenant.is_none() && cached.observed_generation.is_none());
+        assert_eq!(tc.full_status().map(Cow::into_owned), Some(status.clone()));
+        tc.pack_status();
+        assert_eq!(tc.full_status().map(Cow::into_owned), Some(status), "packing twice packs once");
     }
 }

@@ -163,7 +163,8 @@ impl ConfigApi {
             .ok_or_else(|| Status::not_found(format!("TenantConfig {name} is not projected yet")))?;
         let applied = cm.metadata.managed_fields.iter().flatten().filter_map(|e| e.time.as_ref()).max();
         let updated = applied
-            .or_else(|| tc.status.as_ref().and_then(|s| s.last_projected_time.as_ref()))
+            .cloned()
+            .or_else(|| tc.full_status().and_then(|s| s.last_projected_time.clone()))
             .map(|t| prost_types::Timestamp { seconds: t.0.as_second(), nanos: t.0.subsec_nanosecond() });
         Ok(proto::Config {
             namespace: caller.namespace.clone(),

@@ -65,7 +65,8 @@ fn usage_of<'a>(entries: impl Iterator<Item = (&'a String, &'a String)>) -> Usag
 /// over the cache, the first time any object is admitted.
 fn admitted(ctx: &Context, stores: &[StoreRef<'_>]) -> Vec<(String, String, BTreeMap<String, Usage>)> {
     let was_admitted = |tc: &TenantConfig| {
-        let status = tc.status.as_ref();
+        let status = tc.full_status();
+        let status = status.as_deref();
         let held = status.into_iter().flat_map(|s| &s.conditions).any(|c| c.reason == reason::QUOTA_EXCEEDED);
         // Its current spec is the one that was admitted (a spec that changed
         // while no controller ran is admitted, or not, by its own reconcile).

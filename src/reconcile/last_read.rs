@@ -14,12 +14,10 @@ use std::{
 
 use kube::runtime::reflector::ObjectRef;
 
-use super::{
-    packing::{Packer, Unpacker},
-    render::{Layer, Source},
-};
+use super::render::{Layer, Source};
 use crate::{
     api::{Guarded, StoreSummary},
+    packing::{Packer, Unpacker},
     store::{Location, Value},
 };
 
@@ -54,7 +52,7 @@ pub struct Reusable {
 }
 
 /// The records, by object, each packed into one allocation (see
-/// [`super::packing`]: as structs they were the largest per-object cost after
+/// [`crate::packing`]: as structs they were the largest per-object cost after
 /// the TenantConfig cache). An object without one (never reconciled here, or
 /// its last reconcile did not succeed) is reconciled by every resync.
 #[derive(Default)]
@@ -84,7 +82,10 @@ impl LastReads {
     pub fn record(&self, object: &ObjectRef<Guarded>, read: LastRead, own: OwnStores) {
         let own = own.worth_keeping(&read).then_some(own);
         let packed = pack(&read, own.as_ref());
-        self.records.lock().unwrap().insert(object.clone(), packed);
+        // Keyed by namespace and name alone: a reference's uid and
+        // resourceVersion (which lookups ignore) would double the key's bytes.
+        let key = ObjectRef::new(&object.name).within(object.namespace.as_deref().unwrap_or_default());
+        self.records.lock().unwrap().insert(key, packed);
     }
 
     pub fn forget(&self, object: &ObjectRef<Guarded>) {

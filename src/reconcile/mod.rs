@@ -17,7 +17,6 @@ pub mod error;
 pub mod last_read;
 pub mod ledgers;
 pub mod outcome;
-mod packing;
 pub mod plan;
 pub mod project;
 pub mod render;

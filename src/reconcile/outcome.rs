@@ -108,7 +108,7 @@ pub async fn write_status(
     verdict: Verdict,
 ) -> Result<bool, Error> {
     ctx.metrics.set_ready(&tc.owner_key(), Some(verdict.ready.ok));
-    let old = tc.status.clone().unwrap_or_default();
+    let old = tc.full_status().map(|s| s.into_owned()).unwrap_or_default();
     let tenant = labels.and_then(|l| l.get(&ctx.settings.tenant_label).cloned());
     let ready = verdict.ready.ok;
     let new = next_status(&old, verdict, tc.metadata.generation, tenant, Time(Timestamp::now()));

@@ -151,7 +151,7 @@ pub fn identity_refusal(e: &IdentityError) -> Refusal {
 
 /// The stores a TenantConfig's status names (where its keys were last written).
 pub fn recorded_stores(tc: &TenantConfig) -> BTreeSet<String> {
-    tc.status.iter().flat_map(|s| s.stores.iter().map(|s| s.name.clone())).collect()
+    tc.full_status().iter().flat_map(|s| s.stores.iter().map(|s| s.name.clone())).collect()
 }
 
 /// Whether `status.stores` names every store holding keys of this object, as of
@@ -184,9 +184,9 @@ pub fn stores_recorded_before_deletion(status: Option<&TenantConfigStatus>, gene
 /// `tc`, for a reconcile or, once it is being deleted, for its cleanup.
 pub fn stores_settled(tc: &TenantConfig) -> bool {
     if tc.metadata.deletion_timestamp.is_some() {
-        stores_recorded_before_deletion(tc.status.as_ref(), tc.metadata.generation)
+        stores_recorded_before_deletion(tc.full_status().as_deref(), tc.metadata.generation)
     } else {
-        stores_recorded(tc.status.as_ref(), tc.metadata.generation)
+        stores_recorded(tc.full_status().as_deref(), tc.metadata.generation)
     }
 }
 
@@ -220,7 +220,7 @@ pub fn plan<'a>(
     // A never-reconciled object may create before it reads — unless another
     // object claims the location (then it holds something, and a create would
     // be a failing write on behalf of a conflicting claim).
-    let never_reconciled = tc.status.as_ref().and_then(|s| s.observed_generation).is_none();
+    let never_reconciled = tc.full_status().and_then(|s| s.observed_generation).is_none();
     let expect_absent = never_reconciled && !claimed_by_another(&location);
     let mut plan = ReconcilePlan { owner, location, sweep: Vec::new(), writes: Vec::new(), includes, secret_name };
     for store in stores {
