@@ -159,17 +159,6 @@ pub fn unpack(packed: &PackedStatus) -> Option<TenantConfigStatus> {
     })
 }
 
-impl PackedStatus {
-    /// Bytes held (for tests and the memory model).
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,7 +219,7 @@ mod tests {
         let packed = pack(&status);
         assert_eq!(unpack(&packed), Some(status.clone()));
         let json = serde_json::to_vec(&status).unwrap().len();
-        assert!(packed.len() * 3 < json, "{} packed bytes against {json} of JSON", packed.len());
+        assert!(packed.0.len() * 3 < json, "{} packed bytes against {json} of JSON", packed.0.len());
     }
 
     #[test]
@@ -249,7 +238,7 @@ mod tests {
     #[test]
     fn bytes_it_did_not_write_unpack_to_nothing() {
         let packed = pack(&typical());
-        for cut in 0..packed.len() {
+        for cut in 0..packed.0.len() {
             assert_eq!(unpack(&PackedStatus(packed.0[..cut].into())), None, "cut at {cut}");
         }
         let mut longer = packed.0.to_vec();

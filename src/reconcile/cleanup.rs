@@ -46,7 +46,9 @@ async fn delete_keys(tc: &TenantConfig, ctx: &Context, ns: &str) -> Result<(), E
     let owner = tc.owner_key();
     // Only the stores this object used: an unrelated broken store must not
     // block its deletion.
-    let mut used = recorded_stores(tc);
+    let status = tc.full_status();
+    let status = status.as_deref();
+    let mut used = recorded_stores(status);
     let store_objects = ctx.caches.config_stores.state();
     // A store the status names but the cache does not know (its ConfigStore
     // was deleted) may still hold this object's keys: releasing the finalizer
@@ -66,7 +68,7 @@ async fn delete_keys(tc: &TenantConfig, ctx: &Context, ns: &str) -> Result<(), E
     }
     // As in a reconcile: an unsettled object may have written to stores its
     // status does not name.
-    let settled = plan::stores_settled(tc);
+    let settled = plan::stores_settled(tc, status);
     // Never through a store that shares its table or paths with another.
     let overlaps = overlap::overlapping(&stores);
     let swept = |name: &str| !settled && !used.contains(name) && !overlaps.contains_key(name);

@@ -150,8 +150,8 @@ pub fn identity_refusal(e: &IdentityError) -> Refusal {
 }
 
 /// The stores a TenantConfig's status names (where its keys were last written).
-pub fn recorded_stores(tc: &TenantConfig) -> BTreeSet<String> {
-    tc.full_status().iter().flat_map(|s| s.stores.iter().map(|s| s.name.clone())).collect()
+pub fn recorded_stores(status: Option<&TenantConfigStatus>) -> BTreeSet<String> {
+    status.iter().flat_map(|s| s.stores.iter().map(|s| s.name.clone())).collect()
 }
 
 /// Whether `status.stores` names every store holding keys of this object, as of
@@ -181,12 +181,13 @@ pub fn stores_recorded_before_deletion(status: Option<&TenantConfigStatus>, gene
 }
 
 /// Whether `status.stores` can be trusted to name every store holding keys of
-/// `tc`, for a reconcile or, once it is being deleted, for its cleanup.
-pub fn stores_settled(tc: &TenantConfig) -> bool {
+/// `tc` (whose full status is `status`), for a reconcile or, once it is being
+/// deleted, for its cleanup.
+pub fn stores_settled(tc: &TenantConfig, status: Option<&TenantConfigStatus>) -> bool {
     if tc.metadata.deletion_timestamp.is_some() {
-        stores_recorded_before_deletion(tc.full_status().as_deref(), tc.metadata.generation)
+        stores_recorded_before_deletion(status, tc.metadata.generation)
     } else {
-        stores_recorded(tc.full_status().as_deref(), tc.metadata.generation)
+        stores_recorded(status, tc.metadata.generation)
     }
 }
 
@@ -205,7 +206,10 @@ pub fn plan<'a>(
     let overlaps = overlap::overlapping(stores);
     let includes = includes(tc, stores, &overlaps)?;
     let routed = routing::route_entries(&tc.spec, stores).map_err(|e| Refusal::new(reason::NO_STORE_FOR_TAGS, e))?;
-    let previous = recorded_stores(tc);
+    // Unpacked once: the cache holds it packed.
+    let status = tc.full_status();
+    let status = status.as_deref();
+    let previous = recorded_stores(status);
     refuse_overlapping(&routed, &previous, &overlaps)?;
 
     let secret_name = secret_name(tc, secure_projection).map(str::to_string);
@@ -216,11 +220,11 @@ pub fn plan<'a>(
     // Until a reconcile of this generation has got through its store writes,
     // status.stores may miss a store an interrupted or failed reconcile (crash,
     // lost answer, throttled sweep) wrote to; such stores are swept.
-    let settled = stores_settled(tc);
+    let settled = stores_settled(tc, status);
     // A never-reconciled object may create before it reads — unless another
     // object claims the location (then it holds something, and a create would
     // be a failing write on behalf of a conflicting claim).
-    let never_reconciled = tc.full_status().and_then(|s| s.observed_generation).is_none();
+    let never_reconciled = status.and_then(|s| s.observed_generation).is_none();
     let expect_absent = never_reconciled && !claimed_by_another(&location);
     let mut plan = ReconcilePlan { owner, location, sweep: Vec::new(), writes: Vec::new(), includes, secret_name };
     for store in stores {
