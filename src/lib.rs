@@ -17,6 +17,7 @@ pub mod reconcile;
 pub mod recorder;
 pub mod runtime;
 pub mod server;
+pub mod spare;
 pub mod store;
 pub mod telemetry;
 pub mod work_permits;

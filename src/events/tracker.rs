@@ -85,6 +85,7 @@ impl Tracker {
                 waiting.retain(|p| p.received > started);
                 if waiting.is_empty() {
                     map.remove(obj);
+                    crate::spare::release_spare(&mut map);
                 }
             }
         }

@@ -83,6 +83,7 @@ impl OwnWrites {
                 // (a relist) is not a new change either, but costs nothing to pass.
                 if object.resource_version().is_some_and(|rv| pending.get(&key) == Some(&rv)) {
                     pending.remove(&key);
+                    crate::spare::release_spare(&mut pending);
                     return true;
                 }
                 self.in_flight.lock().unwrap().contains_key(&key) && applied_last_by_us(object.managed_fields())

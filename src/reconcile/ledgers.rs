@@ -220,6 +220,7 @@ impl Requests {
         let mut requested = self.requested.lock().unwrap();
         let served = requested.get(object).is_some_and(|r| r.since <= at);
         let served = if served { requested.remove(object) } else { None };
+        crate::spare::release_spare(&mut requested);
         if let Some(request) = &served {
             self.wait.observe(at.saturating_duration_since(request.since).as_secs_f64());
         }
@@ -232,6 +233,7 @@ impl Requests {
     pub fn forget(&self, object: &ObjectRef<Guarded>) {
         let mut requested = self.requested.lock().unwrap();
         requested.remove(object);
+        crate::spare::release_spare(&mut requested);
         self.depth.set(requested.len() as i64);
     }
 
