@@ -57,7 +57,9 @@ pub struct Reusable {
 /// its last reconcile did not succeed) is reconciled by every resync.
 #[derive(Default)]
 pub struct LastReads {
-    records: Mutex<HashMap<ObjectRef<Guarded>, Box<[u8]>>>,
+    /// Keyed by `namespace/name` (neither may hold a `/`): an `ObjectRef`
+    /// key costs 96 bytes in every slot and two more allocations.
+    records: Mutex<HashMap<Box<str>, Box<[u8]>>>,
 }
 
 /// The most own-store bytes (keys and values) kept for reuse per object; a
@@ -82,32 +84,47 @@ impl LastReads {
     pub fn record(&self, object: &ObjectRef<Guarded>, read: LastRead, own: OwnStores) {
         let own = own.worth_keeping(&read).then_some(own);
         let packed = pack(&read, own.as_ref());
-        // Keyed by namespace and name alone: a reference's uid and
-        // resourceVersion (which lookups ignore) would double the key's bytes.
-        let key = ObjectRef::new(&object.name).within(object.namespace.as_deref().unwrap_or_default());
-        self.records.lock().unwrap().insert(key, packed);
+        self.records.lock().unwrap().insert(key(object), packed);
     }
 
     pub fn forget(&self, object: &ObjectRef<Guarded>) {
-        self.records.lock().unwrap().remove(object);
+        let mut records = self.records.lock().unwrap();
+        records.remove(&key(object));
+        crate::spare::release_spare(&mut records);
     }
 
     /// Takes the object's record away (until the reconcile now starting
     /// succeeds, the resync must not take the object as current) and returns
     /// it if it is of this generation.
     pub fn take(&self, object: &ObjectRef<Guarded>, generation: Option<i64>) -> Option<Reusable> {
-        let packed = self.records.lock().unwrap().remove(object)?;
+        let packed = self.records.lock().unwrap().remove(&key(object))?;
         let (read, own) = unpack(&packed)?;
         Some(Reusable { read: Some(read).filter(|r| r.generation == generation)?, own: Arc::new(own?) })
     }
 
-    pub fn snapshot(&self) -> HashMap<ObjectRef<Guarded>, LastRead> {
-        let records = self.records.lock().unwrap();
-        records
-            .iter()
-            .filter_map(|(object, packed)| Some((object.clone(), unpack_read(&mut Unpacker::new(packed))?)))
-            .collect()
+    /// The object's record, if it has one (of any generation).
+    pub fn get(&self, object: &ObjectRef<Guarded>) -> Option<LastRead> {
+        unpack_read(&mut Unpacker::new(self.records.lock().unwrap().get(&key(object))?))
     }
+
+    /// Visits every record, unpacking one at a time: a resync of 10,000
+    /// objects would otherwise hold all of them unpacked at once (megabytes
+    /// that, freed amid long-lived allocations, stay resident).
+    pub fn for_each(&self, mut visit: impl FnMut(&LastRead)) {
+        let records = self.records.lock().unwrap();
+        for read in records.values().filter_map(|packed| unpack_read(&mut Unpacker::new(packed))) {
+            visit(&read);
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.records.lock().unwrap().len()
+    }
+}
+
+fn key(object: &ObjectRef<Guarded>) -> Box<str> {
+    format!("{}/{}", object.namespace.as_deref().unwrap_or_default(), object.name).into_boxed_str()
 }
 
 fn pack(read: &LastRead, own: Option<&OwnStores>) -> Box<[u8]> {
@@ -220,12 +237,13 @@ mod tests {
         assert!(reads.take(&object, Some(1)).is_some(), "includes a shared path: kept");
         reads.record(&object, read(0), own(100));
         assert!(reads.take(&object, Some(1)).is_none(), "no include: never reused, not kept");
-        assert_eq!(reads.snapshot().len(), 0, "taken");
+        assert_eq!(reads.len(), 0, "taken");
         reads.record(&object, read(1), own(REUSE_MAX_BYTES));
         assert!(reads.take(&object, Some(1)).is_none(), "too large to keep a second copy of");
         reads.record(&object, read(1), own(10));
         reads.record(&object, read(0), own(10));
-        assert_eq!(reads.snapshot().len(), 1, "the digests stay for the resync");
+        assert_eq!(reads.len(), 1, "the digests stay for the resync");
+        assert_eq!(reads.get(&object), Some(read(0)));
         assert!(reads.take(&object, Some(1)).is_none(), "a record without reuse drops the earlier values");
     }
 

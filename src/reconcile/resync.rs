@@ -43,19 +43,17 @@ pub struct Reads {
     pub shared: BTreeSet<(String, String)>,
 }
 
-/// The reads that can tell whether the recorded objects are current. Pure.
-pub fn reads<'a>(records: impl IntoIterator<Item = &'a LastRead>) -> Reads {
-    let mut reads = Reads::default();
-    for record in records {
+impl Reads {
+    /// Adds the reads that can tell whether a recorded object is current. Pure.
+    pub fn add(&mut self, record: &LastRead) {
         for (store, _) in &record.stores {
-            let tenants = reads.stores.entry(store.clone()).or_default();
+            let tenants = self.stores.entry(store.clone()).or_default();
             tenants.entry(record.location.tenant.clone()).or_default().insert(record.location.clone());
         }
         for (store, path, _) in &record.includes {
-            reads.shared.insert((store.clone(), path.clone()));
+            self.shared.insert((store.clone(), path.clone()));
         }
     }
-    reads
 }
 
 /// Whether an object must be reconciled: no record of a successful reconcile
@@ -83,27 +81,34 @@ pub async fn due(ctx: &Context, objects: &[Arc<Guarded>]) -> Vec<ObjectRef<Guard
     if ctx.settings.resync_mode == ResyncMode::PerObject {
         return valid.map(|(object, _)| object).collect();
     }
-    let records = ctx.ledgers.last_reads.snapshot();
-    let fresh = read(ctx, &reads(records.values())).await;
+    // The records are unpacked one at a time, never all at once (see LastReads::for_each).
+    let last_reads = &ctx.ledgers.last_reads;
+    let mut reads = Reads::default();
+    last_reads.for_each(|record| reads.add(record));
+    let fresh = read(ctx, reads).await;
     let mut due = Vec::new();
     let mut current = 0usize;
+    // A shared path that changed unseen may still be cached: the reconciles
+    // it triggers must read it afresh.
+    let mut changed_paths = BTreeSet::new();
     for (object, tc) in valid {
-        if is_stale(records.get(&object), tc.metadata.generation, &fresh) {
+        let record = last_reads.get(&object);
+        for (store, path, digest) in record.iter().flat_map(|r| &r.includes) {
+            let key = (store.clone(), path.clone());
+            if fresh.shared.get(&key).is_some_and(|d| d != digest) {
+                changed_paths.insert(key);
+            }
+        }
+        // A record made during the bulk read is at least as new as it: a
+        // difference reconciles the object, never the other way round.
+        if is_stale(record.as_ref(), tc.metadata.generation, &fresh) {
             due.push(object);
         } else {
             current += 1;
         }
     }
-    // A shared path that changed unseen may still be cached: the reconciles
-    // it triggers must read it afresh.
-    let changed_paths: BTreeSet<(&String, &String)> = records
-        .values()
-        .flat_map(|r| &r.includes)
-        .filter(|(store, path, digest)| fresh.shared.get(&(store.clone(), path.clone())).is_some_and(|d| d != digest))
-        .map(|(store, path, _)| (store, path))
-        .collect();
     for (store, path) in changed_paths {
-        ctx.stores.shared_cache.invalidate_path(store, path);
+        ctx.stores.shared_cache.invalidate_path(&store, &path);
     }
     let count = |result, n: usize| ctx.metrics.resync_objects.get_or_create(&ResyncLabels { result }).inc_by(n as u64);
     count("stale", due.len());
@@ -113,14 +118,14 @@ pub async fn due(ctx: &Context, objects: &[Arc<Guarded>]) -> Vec<ObjectRef<Guard
 }
 
 /// Performs the bulk reads. Failures leave gaps (their objects reconcile).
-async fn read(ctx: &Context, reads: &Reads) -> Fresh {
+async fn read(ctx: &Context, reads: Reads) -> Fresh {
     let stores = ctx.caches.config_stores.state();
     let spec_of = |name: &str| stores.iter().find(|s| s.metadata.name.as_deref() == Some(name)).map(|s| &s.spec);
     let mut fresh = Fresh::default();
     let mut tenant_reads = Vec::new();
-    for (store, tenants) in &reads.stores {
-        let Some(spec) = spec_of(store) else { continue };
-        let backend = match ctx.stores.backend(store, spec) {
+    for (store, tenants) in reads.stores {
+        let Some(spec) = spec_of(&store) else { continue };
+        let backend = match ctx.stores.backend(&store, spec) {
             Ok(backend) => backend,
             Err(e) => {
                 debug!(store, error = %e, "resync: store not usable; its objects reconcile one by one");
@@ -128,8 +133,8 @@ async fn read(ctx: &Context, reads: &Reads) -> Fresh {
             }
         };
         for (tenant, locations) in tenants {
-            let locations = locations.iter().cloned().collect();
-            tenant_reads.push(read_tenant(store.clone(), backend.clone(), tenant.clone(), locations));
+            let locations = locations.into_iter().collect();
+            tenant_reads.push(read_tenant(store.clone(), backend.clone(), tenant, locations));
         }
     }
     let mut results = futures::stream::iter(tenant_reads).buffer_unordered(READ_CONCURRENCY);
@@ -213,7 +218,8 @@ mod tests {
             record("acme", "checkout", &[("db", 4)], &[("ssm", "/shared/common", 3)]),
             record("globex", "payments", &[("db", 5)], &[]),
         ];
-        let reads = reads(&records);
+        let mut reads = Reads::default();
+        records.iter().for_each(|record| reads.add(record));
         assert_eq!(reads.stores.len(), 2);
         assert_eq!(reads.stores["db"].len(), 2, "one read per tenant");
         assert_eq!(reads.stores["db"]["acme"].len(), 2);
