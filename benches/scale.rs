@@ -151,9 +151,18 @@ fn rss(pid: u32) -> (f64, f64) {
 /// The resident set split: anonymous (the heap, stacks: what only freeing
 /// returns) and file-backed (the binary's code the kernel mapped in: clean,
 /// reclaimed under pressure), in MiB.
-fn rss_split(pid: u32) -> String {
-    let status = ProcStatus::read(pid);
-    format!("anonymous {:.0} MiB, file-backed {:.0} MiB", status.mib("RssAnon:"), status.mib("RssFile:"))
+/// And what of the heap is live: jemalloc's allocated bytes against the pages
+/// it keeps resident (the gap is fragmentation and pages not yet handed back).
+fn rss_split(p: &Process) -> String {
+    let status = ProcStatus::read(p.child.id());
+    let mib = |name: &str| p.metric(&format!("tenant_config_allocator_{name}_bytes")).unwrap_or(f64::NAN) / 1048576.0;
+    format!(
+        "anonymous {:.0} MiB, file-backed {:.0} MiB; heap {:.0} MiB allocated of {:.0} MiB resident",
+        status.mib("RssAnon:"),
+        status.mib("RssFile:"),
+        mib("allocated"),
+        mib("resident")
+    )
 }
 
 /// /proc/PID/status, read once.
@@ -257,7 +266,7 @@ async fn steady_state(world: &World, client: &Client, args: &Args, mode: &str) -
     let calls_after = store_calls(&steady);
     let kube_writes = kubernetes_writes(client).await - writes_before;
     let (rss_after, peak) = rss(steady.child.id());
-    let rss_split = rss_split(steady.child.id());
+    let rss_split = rss_split(&steady);
     steady.signal("TERM");
     let mut steady = steady;
     steady.wait_exit(Duration::from_secs(60));
@@ -436,7 +445,7 @@ async fn main() {
     let cold_calls = store_calls(&controller);
     tokio::time::sleep(args.settle).await;
     let (steady_after_cold, _) = rss(pid);
-    let split_after_cold = rss_split(pid);
+    let split_after_cold = rss_split(&controller);
     eprintln!("all Ready in {}", secs(product));
     controller.signal("TERM");
     controller.wait_exit(Duration::from_secs(60));

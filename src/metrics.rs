@@ -22,7 +22,9 @@ use crate::store::{
     stats::CallStats,
 };
 
+mod allocator;
 mod process;
+pub use allocator::AllocatorCollector;
 pub use process::ProcessCollector;
 
 pub const PREFIX: &str = "tenant_config";
@@ -162,6 +164,7 @@ impl Default for Metrics {
         let mut r = Registry::with_prefix(PREFIX);
         let mut process = Registry::default();
         process.register_collector(Box::new(ProcessCollector));
+        r.register_collector(Box::new(AllocatorCollector));
         let buckets = |b: &[f64]| Histogram::new(b.iter().copied());
         Metrics {
             event_messages: registered(&mut r, "event_messages", "Event messages from the queue, by outcome", Family::default()),
