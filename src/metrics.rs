@@ -148,6 +148,19 @@ pub struct Metrics {
     pub config_watches: Gauge,
 }
 
+/// Encodes one gauge read at scrape time (the collectors' metrics).
+fn encode_gauge(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: f64,
+) -> std::fmt::Result {
+    use prometheus_client::encoding::EncodeMetric;
+    let gauge = prometheus_client::metrics::gauge::ConstGauge::new(value);
+    let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+    gauge.encode(metric)
+}
+
 /// Registers `metric` under `name` and gives it back for the struct to keep.
 fn registered<M: prometheus_client::registry::Metric + Clone>(
     registry: &mut Registry,

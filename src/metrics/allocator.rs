@@ -3,11 +3,7 @@
 //! fragmentation and freed pages not yet handed back, which the process's RSS
 //! alone cannot tell apart from live data (README "Memory").
 
-use prometheus_client::{
-    collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::gauge::ConstGauge,
-};
+use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
 use tikv_jemalloc_ctl::{epoch, stats};
 
 /// Exports `allocator_{allocated,active,resident,metadata,retained}_bytes`.
@@ -55,9 +51,7 @@ impl Collector for AllocatorCollector {
             ),
         ];
         for (name, help, value) in gauges {
-            let gauge = ConstGauge::new(value as f64);
-            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
-            gauge.encode(metric)?;
+            super::encode_gauge(&mut encoder, name, help, value as f64)?;
         }
         Ok(())
     }

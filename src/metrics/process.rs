@@ -5,7 +5,7 @@
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::{counter::ConstCounter, gauge::ConstGauge},
+    metrics::counter::ConstCounter,
 };
 
 /// Exports `process_cpu_seconds_total`, `process_resident_memory_bytes`,
@@ -50,10 +50,9 @@ impl Collector for ProcessCollector {
             ("process_max_fds", "Maximum number of open file descriptors", sample.max_fds.map(|n| n as f64)),
         ];
         for (name, help, value) in gauges {
-            let Some(value) = value else { continue };
-            let gauge = ConstGauge::new(value);
-            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
-            gauge.encode(metric)?;
+            if let Some(value) = value {
+                super::encode_gauge(&mut encoder, name, help, value)?;
+            }
         }
         Ok(())
     }
